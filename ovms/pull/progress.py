@@ -1,0 +1,64 @@
+"""Progress of a pull: a tqdm bar on a terminal, a plain log line every few seconds otherwise (CI, docker logs)."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+log = logging.getLogger("ovms.pull")
+
+LOG_EVERY_SECONDS = 5.0
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+class Progress:
+    """Counts bytes on disk (resumed bytes included); ``update`` may go negative when a file restarts."""
+
+    def __init__(self, total: int, label: str, *, stream=None, interactive: bool | None = None) -> None:
+        self.total = total
+        self.label = label
+        self.done = 0
+        self.started = time.monotonic()
+        self._base = 0  # bytes that were on disk before this run: excluded from the rate
+        self._last_log = self.started
+        stream = stream or sys.stderr
+        interactive = stream.isatty() if interactive is None else interactive
+        self._bar = None
+        if interactive:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=stream,
+                             mininterval=0.5, dynamic_ncols=True)
+
+    def start_counting_rate(self) -> None:
+        self._base = self.done
+        self.started = time.monotonic()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def tick(self) -> None:
+        if self._bar is not None:
+            return
+        now = time.monotonic()
+        if now - self._last_log >= LOG_EVERY_SECONDS:
+            self._last_log = now
+            log.info("%s", self.line(now))
+
+    def line(self, now: float | None = None) -> str:
+        now = time.monotonic() if now is None else now
+        elapsed = max(now - self.started, 1e-6)
+        rate = max(self.done - self._base, 0) / elapsed
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        eta = f", ETA {int((self.total - self.done) / rate)} s" if rate > 0 and self.done < self.total else ""
+        return f"{self.label}: {_mib(self.done)} of {_mib(self.total)} ({pct:.0f}%) at {_mib(rate)}/s{eta}"
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

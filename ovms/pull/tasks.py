@@ -1,0 +1,33 @@
+"""``--task`` inference from a repository's ``config.json`` / ``model_index.json`` when the flag is absent."""
+from __future__ import annotations
+
+import json
+
+from ovms.pull.errors import UsageError
+
+CANNOT_INFER = "Could not infer model task - specify --task value explicitly"  # OVMS's message
+
+
+def infer_task(config_json: bytes | None, model_index_json: bytes | None) -> str:
+    """The OVMS task for a repository, from its config files (diffusers' model_index.json = image generation)."""
+    if model_index_json is not None:
+        return "image_generation"
+    if config_json is None:
+        raise UsageError(CANNOT_INFER, remedy="The repository has neither config.json nor model_index.json; "
+                                              "pass --task text_generation|embeddings|rerank|image_generation.")
+    try:
+        config = json.loads(config_json)
+    except ValueError:
+        raise UsageError(CANNOT_INFER, remedy="Its config.json is not valid JSON; pass --task.") from None
+    architectures = [str(a) for a in (config.get("architectures") or [])] if isinstance(config, dict) else []
+    for arch in architectures:
+        if arch.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "ForVision2Seq",
+                          "ForImageTextToText")):
+            return "text_generation"
+        if arch.endswith("ForSequenceClassification"):
+            return "rerank"
+        if arch.endswith("Model") and "For" not in arch:
+            return "embeddings"
+    found = ", ".join(architectures) or "none"
+    raise UsageError(CANNOT_INFER, remedy=f"config.json lists architectures: {found}. Pass --task "
+                                          "text_generation|embeddings|rerank|image_generation.")

@@ -1,0 +1,475 @@
+"""The download engine: many files, and many ranges of one large file, at once on one pycurl ``CurlMulti``.
+
+Every file goes to ``<file>.lfs_part``, each chunk written at its own offset by the native range writer, while
+``state`` records which ranges are on disk. A failed transfer (dropped connection, 5xx, stall, short body) is
+retried from the last byte on disk after ``GIT_LFS_RESUME_INTERVAL_SECONDS``, at most
+``GIT_LFS_RESUME_ATTEMPTS`` times per file. When all ranges of a file are in, a worker thread checks its size
+and hash; only then does it take its final name. Redirects are followed by hand so the bearer token goes to the
+hub's own origin only (the CDN URL is pre-signed).
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import errno
+import logging
+import os
+import pathlib
+import re
+import time
+import urllib.parse
+
+import pycurl
+
+from ovms._native import load as load_native
+from ovms.pull import state
+from ovms.pull.errors import (DiskFullError, InterruptedPull, NetworkError, PullError, RESUME_HINT,
+                              VerificationError)
+from ovms.pull.hub import HubClient, RemoteFile, Response, curl_error_text, origin, raise_for_hub_error
+from ovms.pull.settings import PullSettings
+from ovms.pull.verify import check_file
+
+log = logging.getLogger("ovms.pull")
+
+BUFFER_BYTES = 1 << 20  # CURLOPT_BUFFERSIZE: fewer, larger write callbacks (libcurl allows up to 10 MiB)
+MAX_REDIRECTS = 10
+ERROR_BODY_BYTES = 4096
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+
+
+def disk_full(path: pathlib.Path, needed: int | None = None) -> DiskFullError:
+    need = f" (the pull needs {needed / 2**30:.2f} GiB more)" if needed else ""
+    return DiskFullError(f"The disk holding {path} is full{need}.",
+                         remedy="Free some space or choose another --model_repository_path; then re-run the "
+                                "same command to resume.")
+
+
+@dataclasses.dataclass(eq=False)
+class FileJob:
+    """One file to bring to its final name, verified."""
+
+    remote: RemoteFile
+    final: pathlib.Path
+    url: str  # the hub's resolve URL
+    location: str | None = None  # where the hub redirected us (the CDN), reused for every range
+    segments: list[state.Segment] = dataclasses.field(default_factory=list)
+    fd: int = -1
+    phase: str = "new"  # new -> checking (final exists) | downloading -> verifying -> done
+    failures: int = 0
+    verify_failures: int = 0
+    not_before: float = 0.0
+    redirects: int = 0
+    active: set = dataclasses.field(default_factory=set)
+    dirty: bool = False
+
+    @property
+    def part(self) -> pathlib.Path:
+        return state.part_path(self.final)
+
+    @property
+    def done_bytes(self) -> int:
+        return sum(s.done for s in self.segments)
+
+
+@dataclasses.dataclass(eq=False)
+class Transfer:
+    """One HTTP request for the rest of one segment."""
+
+    job: FileJob
+    segment: state.Segment
+    url: str
+    handle: pycurl.Curl
+    to_hub: bool
+    ranged: bool
+    status: int = 0
+    headers: dict = dataclasses.field(default_factory=dict)
+    kind: str = ""  # "" until the first body byte or the end: body | redirect | error
+    abort: str = ""  # why our callback stopped the transfer
+    fatal: BaseException | None = None
+    error_body: bytearray = dataclasses.field(default_factory=bytearray)
+
+
+class Downloader:
+    """Runs a set of FileJobs to completion or raises a PullError (state on disk stays resumable)."""
+
+    def __init__(self, settings: PullSettings, hub: HubClient, repo_id: str, revision: str, commit: str,
+                 progress, stop_requested=lambda: None) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.repo_id = repo_id
+        self.revision = revision
+        self.commit = commit
+        self.progress = progress
+        self.stop_requested = stop_requested  # returns a signal name when the user asked to stop
+        self.writer = load_native("rangewrite")
+        self.multi = pycurl.CurlMulti()
+        self.idle_handles: list[pycurl.Curl] = []
+        self.queue: collections.deque[tuple[FileJob, state.Segment]] = collections.deque()
+        self.transfers: dict[pycurl.Curl, Transfer] = {}
+        self.verifier = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="ovms-verify")
+        self.verifying: dict[concurrent.futures.Future, FileJob] = {}
+        self.jobs: list[FileJob] = []
+
+    # ---- public ----------------------------------------------------------------------------------------
+    def run(self, jobs: list[FileJob]) -> None:
+        self.jobs = jobs
+        try:
+            for job in jobs:
+                self._begin(job)
+            self._loop()
+        finally:
+            self._shutdown()
+
+    # ---- job life cycle --------------------------------------------------------------------------------
+    def _begin(self, job: FileJob) -> None:
+        if job.final.exists():
+            # Left by an earlier run of this unfinished pull: trust it only after the same check as a new one.
+            job.phase = "checking"
+            self._submit_check(job, job.final)
+            return
+        self._open(job)
+
+    def _open(self, job: FileJob, *, fresh: bool = False) -> None:
+        job.final.parent.mkdir(parents=True, exist_ok=True)
+        segments = None if fresh or not self.settings.resume_enabled else state.load_sidecar(job.final, job.remote)
+        if segments is None:
+            state.discard_partial(job.final)
+            segments = state.plan_segments(job.remote.size, self.settings.segment_bytes, self.settings.connections)
+            fd = os.open(job.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                if job.remote.size:
+                    os.posix_fallocate(fd, 0, job.remote.size)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    os.close(fd)
+                    raise disk_full(job.final, job.remote.size) from None
+                # EOPNOTSUPP/EINVAL on some filesystems: fine, pwrite extends the file as needed.
+            job.fd = fd
+            state.save_sidecar(job.final, job.remote, self.commit, segments)
+        else:
+            job.fd = os.open(job.part, os.O_WRONLY)
+            done = sum(s.done for s in segments)
+            log.info("Resuming %s: %.1f of %.1f MiB already on disk", job.remote.path, done / 2**20,
+                     job.remote.size / 2**20)
+            self.progress.update(done)
+        job.segments = segments
+        job.phase = "downloading"
+        for seg in segments:
+            if not seg.complete:
+                self.queue.append((job, seg))
+        if all(s.complete for s in segments):
+            self._segments_complete(job)
+
+    def _segments_complete(self, job: FileJob) -> None:
+        state.save_sidecar(job.final, job.remote, self.commit, job.segments)
+        os.close(job.fd)
+        job.fd = -1
+        job.phase = "verifying"
+        self._submit_check(job, job.part)
+
+    def _submit_check(self, job: FileJob, path: pathlib.Path) -> None:
+        algorithm, digest = job.remote.expected_digest
+        future = self.verifier.submit(check_file, path, job.remote.size, algorithm, digest)
+        self.verifying[future] = job
+
+    def _checked(self, job: FileJob, problem: str | None) -> None:
+        if job.phase == "checking":
+            if problem is None:
+                self.progress.update(job.remote.size)
+                job.phase = "done"
+                log.debug("%s already on disk and verified", job.remote.path)
+                return
+            log.warning("%s on disk does not match the hub (%s); downloading it again", job.remote.path, problem)
+            job.final.unlink(missing_ok=True)
+            self._open(job, fresh=True)
+            return
+        if problem is None:
+            os.replace(job.part, job.final)
+            state.sidecar_path(job.final).unlink(missing_ok=True)
+            job.phase = "done"
+            log.debug("%s verified (%s)", job.remote.path, job.remote.expected_digest[0])
+            return
+        job.verify_failures += 1
+        limit = max(1, self.settings.resume_attempts)
+        if job.verify_failures > limit:
+            raise VerificationError(
+                f"{job.remote.path} failed verification {job.verify_failures} times ({problem}).",
+                remedy=f"The hub or a proxy/mirror between you and it serves corrupt data for {self.repo_id}. "
+                       "Check HF_ENDPOINT and https_proxy, then re-run the same command.")
+        log.warning("%s failed verification (%s); fetching it again (attempt %d of %d)", job.remote.path,
+                    problem, job.verify_failures + 1, limit + 1)
+        self.progress.update(-job.remote.size)
+        self._open(job, fresh=True)
+
+    # ---- transfers ---------------------------------------------------------------------------------------
+    def _start(self, job: FileJob, seg: state.Segment) -> None:
+        url = job.location or job.url
+        handle = self.idle_handles.pop() if self.idle_handles else pycurl.Curl()
+        handle.reset()
+        to_hub = origin(url) == origin(self.settings.endpoint)
+        ranged = not (seg.next_offset == 0 and seg.end == job.remote.size)
+        t = Transfer(job, seg, url, handle, to_hub, ranged)
+        headers = ["Accept-Encoding: identity"]
+        if to_hub:
+            headers += self.hub.auth_headers(url)
+        handle.setopt(pycurl.URL, url)
+        handle.setopt(pycurl.HTTPHEADER, headers)
+        if ranged:
+            handle.setopt(pycurl.RANGE, f"{seg.next_offset}-{seg.end - 1}")
+        handle.setopt(pycurl.FOLLOWLOCATION, 0)
+        handle.setopt(pycurl.USERAGENT, "ovms-pull/0.1 (+pycurl)")
+        handle.setopt(pycurl.BUFFERSIZE, BUFFER_BYTES)
+        handle.setopt(pycurl.CONNECTTIMEOUT_MS, int(self.settings.connect_timeout * 1000))
+        handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+        handle.setopt(pycurl.LOW_SPEED_TIME, max(1, round(self.settings.stall_seconds)))
+        handle.setopt(pycurl.NOSIGNAL, 1)
+        handle.setopt(pycurl.TCP_NODELAY, 1)
+        if self.settings.proxy:
+            handle.setopt(pycurl.PROXY, self.settings.proxy)
+        handle.setopt(pycurl.HEADERFUNCTION, lambda line, t=t: self._on_header(t, line))
+        handle.setopt(pycurl.WRITEFUNCTION, lambda data, t=t: self._on_body(t, data))
+        self.transfers[handle] = t
+        job.active.add(t)
+        self.multi.add_handle(handle)
+
+    def _on_header(self, t: Transfer, line: bytes) -> None:
+        text = line.decode("iso-8859-1").strip()
+        if text[:5].upper() == "HTTP/":
+            t.headers.clear()
+            parts = text.split()
+            t.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        elif ":" in text:
+            k, v = text.split(":", 1)
+            t.headers[k.strip().lower()] = v.strip()
+
+    def _classify(self, t: Transfer) -> bool:
+        """Decide what the response is, once; False aborts the transfer (reason in ``t.abort``)."""
+        st, job, seg = t.status, t.job, t.segment
+        if 300 <= st < 400:
+            t.kind = "redirect"
+            return True
+        if st >= 400 or st < 200:
+            t.kind = "error"
+            return True
+        t.kind = "body"
+        if st == 206:
+            m = _CONTENT_RANGE.match(t.headers.get("content-range", ""))
+            if not m or int(m.group(1)) != seg.next_offset or (m.group(3) != "*"
+                                                               and int(m.group(3)) != job.remote.size):
+                t.abort = (f"the server answered with range {t.headers.get('content-range')!r}, "
+                           f"expected bytes {seg.next_offset}-{seg.end - 1}/{job.remote.size}")
+                return False
+            return True
+        if st != 200:
+            t.abort = f"unexpected HTTP {st}"
+            return False
+        length = t.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) != job.remote.size:
+            t.abort = f"the server's copy is {length} bytes, the hub lists {job.remote.size}"
+            return False
+        if t.ranged:
+            if len(job.segments) > 1:
+                t.abort = "range-ignored"
+                return False
+            # One range only: the server ignored Range and sends the whole file; take it from byte 0.
+            log.warning("%s: the server ignored the Range request (HTTP 200); restarting this file from byte 0",
+                        job.remote.path)
+            self.progress.update(-seg.done)
+            seg.done = 0
+        return True
+
+    def _on_body(self, t: Transfer, data: bytes):
+        try:
+            if not t.kind and not self._classify(t):
+                return 0
+            if t.kind != "body":
+                if t.kind == "error" and len(t.error_body) < ERROR_BODY_BYTES:
+                    t.error_body += data[:ERROR_BODY_BYTES]
+                return None
+            seg = t.segment
+            n = len(data)
+            if n > seg.remaining:
+                t.abort = (f"the server sent more bytes than the hub lists for {t.job.remote.path} "
+                           f"({t.job.remote.size})")
+                return 0
+            self.writer.write_at(t.job.fd, seg.next_offset, data)
+            seg.done += n
+            t.job.dirty = True
+            self.progress.update(n)
+            return None
+        except OSError as exc:
+            t.fatal = disk_full(t.job.final) if exc.errno in (errno.ENOSPC, errno.EDQUOT) else PullError(
+                f"Could not write {t.job.part}: {exc.strerror or exc}.",
+                remedy="Check that --model_repository_path is writable, then re-run the same command to resume.")
+            return 0
+        except BaseException as exc:  # a bug: surface it after the transfer ends instead of losing it in pycurl
+            t.fatal = exc
+            return 0
+
+    def _release(self, t: Transfer) -> None:
+        self.multi.remove_handle(t.handle)
+        self.transfers.pop(t.handle, None)
+        t.job.active.discard(t)
+        t.handle.setopt(pycurl.WRITEFUNCTION, lambda data: None)  # drop references to the Transfer
+        t.handle.setopt(pycurl.HEADERFUNCTION, lambda line: None)
+        self.idle_handles.append(t.handle)
+
+    def _finished(self, t: Transfer, code: int, message: str) -> None:
+        self._release(t)
+        job, seg = t.job, t.segment
+        if t.fatal is not None:
+            raise t.fatal
+        if job.phase != "downloading":
+            return
+        if not t.kind and code == 0:
+            self._classify(t)  # a response without body (redirect, 416, empty error)
+        if t.abort == "range-ignored":
+            self._collapse(job)
+            return
+        if t.abort:
+            self._failed(job, seg, t.abort, restart=True)
+            return
+        if t.kind == "redirect" and code == 0:
+            location = t.headers.get("location")
+            job.redirects += 1
+            if not location or job.redirects > MAX_REDIRECTS * max(1, len(job.segments)):
+                self._failed(job, seg, f"bad redirect from {t.url} (Location {location!r})")
+                return
+            target = urllib.parse.urljoin(t.url, location)
+            if urllib.parse.urlsplit(target).scheme not in ("http", "https"):
+                self._failed(job, seg, f"redirect to an unsupported URL {target!r}")
+                return
+            job.location = target
+            self.queue.appendleft((job, seg))
+            return
+        if t.kind == "error":
+            if t.to_hub and t.status in (401, 403, 404):
+                raise_for_hub_error(Response(t.status, t.headers, bytes(t.error_body), t.url), self.repo_id,
+                                    self.revision, self.settings)
+            if not t.to_hub and t.status in (401, 403, 404, 410):
+                job.location = None  # a pre-signed CDN URL expired: ask the hub for a fresh one
+            self._failed(job, seg, f"HTTP {t.status} from {urllib.parse.urlsplit(t.url).netloc}",
+                         restart=t.status == 416)
+            return
+        if code != 0:
+            self._failed(job, seg, curl_error_text(code, message))
+            return
+        if not seg.complete:
+            self._failed(job, seg, f"the connection closed with {seg.remaining} bytes of the range missing")
+            return
+        if all(s.complete for s in job.segments) and not job.active:
+            self._segments_complete(job)
+
+    def _collapse(self, job: FileJob) -> None:
+        """The server ignores Range: fetch the file as one stream from byte 0 (never mix bodies)."""
+        log.warning("%s: the server ignored the Range request (HTTP 200 to a ranged GET); fetching the whole "
+                    "file as one stream from byte 0", job.remote.path)
+        for other in list(job.active):
+            self._release(other)
+        self.queue = collections.deque(item for item in self.queue if item[0] is not job)
+        self.progress.update(-job.done_bytes)
+        job.segments = [state.Segment(0, job.remote.size)]
+        state.save_sidecar(job.final, job.remote, self.commit, job.segments)
+        self.queue.append((job, job.segments[0]))
+
+    def _failed(self, job: FileJob, seg: state.Segment, reason: str, *, restart: bool = False) -> None:
+        now = time.monotonic()
+        if now >= job.not_before:  # parallel ranges failing together count as one attempt
+            job.failures += 1
+            job.not_before = now + self.settings.resume_interval
+        if job.failures > self.settings.resume_attempts:
+            tried = job.failures
+            raise NetworkError(
+                f"Giving up on {job.remote.path} after {tried} failed attempt{'s' if tried > 1 else ''}: {reason}.",
+                remedy="Check the network, HF_ENDPOINT and https_proxy (GIT_LFS_RESUME_ATTEMPTS and "
+                       "GIT_LFS_RESUME_INTERVAL_SECONDS set how long to keep trying). " + RESUME_HINT)
+        if restart:  # the server's idea of this file changed: its bytes on disk cannot be trusted
+            for other in list(job.active):
+                self._release(other)
+            self.queue = collections.deque(item for item in self.queue if item[0] is not job)
+            self.progress.update(-job.done_bytes)
+            for s in job.segments:
+                s.done = 0
+            state.save_sidecar(job.final, job.remote, self.commit, job.segments)
+            self.queue.extend((job, s) for s in job.segments)
+        else:
+            self.queue.append((job, seg))
+        log.warning("%s: %s; resuming from byte %d in %g s (attempt %d of %d)", job.remote.path, reason,
+                    0 if restart else seg.next_offset, self.settings.resume_interval, job.failures + 1,
+                    self.settings.resume_attempts + 1)
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+    def _schedule(self, now: float) -> None:
+        waiting = []
+        while self.queue and len(self.transfers) < self.settings.connections:
+            job, seg = self.queue.popleft()
+            if job.phase != "downloading" or seg.complete:
+                continue
+            if job.not_before > now:
+                waiting.append((job, seg))
+                continue
+            self._start(job, seg)
+        self.queue.extendleft(reversed(waiting))
+
+    def _checkpoint(self) -> None:
+        for job in self.jobs:
+            if job.phase == "downloading" and job.dirty:
+                state.save_sidecar(job.final, job.remote, self.commit, job.segments)
+                job.dirty = False
+
+    def _loop(self) -> None:
+        last_checkpoint = time.monotonic()
+        while True:
+            signal_name = self.stop_requested()
+            if signal_name:
+                raise InterruptedPull(f"Pull of {self.repo_id} stopped by {signal_name}.", remedy=RESUME_HINT)
+            now = time.monotonic()
+            self._schedule(now)
+            while True:
+                ret, _ = self.multi.perform()
+                if ret != pycurl.E_CALL_MULTI_PERFORM:
+                    break
+            while True:
+                remaining, ok, failed = self.multi.info_read()
+                for handle in ok:
+                    self._finished(self.transfers[handle], 0, "")
+                for handle, code, message in failed:
+                    self._finished(self.transfers[handle], code, message)
+                if not remaining:
+                    break
+            for future in [f for f in self.verifying if f.done()]:
+                job = self.verifying.pop(future)
+                self._checked(job, future.result())
+            if all(job.phase == "done" for job in self.jobs):
+                return
+            now = time.monotonic()
+            if now - last_checkpoint >= self.settings.checkpoint_seconds:
+                self._checkpoint()
+                last_checkpoint = now
+            self.progress.tick()
+            if self.transfers:
+                self.multi.select(0.1)
+            else:
+                concurrent.futures.wait(list(self.verifying) or [], timeout=0.05)
+                if not self.verifying:
+                    time.sleep(0.02)
+
+    def _shutdown(self) -> None:
+        try:
+            self._checkpoint()
+        except OSError as exc:
+            log.warning("Could not record download progress: %s", exc)
+        for t in list(self.transfers.values()):
+            self._release(t)
+        for handle in self.idle_handles:
+            handle.close()
+        self.idle_handles.clear()
+        self.multi.close()
+        for future in self.verifying:
+            future.cancel()
+        self.verifier.shutdown(wait=True)
+        for job in self.jobs:
+            if job.fd >= 0:
+                os.close(job.fd)
+                job.fd = -1
