@@ -1,0 +1,3 @@
+"""ovms: OpenVINO Model Server in Python."""
+
+__version__ = "0.1.0"

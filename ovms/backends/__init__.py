@@ -1,0 +1,1 @@
+"""Backends: the only place that imports ``openvino`` / ``openvino_genai``."""

@@ -1,0 +1,240 @@
+"""OpenVINO backend for classic models (IR ``.xml``/``.bin``, ONNX) in versioned model directories.
+
+Each version is compiled once; requests run on an ``AsyncInferQueue`` of ``nireq`` infer requests. The event
+loop never waits on inference: an ``asyncio.Semaphore`` sized like the queue guarantees ``start_async`` finds
+an idle request at once, and the completion callback (an OpenVINO thread) hands results back with
+``loop.call_soon_threadsafe``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import pathlib
+
+import numpy as np
+import openvino as ov
+
+from ovms.config import ModelConfig
+from ovms.errors import Kind, ModelLoadError, ServingError
+from ovms.servable import InferServable, select_outputs, validate_inputs
+from ovms.types import InferRequest, InferResponse, TensorSpec
+
+log = logging.getLogger("ovms.backends.openvino")
+
+_DATATYPE = {
+    "boolean": "BOOL", "u8": "UINT8", "u16": "UINT16", "u32": "UINT32", "u64": "UINT64", "i8": "INT8",
+    "i16": "INT16", "i32": "INT32", "i64": "INT64", "f16": "FP16", "f32": "FP32", "f64": "FP64",
+    "string": "BYTES", "bf16": "BF16",
+}
+
+_core: ov.Core | None = None
+
+
+def core() -> ov.Core:
+    """One OpenVINO Core per process (it owns the device plugins)."""
+    global _core
+    if _core is None:
+        _core = ov.Core()
+    return _core
+
+
+def find_model_file(version_dir: pathlib.Path) -> pathlib.Path:
+    """The model file of a version directory: an IR .xml (with its .bin) or an .onnx file."""
+    candidates = sorted(version_dir.glob("*.xml")) or sorted(version_dir.glob("*.onnx"))
+    if not candidates:
+        raise ModelLoadError(f"{version_dir}: no model file found; put an OpenVINO IR (model.xml + model.bin) "
+                             "or an ONNX file (model.onnx) in each numeric version directory")
+    if len(candidates) > 1:
+        raise ModelLoadError(f"{version_dir}: several model files found ({', '.join(p.name for p in candidates)})"
+                             "; keep one model per version directory")
+    model = candidates[0]
+    if model.suffix == ".xml" and not model.with_suffix(".bin").exists():
+        raise ModelLoadError(f"{model}: the weights file {model.with_suffix('.bin').name} is missing")
+    return model
+
+
+def _partial_shape(text: str) -> ov.PartialShape:
+    # OVMS writes "(1,3,-1)" and ranges "1:8"; OpenVINO parses "[1,3,?]" and "1..8".
+    inner = text.strip()[1:-1]
+    dims = [d.strip().replace(":", "..") for d in inner.split(",") if d.strip()]
+    return ov.PartialShape("[" + ",".join("?" if d == "-1" else d for d in dims) + "]")
+
+
+def _reshape(model: ov.Model, config: ModelConfig) -> None:
+    shapes: dict[str, ov.PartialShape] = {}
+    if isinstance(config.shape, str) and config.shape != "auto":
+        if len(model.inputs) != 1:
+            raise ModelLoadError(f"model {config.name}: Anonymous fixed shape is invalid for models with multiple "
+                                 'inputs; give shapes per input: {"input_name": "(1,3,224,224)"}')
+        shapes[model.inputs[0].get_any_name()] = _partial_shape(config.shape)
+    elif isinstance(config.shape, tuple):
+        names = {n for i in model.inputs for n in i.get_names()}
+        for name, text in config.shape:
+            if name not in names:
+                raise ModelLoadError(f"model {config.name}: Shape from config not found in network: input "
+                                     f"{name!r}; inputs are {sorted(names)}")
+            if text != "auto":
+                shapes[name] = _partial_shape(text)
+    if config.batch_size not in (None, "auto"):
+        batch = ov.Dimension(-1) if config.batch_size == "-1" else ov.Dimension(
+            *map(int, config.batch_size.split(":"))) if ":" in config.batch_size else ov.Dimension(
+            int(config.batch_size))
+        for port in model.inputs:
+            name = port.get_any_name()
+            shape = shapes.get(name, port.get_partial_shape())
+            if shape.rank.is_static and len(shape) > 0:
+                shape = ov.PartialShape([batch, *list(shape)[1:]])
+                shapes[name] = shape
+    if shapes:
+        try:
+            model.reshape(shapes)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"model {config.name}: Model could not be reshaped with requested shape "
+                                 f"({_first_line(exc)})") from None
+
+
+def _apply_layout(model: ov.Model, config: ModelConfig) -> None:
+    if config.layout is None:
+        return
+    layouts = [(model.inputs[0].get_any_name(), config.layout)] if isinstance(config.layout, str) \
+        else list(config.layout)
+    for name, text in layouts:
+        # "NHWC:NCHW" asks OVMS to accept NHWC and feed the model NCHW; a plain layout only tags the input.
+        target = text.split(":")[-1]
+        try:
+            model.input(name).get_node().set_layout(ov.Layout(target))
+        except RuntimeError as exc:
+            raise ModelLoadError(f"model {config.name}: layout {text!r} for input {name!r} is invalid "
+                                 f"({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _spec(port) -> TensorSpec:
+    element = port.get_element_type().get_type_name()
+    datatype = _DATATYPE.get(element)
+    if datatype is None:
+        raise ModelLoadError(f"tensor {port.get_any_name()!r} has element type {element}, which KServe cannot "
+                             "carry; convert the model to a supported precision")
+    pshape = port.get_partial_shape()
+    if pshape.rank.is_dynamic:
+        raise ModelLoadError(f"tensor {port.get_any_name()!r} has a dynamic rank; give a shape in the config")
+    shape = tuple(d.get_length() if d.is_static else -1 for d in pshape)
+    return TensorSpec(port.get_any_name(), datatype, shape)
+
+
+class OpenVINOServable(InferServable):
+    """One compiled model version."""
+
+    platform = "OpenVINO"
+
+    def __init__(self, config: ModelConfig, version: int, version_dir: pathlib.Path) -> None:
+        self.name = config.name
+        self.version = version
+        path = find_model_file(version_dir)
+        try:
+            model = core().read_model(str(path))
+        except RuntimeError as exc:
+            raise ModelLoadError(f"{path}: Error while loading a network ({_first_line(exc)})") from None
+        _reshape(model, config)
+        _apply_layout(model, config)
+        try:
+            self._compiled = core().compile_model(model, config.target_device, dict(config.plugin_config))
+        except RuntimeError as exc:
+            raise ModelLoadError(f"{path}: Cannot load network into target device {config.target_device} "
+                                 f"({_first_line(exc)})") from None
+        self._inputs = [_spec(p) for p in self._compiled.inputs]
+        self._outputs = [_spec(p) for p in self._compiled.outputs]
+        self._output_ports = [(spec.name, port) for spec, port in zip(self._outputs, self._compiled.outputs)]
+        self._input_ovtype = {spec.name: port.get_element_type() for spec, port in
+                              zip(self._inputs, self._compiled.inputs)}
+        nireq = config.nireq or self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+        self.nireq = max(1, int(nireq))
+        self._queue = ov.AsyncInferQueue(self._compiled, self.nireq)
+        self._queue.set_callback(self._completed)
+        self._idle: asyncio.Semaphore | None = None
+        log.info("model %s version %d loaded from %s on %s with %d infer requests", self.name, version, path,
+                 config.target_device, self.nireq)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    def _completed(self, request: ov.InferRequest, userdata) -> None:
+        # Runs on an OpenVINO thread; the request is reused after return, so copy the outputs out.
+        loop, future, idle = userdata
+        try:
+            result = {}
+            for name, port in self._output_ports:
+                tensor = request.get_tensor(port)
+                if tensor.element_type == ov.Type.string:
+                    result[name] = np.array(tensor.bytes_data, dtype=object).reshape(tuple(tensor.shape))
+                else:
+                    result[name] = tensor.data.copy()
+        except BaseException as exc:  # never let an exception die silently in the OpenVINO thread
+            loop.call_soon_threadsafe(_resolve, future, idle, None, exc)
+        else:
+            loop.call_soon_threadsafe(_resolve, future, idle, result, None)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        arrays = validate_inputs(self, request)
+        requested = request.requested_outputs
+        if requested:
+            known = {spec.name for spec in self._outputs}
+            for name in requested:
+                if name not in known:
+                    raise ServingError(Kind.INVALID_MISSING_OUTPUT, f"Unknown output: {name}")
+        inputs = {}
+        for name, array in arrays.items():
+            if array.dtype == object:
+                inputs[name] = ov.Tensor(np.array(array.tolist(), dtype=np.bytes_).reshape(array.shape))
+            else:
+                inputs[name] = ov.Tensor(array, shared_memory=array.flags.writeable)
+        if self._idle is None:
+            self._idle = asyncio.Semaphore(self.nireq)
+        # The permit is given back by the completion (not by this coroutine), so a cancelled caller never
+        # lets more requests start than the queue has idle infer requests.
+        await self._idle.acquire()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        try:
+            self._queue.start_async(inputs, (loop, future, self._idle))
+        except RuntimeError as exc:
+            self._idle.release()
+            log.error("model %s version %d: inference failed to start: %s", self.name, self.version, exc)
+            raise ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, _first_line(exc)) from None
+        try:
+            produced = await future
+        except Exception as exc:
+            log.error("model %s version %d: inference failed: %s", self.name, self.version, exc)
+            raise ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, _first_line(exc)) from None
+        return InferResponse(self.name, self.version, select_outputs(self, produced, requested), request.id)
+
+    def close(self) -> None:
+        self._queue.wait_all()
+        del self._queue
+        del self._compiled
+
+
+def _resolve(future: asyncio.Future, idle: asyncio.Semaphore, result, exc) -> None:
+    idle.release()
+    if future.cancelled():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+def load_servable(config: ModelConfig, version: int) -> OpenVINOServable:
+    """Compile ``<base_path>/<version>`` (blocking: call it off the event loop)."""
+    return OpenVINOServable(config, version, config.base_path / str(version))
+
+

@@ -1,0 +1,189 @@
+"""The ``ovms`` command line, compatible with the OpenVINO Model Server binary.
+
+Usage errors print OVMS's message and exit 64 (EX_USAGE), as ``ovms`` does.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import sys
+
+from ovms import __version__
+from ovms.errors import ConfigError
+
+EX_USAGE = 64
+MAX_PORT = 65535
+
+
+class UsageError(Exception):
+    """A command line that cannot work; the message is what OVMS prints."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would exit 2
+        raise UsageError(f"error parsing options: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ovms", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="OpenVINO Model Server (Python): serves OpenVINO IR / ONNX models over KServe v2 gRPC and "
+                    "REST, and pulls models from the Hugging Face Hub.",
+        epilog="Examples:\n"
+               "  ovms --model_name resnet --model_path /models/resnet --port 9000 --rest_port 8000\n"
+               "  ovms --config_path /models/config.json --port 9000 --rest_port 8000\n"
+               "  ovms --pull --source_model OpenVINO/Qwen3-8B-int4-ov --model_repository_path /models "
+               "--task text_generation\n"
+               "A model directory holds numeric version folders: /models/resnet/1/model.xml, model.bin")
+    parser.add_argument("--version", action="store_true", help="print the server and OpenVINO versions and exit")
+    server = parser.add_argument_group("server")
+    server.add_argument("--port", type=int, default=0, help="gRPC port (0: gRPC disabled)")
+    server.add_argument("--rest_port", type=int, default=0, help="REST port (0: REST disabled)")
+    server.add_argument("--grpc_bind_address", default="0.0.0.0", help="address gRPC listens on")
+    server.add_argument("--rest_bind_address", default="0.0.0.0", help="address REST listens on")
+    server.add_argument("--grpc_workers", type=int, default=1, help="gRPC server instances (1 to CPU count)")
+    server.add_argument("--rest_workers", type=int, default=None, help="REST worker count (2 to 10000)")
+    server.add_argument("--log_level", default=os.environ.get("LOG_LEVEL", "INFO"),
+                        help="TRACE, DEBUG, INFO, WARNING or ERROR (env LOG_LEVEL)")
+    server.add_argument("--log_path", default=os.environ.get("LOG_PATH"), help="log file (env LOG_PATH)")
+    server.add_argument("--file_system_poll_wait_seconds", type=int, default=1,
+                        help="seconds between checks of config.json and version directories (0: never)")
+    server.add_argument("--metrics_enable", action="store_true", help="serve Prometheus metrics on /metrics")
+    server.add_argument("--metrics_list", default="", help="comma-separated metric families to enable")
+    model = parser.add_argument_group("model (single-model mode; exclusive with --config_path)")
+    model.add_argument("--config_path", default="", help="config.json with model_config_list")
+    model.add_argument("--model_name", default="", help="name clients use for the model")
+    model.add_argument("--model_path", default="", help="directory with numeric version subdirectories")
+    model.add_argument("--target_device", default="", help="OpenVINO device: CPU (default), GPU, AUTO, ...")
+    model.add_argument("--nireq", type=int, default=0, help="parallel infer requests (0: device optimum)")
+    model.add_argument("--plugin_config", default="", help='device properties as JSON, e.g. {"NUM_STREAMS": "2"}')
+    model.add_argument("--batch_size", default="", help='batch size: a number, a range "1:8" or "auto"')
+    model.add_argument("--shape", default="", help='input shape "(1,3,224,224)", "auto", or JSON per input')
+    model.add_argument("--layout", default="", help='input layout "NCHW", "NHWC:NCHW", or JSON per input')
+    model.add_argument("--model_version_policy", default="",
+                       help='e.g. {"latest": {"num_versions": 2}}, {"all": {}}, {"specific": {"versions": [1]}}')
+    try:
+        from ovms.pull import cli as pull_cli
+    except ImportError:  # pull mode not built in this checkout
+        pull_cli = None
+    if pull_cli is not None:
+        pull_cli.add_arguments(parser)
+    return parser
+
+
+def validate(args: argparse.Namespace) -> None:
+    """OVMS's checks of the server flags (src/config.cpp), with its messages."""
+    if args.config_path and (args.model_name or args.model_path):
+        raise UsageError("Use either config_path or model_path with model_name")
+    if not args.config_path and not (args.model_name and args.model_path):
+        raise UsageError("Use config_path or model_path with model_name")
+    if args.config_path and (args.batch_size or args.shape or args.nireq or args.model_version_policy
+                             or args.target_device or args.plugin_config):
+        raise UsageError("Model parameters in CLI are exclusive with the config file")
+    cores = os.cpu_count() or 1
+    if not 1 <= args.grpc_workers <= cores:
+        raise UsageError(f"grpc_workers count should be from 1 to CPU core count : {cores}")
+    if args.rest_workers is not None:
+        if not 2 <= args.rest_workers <= 10_000:
+            raise UsageError("rest_workers count should be from 2 to 10000")
+        if args.rest_port == 0:
+            raise UsageError("rest_workers is set but rest_port is not set. rest_port is required to start rest "
+                             "servers")
+    if not 0 <= args.port <= MAX_PORT:
+        raise UsageError(f"port number out of range from 0 to {MAX_PORT}")
+    if not 0 <= args.rest_port <= MAX_PORT:
+        raise UsageError(f"rest_port number out of range from 0 to {MAX_PORT}")
+    if args.metrics_enable and args.rest_port == 0:
+        raise UsageError("rest_port setting is missing, metrics are enabled on rest port")
+    if args.metrics_list and not args.metrics_enable:
+        raise UsageError("metrics_enable setting is missing, required when metrics_list is provided")
+    if args.port == args.rest_port:
+        raise UsageError("port and rest_port cannot have the same values")
+    if args.log_level not in ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR"):
+        raise UsageError("log_level should be one of: TRACE, DEBUG, INFO, WARNING, ERROR")
+
+
+def single_model_entry(args: argparse.Namespace) -> dict:
+    """The config.json entry equivalent to the single-model flags."""
+    entry: dict = {"name": args.model_name, "base_path": args.model_path}
+    if args.target_device:
+        entry["target_device"] = args.target_device
+    if args.nireq:
+        entry["nireq"] = args.nireq
+    if args.plugin_config:
+        entry["plugin_config"] = args.plugin_config
+    if args.batch_size:
+        entry["batch_size"] = args.batch_size
+    for field in ("shape", "layout"):
+        value = getattr(args, field)
+        if value:
+            entry[field] = json.loads(value) if value.lstrip().startswith("{") else value
+    if args.model_version_policy:
+        entry["model_version_policy"] = args.model_version_policy
+    return entry
+
+
+def _version_text() -> str:
+    import openvino  # only to report its version
+
+    return f"OpenVINO Model Server (Python) {__version__}\nOpenVINO backend {openvino.get_version()}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.version:
+            print(_version_text())
+            sys.exit(0)
+        from ovms import logging_setup
+        pull_cli = None
+        try:
+            from ovms.pull import cli as pull_cli
+        except ImportError:
+            pass
+        if args.log_level in logging_setup.LEVELS:
+            logging_setup.configure(args.log_level, args.log_path)
+        if pull_cli is not None and pull_cli.wants_pull(args):
+            code, model_dir = pull_cli.run(args, serve_after=not getattr(args, "pull", False))
+            if getattr(args, "pull", False) or code != 0 or model_dir is None:
+                sys.exit(code)
+            args.model_path = str(model_dir)
+            args.model_name = args.model_name or getattr(args, "source_model", "")
+        validate(args)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(EX_USAGE)
+    sys.exit(serve(args))
+
+
+def serve(args: argparse.Namespace) -> int:
+    from ovms.config import load_config_file, model_config_from_dict
+    from ovms.server import Server, ServerSettings
+
+    try:
+        if args.config_path:
+            models = load_config_file(pathlib.Path(args.config_path))
+        else:
+            models = [model_config_from_dict(single_model_entry(args), where="command line")]
+    except (ConfigError, json.JSONDecodeError) as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return 1
+    settings = ServerSettings(grpc_port=args.port or None, rest_port=args.rest_port or None,
+                              grpc_bind_address=args.grpc_bind_address, rest_bind_address=args.rest_bind_address,
+                              grpc_workers=args.grpc_workers, rest_workers=args.rest_workers)
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(Server(settings, models).run_until_signalled())
+    except OSError as exc:
+        print(f"Cannot start the server: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,202 @@
+"""Model configuration as OVMS reads it: ``config.json`` (``model_config_list``) or single-model CLI flags.
+
+Validation happens here, with messages that name the file, the entry and the field to fix. Nothing in this
+module touches OpenVINO; backends interpret shapes, layouts and plugin configs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import re
+from typing import Any
+
+from ovms.errors import ConfigError
+
+# Fields of a model_config_list[].config entry that OVMS's schema accepts (src/schema.cpp).
+MODEL_CONFIG_FIELDS = {
+    "name", "base_path", "batch_size", "model_version_policy", "shape", "layout", "nireq", "target_device",
+    "plugin_config", "stateful", "low_latency_transformation", "max_sequence_number", "idle_sequence_cleanup",
+    "allow_cache", "custom_loader_options", "graph_path", "subconfig",
+}
+TOP_LEVEL_FIELDS = {
+    "model_config_list", "pipeline_config_list", "custom_loader_config_list", "custom_node_library_config_list",
+    "mediapipe_config_list", "monitoring",
+}
+_SHAPE_RE = re.compile(r"^\s*[\(\[]\s*(-?\d+(:\d+)?)(\s*,\s*-?\d+(:\d+)?)*\s*[\)\]]\s*$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class VersionPolicy:
+    """Which numeric version directories to serve: all, the latest N, or a specific list."""
+
+    kind: str = "latest"  # "all" | "latest" | "specific"
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+    def select(self, available: list[int]) -> list[int]:
+        available = sorted(available)
+        if self.kind == "all":
+            return available
+        if self.kind == "specific":
+            return [v for v in available if v in self.versions]
+        return available[-self.num_versions:]
+
+    @classmethod
+    def parse(cls, value: Any, where: str) -> "VersionPolicy":
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{where}: model_version_policy is not valid JSON ({exc.msg}); "
+                                  'example: {"latest": {"num_versions": 2}}') from None
+        if not isinstance(value, dict) or len(value) != 1:
+            raise ConfigError(f"{where}: Model version policy is in wrong format; use exactly one of "
+                              '{"all": {}}, {"latest": {"num_versions": N}}, {"specific": {"versions": [1, 2]}}')
+        (kind, body), = value.items()
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: model_version_policy.{kind} must be a JSON object")
+        if kind == "all":
+            if body:
+                raise ConfigError(f"{where}: model_version_policy.all takes no fields, got {sorted(body)}")
+            return cls("all")
+        if kind == "latest":
+            n = body.get("num_versions", 1)
+            if set(body) - {"num_versions"} or not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ConfigError(f"{where}: model_version_policy.latest needs a positive integer num_versions")
+            return cls("latest", num_versions=n)
+        if kind == "specific":
+            versions = body.get("versions")
+            if (set(body) - {"versions"} or not isinstance(versions, list) or not versions
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in versions)):
+                raise ConfigError(f"{where}: model_version_policy.specific needs a non-empty list of positive "
+                                  "integer versions")
+            return cls("specific", versions=tuple(versions))
+        raise ConfigError(f"{where}: Model version policy contains unsupported key {kind!r}; "
+                          "use all, latest or specific")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """One served model: where its versions live and how to compile them."""
+
+    name: str
+    base_path: pathlib.Path
+    version_policy: VersionPolicy = VersionPolicy()
+    target_device: str = "CPU"
+    nireq: int = 0  # 0: the device's optimal number of infer requests
+    plugin_config: tuple[tuple[str, Any], ...] = ()
+    batch_size: str | None = None  # "auto" or an integer as text
+    shape: str | tuple[tuple[str, str], ...] | None = None  # one shape for all inputs, or per input name
+    layout: str | tuple[tuple[str, str], ...] | None = None
+
+    def describe(self) -> dict:
+        """The entry as /v1/config and logs show it."""
+        return {"name": self.name, "base_path": str(self.base_path), "target_device": self.target_device,
+                "nireq": self.nireq}
+
+
+def _check_shape(value: Any, where: str) -> str | tuple[tuple[str, str], ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value != "auto" and not _SHAPE_RE.match(value):
+            raise ConfigError(f"{where}: The provided shape is in wrong format: {value!r}; "
+                              'expected "auto" or "(1,3,224,224)" (-1 for any size, "1:8" for a range)')
+        return value
+    if isinstance(value, dict):
+        return tuple((str(k), _check_shape(v, f"{where} (input {k})")) for k, v in value.items())
+    raise ConfigError(f"{where}: shape must be a string or an object of input name -> shape")
+
+
+def _plugin_config(value: Any, where: str) -> tuple[tuple[str, Any], ...]:
+    if value in (None, ""):
+        return ()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{where}: Plugin config is in wrong format ({exc.msg}); "
+                              'example: {"NUM_STREAMS": "2"}') from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: Plugin config is in wrong format; expected a JSON object")
+    return tuple(sorted((str(k), v) for k, v in value.items()))
+
+
+def model_config_from_dict(entry: dict, *, where: str, relative_to: pathlib.Path | None = None) -> ModelConfig:
+    """Validate one ``config`` object of ``model_config_list``."""
+    unknown = set(entry) - MODEL_CONFIG_FIELDS
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(map(repr, unknown)))}; "
+                          f"allowed fields: {', '.join(sorted(MODEL_CONFIG_FIELDS))}")
+    for required in ("name", "base_path"):
+        if not isinstance(entry.get(required), str) or not entry[required]:
+            raise ConfigError(f"{where}: required field {required!r} is missing or not a string")
+    base_path = pathlib.Path(entry["base_path"]).expanduser()
+    if not base_path.is_absolute() and relative_to is not None:
+        base_path = relative_to / base_path
+    nireq = entry.get("nireq", 0)
+    if not isinstance(nireq, int) or isinstance(nireq, bool) or nireq < 0 or nireq > 100_000:
+        raise ConfigError(f"{where}: nireq must be an integer from 0 to 100000, got {nireq!r}")
+    batch = entry.get("batch_size")
+    if batch is not None:
+        batch = str(batch)
+        if batch != "auto" and not re.fullmatch(r"\d+(:\d+)?|-1", batch):
+            raise ConfigError(f"{where}: batch_size must be a positive integer, a range like 1:8, or \"auto\"")
+    device = entry.get("target_device", "CPU")
+    if not isinstance(device, str) or not device:
+        raise ConfigError(f"{where}: target_device must be a device name such as CPU, GPU, AUTO:GPU,CPU")
+    layout = entry.get("layout")
+    if isinstance(layout, dict):
+        layout = tuple((str(k), str(v)) for k, v in layout.items())
+    elif layout is not None and not isinstance(layout, str):
+        raise ConfigError(f"{where}: layout must be a string like NCHW or an object of input name -> layout")
+    return ModelConfig(
+        name=entry["name"], base_path=base_path,
+        version_policy=VersionPolicy.parse(entry.get("model_version_policy", {"latest": {"num_versions": 1}}),
+                                           where),
+        target_device=device, nireq=nireq, plugin_config=_plugin_config(entry.get("plugin_config"), where),
+        batch_size=batch, shape=_check_shape(entry.get("shape"), where), layout=layout)
+
+
+def load_config_file(path: pathlib.Path) -> list[ModelConfig]:
+    """Read and validate a config.json; raise ConfigError saying what is wrong and where."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror}); check --config_path") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: The file is not valid json: {exc.msg} at line {exc.lineno} "
+                          f"column {exc.colno}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: the top level must be a JSON object with model_config_list")
+    unknown = set(document) - TOP_LEVEL_FIELDS
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level field(s) {', '.join(sorted(map(repr, unknown)))}; "
+                          f"allowed fields: {', '.join(sorted(TOP_LEVEL_FIELDS))}")
+    models = []
+    names: set[str] = set()
+    entries = document.get("model_config_list", [])
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: model_config_list must be a JSON array")
+    for i, item in enumerate(entries):
+        where = f"{path}: model_config_list[{i}]"
+        if not isinstance(item, dict) or set(item) != {"config"} or not isinstance(item["config"], dict):
+            raise ConfigError(f'{where} must be an object with exactly one field, "config"')
+        model = model_config_from_dict(item["config"], where=f"{where}.config", relative_to=path.parent)
+        if model.name in names:
+            raise ConfigError(f"{where}.config: model name {model.name!r} is used twice; names must be unique")
+        names.add(model.name)
+        models.append(model)
+    return models
+
+
+def numeric_versions(base_path: pathlib.Path) -> list[int]:
+    """Version numbers of a model directory: its subdirectories with positive integer names (others ignored)."""
+    try:
+        children = list(base_path.iterdir())
+    except OSError:
+        return []
+    return sorted(int(p.name) for p in children if p.is_dir() and p.name.isdigit() and int(p.name) > 0)

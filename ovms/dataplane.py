@@ -1,0 +1,72 @@
+"""Transport-neutral verbs shared by gRPC and REST: live, ready, metadata, infer."""
+from __future__ import annotations
+
+import dataclasses
+
+from ovms import __version__
+from ovms.errors import Kind, ServingError
+from ovms.registry import Registry, VersionState
+from ovms.servable import InferServable, Servable
+from ovms.types import InferRequest, InferResponse, ModelMetadata
+
+SERVER_NAME = "OpenVINO Model Server"
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+
+
+def parse_version(text: str | None) -> int | None:
+    """A KServe version string: "" means the default version; otherwise a positive integer."""
+    if not text:
+        return None
+    if not text.isdigit():
+        raise ServingError(Kind.MODEL_VERSION_INVALID, f"version must be a positive integer, got {text!r}")
+    return int(text)
+
+
+@dataclasses.dataclass(slots=True)
+class ServerMetadata:
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class DataPlane:
+    """What every protocol can ask of the server."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.live_flag = True
+
+    def live(self) -> bool:
+        return self.live_flag
+
+    def ready(self) -> bool:
+        return self.live_flag and self.registry.is_ready()
+
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(SERVER_NAME, __version__, list(EXTENSIONS))
+
+    def model_ready(self, name: str, version: int | None) -> bool:
+        model = self.registry.model(name)
+        if version is None:
+            return model.default_version() is not None
+        entry = model.versions.get(version)
+        if entry is None:
+            raise ServingError(Kind.MODEL_VERSION_MISSING)
+        return entry.state is VersionState.AVAILABLE
+
+    def servable(self, name: str, version: int | None) -> Servable:
+        return self.registry.resolve(name, version)
+
+    def model_metadata(self, name: str, version: int | None) -> ModelMetadata:
+        servable = self.registry.resolve(name, version)
+        model = self.registry.model(name)
+        versions = [str(v) for v, e in sorted(model.versions.items()) if e.state is VersionState.AVAILABLE]
+        return ModelMetadata(servable.name, versions, servable.platform, list(servable.inputs),
+                             list(servable.outputs))
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        servable = self.registry.resolve(request.model_name, request.model_version)
+        if not isinstance(servable, InferServable):
+            raise ServingError(Kind.NOT_IMPLEMENTED, f"model {request.model_name} does not take tensor inference "
+                                                     "requests; use its OpenAI endpoints under /v3")
+        return await servable.infer(request)

@@ -1,0 +1,72 @@
+"""One error hierarchy for every layer, and the tables that map it onto gRPC and HTTP.
+
+Messages are OpenVINO Model Server's (src/status.cpp): users grep their logs and match client code against
+them. A detail is appended as OVMS does: ``"<message> - <details>"``. This module imports neither grpc nor
+aiohttp; transports read ``GRPC_CODE`` / ``HTTP_STATUS`` through ``ServingError.grpc_code`` / ``.http_status``.
+"""
+from __future__ import annotations
+
+import enum
+
+
+class Kind(enum.Enum):
+    """A kind of failure: (OVMS message, gRPC status code name, HTTP status)."""
+
+    MODEL_NAME_MISSING = ("Model with requested name is not found", "NOT_FOUND", 404)
+    MODEL_VERSION_MISSING = ("Model with requested version is not found", "NOT_FOUND", 404)
+    MODEL_VERSION_NOT_LOADED_ANYMORE = ("Model with requested version is retired", "NOT_FOUND", 404)
+    MODEL_VERSION_NOT_LOADED_YET = ("Model with requested version is not loaded yet", "UNAVAILABLE", 503)
+    MODEL_VERSION_INVALID = ("Model version is invalid", "INVALID_ARGUMENT", 400)
+    INVALID_NO_OF_INPUTS = ("Invalid number of inputs", "INVALID_ARGUMENT", 400)
+    INVALID_MISSING_INPUT = ("Missing input with specific name", "INVALID_ARGUMENT", 400)
+    INVALID_MISSING_OUTPUT = ("Missing output with specific name", "INVALID_ARGUMENT", 400)
+    INVALID_NO_OF_SHAPE_DIMENSIONS = ("Invalid number of shape dimensions", "INVALID_ARGUMENT", 400)
+    INVALID_BATCH_SIZE = ("Invalid input batch size", "INVALID_ARGUMENT", 400)
+    INVALID_SHAPE = ("Invalid input shape", "INVALID_ARGUMENT", 400)
+    INVALID_PRECISION = ("Invalid input precision", "INVALID_ARGUMENT", 400)
+    INVALID_VALUE_COUNT = ("Invalid number of values in tensor proto container", "INVALID_ARGUMENT", 400)
+    INVALID_CONTENT_SIZE = ("Invalid content size of tensor proto", "INVALID_ARGUMENT", 400)
+    INVALID_MESSAGE_STRUCTURE = ("Invalid message structure", "INVALID_ARGUMENT", 400)
+    INVALID_INPUT_FORMAT = ("Invalid input format", "INVALID_ARGUMENT", 400)
+    JSON_INVALID = ("The file is not valid json", "INVALID_ARGUMENT", 400)
+    REST_BODY_IS_NOT_AN_OBJECT = ("Request body should be JSON object", "INVALID_ARGUMENT", 400)
+    REST_INVALID_URL = ("Invalid request URL", "INVALID_ARGUMENT", 400)
+    REST_UNSUPPORTED_METHOD = ("Unsupported method", "UNIMPLEMENTED", 406)
+    NOT_IMPLEMENTED = ("Not implemented", "UNIMPLEMENTED", 501)
+    SERVER_NOT_READY = ("Server is not ready", "UNAVAILABLE", 503)
+    OV_INTERNAL_INFERENCE_ERROR = ("Internal inference error", "INTERNAL", 500)
+    INTERNAL_ERROR = ("Internal server error", "INTERNAL", 500)
+
+    @property
+    def message(self) -> str:
+        return self.value[0]
+
+
+class ServingError(Exception):
+    """A failure a client should see: a kind (fixing code and message) and optional details."""
+
+    def __init__(self, kind: Kind, details: str = "") -> None:
+        self.kind = kind
+        self.details = details
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        return f"{self.kind.message} - {self.details}" if self.details else self.kind.message
+
+    @property
+    def grpc_code(self) -> str:
+        """Name of the ``grpc.StatusCode`` member."""
+        return self.kind.value[1]
+
+    @property
+    def http_status(self) -> int:
+        return self.kind.value[2]
+
+
+class ConfigError(Exception):
+    """The model repository, config.json or a command line flag is wrong; the message says what to fix."""
+
+
+class ModelLoadError(Exception):
+    """A model version could not be loaded (missing files, invalid IR, device failure)."""

@@ -1,0 +1,1 @@
+"""Wire formats <-> neutral types (ovms.types). Validation of wire structure happens here."""

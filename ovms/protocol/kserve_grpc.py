@@ -1,0 +1,101 @@
+"""KServe v2 gRPC messages <-> neutral types."""
+from __future__ import annotations
+
+from ovms._native import load
+from ovms._native.codec_errors import CodecError
+from ovms._proto.kserve import grpc_predict_v2_pb2 as pb
+from ovms.dataplane import ServerMetadata, parse_version
+from ovms.errors import Kind, ServingError
+from ovms.types import InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec
+
+_codec = load("tensorcodec")
+
+# Typed contents field per datatype (spec: "Tensor Data"); FP16 and BF16 travel only as raw bytes.
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+TRITON_TYPE = {"BOOL": 1, "UINT8": 2, "UINT16": 3, "UINT32": 4, "UINT64": 5, "INT8": 6, "INT16": 7, "INT32": 8,
+               "INT64": 9, "FP16": 10, "FP32": 11, "FP64": 12, "BYTES": 13, "BF16": 14}
+
+
+def _parameter_value(param: pb.InferParameter):
+    which = param.WhichOneof("parameter_choice")
+    return getattr(param, which) if which else None
+
+
+def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
+    """ModelInferRequest -> InferRequest; raw contents stay as the message's bytes (no copy)."""
+    raw = message.raw_input_contents
+    inputs = []
+    if raw:
+        if len(raw) != len(message.inputs):
+            raise ServingError(Kind.INVALID_MESSAGE_STRUCTURE,
+                               f"raw_input_contents has {len(raw)} buffers for {len(message.inputs)} inputs; "
+                               "send one buffer per input, in input order")
+        for index, item in enumerate(message.inputs):
+            if item.HasField("contents"):
+                raise ServingError(Kind.INVALID_MESSAGE_STRUCTURE,
+                                   "Passing buffers both in InferInputTensor contents and in raw_input_contents is "
+                                   f"not allowed. Detected buffer in InferInputTensor contents for input: "
+                                   f"{item.name}")
+            inputs.append(Tensor(item.name, item.datatype, item.shape, raw=raw[index]))
+    else:
+        for item in message.inputs:
+            field = CONTENTS_FIELD.get(item.datatype)
+            if field is None:
+                if item.datatype in ("FP16", "BF16"):
+                    raise ServingError(Kind.INVALID_MESSAGE_STRUCTURE,
+                                       f"input {item.name}: {item.datatype} has no typed contents field; send it in "
+                                       "raw_input_contents")
+                raise ServingError(Kind.INVALID_PRECISION, f"Unknown datatype: {item.datatype!r}; input name: "
+                                                           f"{item.name}")
+            shape = tuple(item.shape)
+            try:
+                array = _codec.contents_to_array(getattr(item.contents, field), item.datatype, shape)
+            except CodecError as exc:
+                raise ServingError(Kind.INVALID_VALUE_COUNT, f"{exc}; input name: {item.name}") from None
+            except (OverflowError, ValueError) as exc:
+                raise ServingError(Kind.INVALID_VALUE_COUNT, f"{exc}; input name: {item.name}") from None
+            inputs.append(Tensor(item.name, item.datatype, shape, array=array))
+    requested = [out.name for out in message.outputs] or None
+    parameters = {k: _parameter_value(v) for k, v in message.parameters.items()} or None
+    return InferRequest(message.model_name, parse_version(message.model_version), inputs, message.id,
+                        requested, parameters)
+
+
+def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
+    """InferResponse -> ModelInferResponse with raw_output_contents (as Triton and OVMS answer)."""
+    message = pb.ModelInferResponse(model_name=response.model_name, model_version=str(response.model_version),
+                                    id=response.id)
+    outputs = message.outputs
+    raw = message.raw_output_contents
+    for tensor in response.outputs:
+        outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        raw.append(tensor.as_raw())
+    return message
+
+
+def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+
+
+def encode_model_metadata(meta: ModelMetadata) -> pb.ModelMetadataResponse:
+    return pb.ModelMetadataResponse(name=meta.name, versions=meta.versions, platform=meta.platform,
+                                    inputs=[_tensor_metadata(s) for s in meta.inputs],
+                                    outputs=[_tensor_metadata(s) for s in meta.outputs])
+
+
+def encode_server_metadata(meta: ServerMetadata) -> pb.ServerMetadataResponse:
+    return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=meta.extensions)
+
+
+def encode_model_config(meta: ModelMetadata) -> pb.ModelConfigResponse:
+    """Triton's ModelConfig for tools that ask before inferring (perf_analyzer); no implicit batching."""
+    config = pb.ModelConfig(name=meta.name, platform="openvino", backend="openvino", max_batch_size=0)
+    for spec in meta.inputs:
+        config.input.add(name=spec.name, data_type=TRITON_TYPE.get(spec.datatype, 0), dims=spec.shape)
+    for spec in meta.outputs:
+        config.output.add(name=spec.name, data_type=TRITON_TYPE.get(spec.datatype, 0), dims=spec.shape)
+    return pb.ModelConfigResponse(config=config)

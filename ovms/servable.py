@@ -1,0 +1,97 @@
+"""Servable interfaces (capabilities) and the request validation every tensor servable shares.
+
+A servable is one loaded model version. Backends implement the capabilities they have; the data plane asks
+``isinstance(servable, InferServable)`` and answers "not supported" otherwise.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Sequence
+
+import numpy as np
+
+from ovms._native.codec_errors import CodecError
+from ovms.errors import Kind, ServingError
+from ovms.types import InferRequest, InferResponse, Tensor, TensorSpec
+
+
+class Servable(abc.ABC):
+    """A loaded model version."""
+
+    name: str
+    version: int
+    platform: str = "OpenVINO"
+
+    @property
+    @abc.abstractmethod
+    def inputs(self) -> list[TensorSpec]: ...
+
+    @property
+    @abc.abstractmethod
+    def outputs(self) -> list[TensorSpec]: ...
+
+    def close(self) -> None:
+        """Release device resources; called after the last in-flight request ended."""
+
+
+class InferServable(Servable):
+    """A servable that maps named input tensors to named output tensors."""
+
+    @abc.abstractmethod
+    async def infer(self, request: InferRequest) -> InferResponse: ...
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "(" + ",".join(str(d) for d in shape) + ")"
+
+
+def validate_inputs(servable: Servable, request: InferRequest) -> dict[str, np.ndarray]:
+    """Check a request against the servable's inputs as OVMS does; return input arrays by name.
+
+    Order of checks and messages follow OVMS's request validator: number of inputs, missing names,
+    precision, number of dimensions, shape, then content size.
+    """
+    specs = servable.inputs
+    if len(request.inputs) != len(specs):
+        raise ServingError(Kind.INVALID_NO_OF_INPUTS, f"Expected: {len(specs)}; Actual: {len(request.inputs)}")
+    by_name = {tensor.name: tensor for tensor in request.inputs}
+    arrays = {}
+    for spec in specs:
+        tensor = by_name.get(spec.name)
+        if tensor is None:
+            raise ServingError(Kind.INVALID_MISSING_INPUT, f"Required input: {spec.name}")
+        if tensor.datatype != spec.datatype:
+            raise ServingError(Kind.INVALID_PRECISION,
+                               f"Expected: {spec.datatype}; Actual: {tensor.datatype}; input name: {spec.name}")
+        shape = tensor.shape
+        if any(d < 0 for d in shape):
+            raise ServingError(Kind.INVALID_SHAPE, f"Negative or zero dimension size is not acceptable: "
+                                                   f"{_shape_text(shape)}; input name: {spec.name}")
+        if len(shape) != len(spec.shape):
+            raise ServingError(Kind.INVALID_NO_OF_SHAPE_DIMENSIONS,
+                               f"Expected: {_shape_text(spec.shape)}; Actual: {_shape_text(shape)}; "
+                               f"input name: {spec.name}")
+        for want, got in zip(spec.shape, shape):
+            if want != -1 and want != got:
+                raise ServingError(Kind.INVALID_SHAPE, f"Expected: {_shape_text(spec.shape)}; "
+                                                       f"Actual: {_shape_text(shape)}; input name: {spec.name}")
+        try:
+            arrays[spec.name] = tensor.as_array()
+        except CodecError as exc:
+            raise ServingError(Kind.INVALID_CONTENT_SIZE, f"{exc}; input name: {spec.name}") from None
+    return arrays
+
+
+def select_outputs(servable: Servable, produced: dict[str, np.ndarray], requested: list[str] | None) -> list[Tensor]:
+    """The output tensors to return: all in the model's order, or those requested, in request order."""
+    if not requested:
+        return [Tensor(spec.name, spec.datatype, produced[spec.name].shape, array=produced[spec.name])
+                for spec in servable.outputs]
+    datatypes = {spec.name: spec.datatype for spec in servable.outputs}
+    tensors = []
+    for name in requested:
+        if name not in produced:
+            raise ServingError(Kind.INVALID_MISSING_OUTPUT, f"Unknown output: {name}; model outputs: "
+                                                            f"{', '.join(datatypes)}")
+        tensors.append(Tensor(name, datatypes[name], produced[name].shape, array=produced[name]))
+    return tensors

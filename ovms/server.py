@@ -1,0 +1,91 @@
+"""Composition root: the only module that knows the concrete backends and wires every layer together."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+
+from aiohttp import web
+
+from ovms.config import ModelConfig
+from ovms.dataplane import DataPlane
+from ovms.registry import Registry
+from ovms.transport import grpc_server, rest_server
+
+log = logging.getLogger("ovms.server")
+
+
+@dataclasses.dataclass(slots=True)
+class ServerSettings:
+    """Where to listen. A port of None disables that transport; 0 picks a free port (tests)."""
+
+    grpc_port: int | None = None
+    rest_port: int | None = None
+    grpc_bind_address: str = "0.0.0.0"
+    rest_bind_address: str = "0.0.0.0"
+    grpc_workers: int = 1
+    rest_workers: int | None = None
+
+
+def _openvino_loader(config: ModelConfig, version: int):
+    from ovms.backends.openvino_model import load_servable
+
+    return load_servable(config, version)
+
+
+class Server:
+    """One process serving a registry over gRPC and REST on one event loop."""
+
+    def __init__(self, settings: ServerSettings, models: list[ModelConfig]) -> None:
+        self.settings = settings
+        self.models = models
+        self.registry = Registry(_openvino_loader)
+        self.dataplane = DataPlane(self.registry)
+        self._grpc = None
+        self._runner: web.AppRunner | None = None
+        self.grpc_port: int | None = None
+        self.rest_port: int | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.grpc_port is not None:
+            self._grpc = grpc_server.create_server(self.dataplane)
+            self.grpc_port = self._grpc.add_insecure_port(f"{s.grpc_bind_address}:{s.grpc_port}")
+            if self.grpc_port == 0:
+                raise OSError(f"cannot listen for gRPC on {s.grpc_bind_address}:{s.grpc_port}: the address is in "
+                              "use or not local; choose another --port or --grpc_bind_address")
+            await self._grpc.start()
+            await grpc_server.set_health(self._grpc, False)
+        if s.rest_port is not None:
+            self._runner = web.AppRunner(rest_server.create_app(self.dataplane), access_log=None,
+                                         handle_signals=False)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, s.rest_bind_address, s.rest_port, backlog=1024)
+            await site.start()
+            self.rest_port = site._server.sockets[0].getsockname()[1]
+        log.info("Started gRPC server on %s:%s, REST server on %s:%s", s.grpc_bind_address, self.grpc_port,
+                 s.rest_bind_address, self.rest_port)
+        await self.registry.load(self.models)
+        if self._grpc is not None:
+            await grpc_server.set_health(self._grpc, self.dataplane.ready())
+        log.info("Server ready: %d model(s) configured, ready=%s", len(self.models), self.dataplane.ready())
+
+    async def stop(self, grace: float = 5.0) -> None:
+        self.dataplane.live_flag = False
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await asyncio.to_thread(self.registry.close)
+
+    async def run_until_signalled(self) -> None:
+        """Serve until SIGINT or SIGTERM, then stop gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        log.info("Shutting down: finishing in-flight requests")
+        await self.stop()

@@ -1,0 +1,146 @@
+"""gRPC transport: KServe v2 GRPCInferenceService on grpc.aio, plus health checking and reflection."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ovms._proto._pool import POOL
+from ovms._proto.kserve import grpc_predict_v2_pb2 as pb
+from ovms._proto.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
+from ovms.dataplane import DataPlane, parse_version
+from ovms.errors import Kind, ServingError
+from ovms.protocol import kserve_grpc as codec
+
+log = logging.getLogger("ovms.grpc")
+
+MAX_MESSAGE_BYTES = 1 << 30  # 1 GiB, as OVMS allows by default
+KSERVE_SERVICE = "inference.GRPCInferenceService"
+STREAM_WINDOW = 64  # requests of one ModelStreamInfer stream in flight at once
+
+
+def _unexpected(exc: BaseException, method: str) -> ServingError:
+    request_id = uuid.uuid4().hex[:12]
+    log.error("request %s: %s failed unexpectedly", request_id, method, exc_info=exc)
+    return ServingError(Kind.INTERNAL_ERROR, f"request id {request_id}; see the server log")
+
+
+def mapped_errors(method):
+    """Turn ServingError (and anything unexpected) into a gRPC status with OVMS's message."""
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except ServingError as exc:
+            error = exc
+        except Exception as exc:
+            error = _unexpected(exc, method.__name__)
+        await context.abort(grpc.StatusCode[error.grpc_code], error.message)
+    return wrapper
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """KServe v2 over gRPC on the shared data plane."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dp = dataplane
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=self.dp.live())
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.dp.ready())
+
+    @mapped_errors
+    async def ServerMetadata(self, request, context):
+        return codec.encode_server_metadata(self.dp.server_metadata())
+
+    @mapped_errors
+    async def ModelReady(self, request, context):
+        return pb.ModelReadyResponse(ready=self.dp.model_ready(request.name, parse_version(request.version)))
+
+    @mapped_errors
+    async def ModelMetadata(self, request, context):
+        return codec.encode_model_metadata(self.dp.model_metadata(request.name, parse_version(request.version)))
+
+    @mapped_errors
+    async def ModelConfig(self, request, context):
+        return codec.encode_model_config(self.dp.model_metadata(request.name, parse_version(request.version)))
+
+    @mapped_errors
+    async def ModelStatistics(self, request, context):
+        meta = self.dp.model_metadata(request.name, parse_version(request.version)) if request.name else None
+        stats = pb.ModelStatisticsResponse()
+        if meta is not None:
+            stats.model_stats.add(name=meta.name, version=request.version or meta.versions[-1])
+        return stats
+
+    @mapped_errors
+    async def ModelInfer(self, request, context):
+        response = await self.dp.infer(codec.decode_infer_request(request))
+        return codec.encode_infer_response(response)
+
+    async def _stream_one(self, request) -> pb.ModelStreamInferResponse:
+        try:
+            response = await self.dp.infer(codec.decode_infer_request(request))
+            return pb.ModelStreamInferResponse(infer_response=codec.encode_infer_response(response))
+        except ServingError as exc:
+            error = exc
+        except Exception as exc:
+            error = _unexpected(exc, "ModelStreamInfer")
+        return pb.ModelStreamInferResponse(
+            error_message=error.message,
+            infer_response=pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,
+                                                 id=request.id))
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        """Requests of one stream run concurrently (up to STREAM_WINDOW); responses keep request order.
+
+        An error answers its own request with ``error_message`` and the stream goes on, as Triton does.
+        """
+        pending: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)
+        done = object()
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await pending.put(asyncio.ensure_future(self._stream_one(request)))
+            finally:
+                await pending.put(done)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (task := await pending.get()) is not done:
+                yield await task
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                item = pending.get_nowait()
+                if item is not done:
+                    item.cancel()
+
+
+def create_server(dataplane: DataPlane, *, max_workers: int | None = None) -> grpc.aio.Server:
+    """A grpc.aio server with the KServe service, health checking and reflection registered."""
+    server = grpc.aio.server(options=[
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+    ])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.health_servicer = health_servicer  # set SERVING / NOT_SERVING from the composition root
+    reflection.enable_server_reflection([KSERVE_SERVICE, reflection.SERVICE_NAME], server, pool=POOL)
+    return server
+
+
+async def set_health(server: grpc.aio.Server, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for service in ("", KSERVE_SERVICE):
+        await server.health_servicer.set(service, status)

@@ -1,0 +1,113 @@
+"""REST transport: KServe v2 over aiohttp on the same data plane as gRPC.
+
+Unknown URLs answer 400 "Invalid request URL" and known URLs with the wrong method 406 "Unsupported method",
+as OVMS's REST handler does; every error body is ``{"error": "<OVMS message>"}``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+from aiohttp import web
+
+from ovms.dataplane import DataPlane, parse_version
+from ovms.errors import Kind, ServingError
+from ovms.protocol import kserve_rest as codec
+
+log = logging.getLogger("ovms.rest")
+
+DATAPLANE = web.AppKey("dataplane", DataPlane)
+HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_BODY_BYTES = 1 << 30
+
+
+def _error_response(error: ServingError) -> web.Response:
+    return web.json_response({"error": error.message}, status=error.http_status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except ServingError as exc:
+        return _error_response(exc)
+    except web.HTTPMethodNotAllowed:
+        return _error_response(ServingError(Kind.REST_UNSUPPORTED_METHOD))
+    except web.HTTPNotFound:
+        return _error_response(ServingError(Kind.REST_INVALID_URL))
+    except web.HTTPRequestEntityTooLarge:
+        return web.json_response({"error": f"request body larger than {MAX_BODY_BYTES} bytes"}, status=413)
+    except web.HTTPException:
+        raise
+    except Exception:
+        request_id = uuid.uuid4().hex[:12]
+        log.exception("request %s: %s %s failed unexpectedly", request_id, request.method, request.path)
+        return _error_response(ServingError(Kind.INTERNAL_ERROR, f"request id {request_id}; see the server log"))
+
+
+def _version(request: web.Request) -> int | None:
+    return parse_version(request.match_info.get("version"))
+
+
+def _json(data: dict) -> web.Response:
+    return web.Response(body=json.dumps(data).encode(), content_type="application/json")
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.Response(status=200 if request.app[DATAPLANE].live() else 503)
+
+
+async def ready(request: web.Request) -> web.Response:
+    return web.Response(status=200 if request.app[DATAPLANE].ready() else 503)
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    return _json(codec.server_metadata_json(request.app[DATAPLANE].server_metadata()))
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    meta = request.app[DATAPLANE].model_metadata(request.match_info["model"], _version(request))
+    return _json(codec.model_metadata_json(meta))
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    is_ready = request.app[DATAPLANE].model_ready(request.match_info["model"], _version(request))
+    return web.Response(status=200 if is_ready else 503)
+
+
+async def model_config(request: web.Request) -> web.Response:
+    meta = request.app[DATAPLANE].model_metadata(request.match_info["model"], _version(request))
+    return _json(codec.model_config_json(meta))
+
+
+async def infer(request: web.Request) -> web.Response:
+    header = request.headers.get(HEADER_LENGTH)
+    try:
+        header_length = int(header) if header is not None else None
+    except ValueError:
+        raise ServingError(Kind.INVALID_INPUT_FORMAT, f"{HEADER_LENGTH} must be an integer, got {header!r}")
+    body = await request.read()
+    infer_request, binary = codec.decode_infer_request(body, header_length, request.match_info["model"],
+                                                       _version(request))
+    response = await request.app[DATAPLANE].infer(infer_request)
+    payload, json_length = codec.encode_infer_response(response, binary)
+    if json_length is None:
+        return web.Response(body=payload, content_type="application/json")
+    return web.Response(body=payload, content_type="application/octet-stream",
+                        headers={HEADER_LENGTH: str(json_length)})
+
+
+def create_app(dataplane: DataPlane) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app[DATAPLANE] = dataplane
+    add = app.router.add_route
+    add("GET", "/v2/health/live", live)
+    add("GET", "/v2/health/ready", ready)
+    add("GET", "/v2", server_metadata)
+    for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        add("GET", base, model_metadata)
+        add("GET", base + "/ready", model_ready)
+        add("GET", base + "/config", model_config)
+        add("POST", base + "/infer", infer)
+    return app
