@@ -7,6 +7,7 @@ import logging
 import uuid
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -30,12 +31,26 @@ def _unexpected(exc: BaseException, method: str) -> ServingError:
     return ServingError(Kind.INTERNAL_ERROR, f"request id {request_id}; see the server log")
 
 
+def _parse(message_type, data: bytes):
+    try:
+        return message_type.FromString(data)
+    except DecodeError:
+        raise ServingError(Kind.INVALID_MESSAGE_STRUCTURE, f"the request is not a valid {message_type.DESCRIPTOR.name}"
+                                                           " protobuf message") from None
+
+
 def mapped_errors(method):
-    """Turn ServingError (and anything unexpected) into a gRPC status with OVMS's message."""
+    """Parse the request and turn ServingError (and anything unexpected) into a gRPC status with OVMS's message.
+
+    Requests arrive as bytes (see ``_handlers``) so a corrupt message gets INVALID_ARGUMENT with a readable
+    message instead of grpc's UNKNOWN with a Python exception name.
+    """
+    message_type = getattr(pb, method.__name__ + "Request")
+
     @functools.wraps(method)
     async def wrapper(self, request, context):
         try:
-            return await method(self, request, context)
+            return await method(self, _parse(message_type, request), context)
         except ServingError as exc:
             error = exc
         except Exception as exc:
@@ -50,9 +65,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self.dp = dataplane
 
+    @mapped_errors
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=self.dp.live())
 
+    @mapped_errors
     async def ServerReady(self, request, context):
         return pb.ServerReadyResponse(ready=self.dp.ready())
 
@@ -85,8 +102,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         response = await self.dp.infer(codec.decode_infer_request(request))
         return codec.encode_infer_response(response)
 
-    async def _stream_one(self, request) -> pb.ModelStreamInferResponse:
+    async def _stream_one(self, data: bytes) -> pb.ModelStreamInferResponse:
+        request = pb.ModelInferRequest()
         try:
+            request = _parse(pb.ModelInferRequest, data)
             response = await self.dp.infer(codec.decode_infer_request(request))
             return pb.ModelStreamInferResponse(infer_response=codec.encode_infer_response(response))
         except ServingError as exc:
@@ -108,8 +127,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def read() -> None:
             try:
-                async for request in request_iterator:
-                    await pending.put(asyncio.ensure_future(self._stream_one(request)))
+                async for data in request_iterator:
+                    await pending.put(asyncio.ensure_future(self._stream_one(data)))
             finally:
                 await pending.put(done)
 
@@ -125,6 +144,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     item.cancel()
 
 
+def _handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """Method handlers of the KServe service with requests left as bytes (parsed in ``mapped_errors``)."""
+    methods = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        behaviour = getattr(servicer, method.name)
+        serialize = getattr(pb, method.output_type.name).SerializeToString
+        if method.client_streaming:
+            methods[method.name] = grpc.stream_stream_rpc_method_handler(behaviour, None, serialize)
+        else:
+            methods[method.name] = grpc.unary_unary_rpc_method_handler(behaviour, None, serialize)
+    return grpc.method_handlers_generic_handler(KSERVE_SERVICE, methods)
+
+
 def create_server(dataplane: DataPlane, *, max_workers: int | None = None) -> grpc.aio.Server:
     """A grpc.aio server with the KServe service, health checking and reflection registered."""
     server = grpc.aio.server(options=[
@@ -132,7 +164,7 @@ def create_server(dataplane: DataPlane, *, max_workers: int | None = None) -> gr
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
     ])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    server.add_generic_rpc_handlers((_handlers(InferenceServicer(dataplane)),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     server.health_servicer = health_servicer  # set SERVING / NOT_SERVING from the composition root

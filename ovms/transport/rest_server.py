@@ -87,9 +87,10 @@ async def infer(request: web.Request) -> web.Response:
         header_length = int(header) if header is not None else None
     except ValueError:
         raise ServingError(Kind.INVALID_INPUT_FORMAT, f"{HEADER_LENGTH} must be an integer, got {header!r}")
+    model, version = request.match_info["model"], _version(request)
+    request.app[DATAPLANE].servable(model, version)  # an unknown model is 404 whatever the body (as OVMS)
     body = await request.read()
-    infer_request, binary = codec.decode_infer_request(body, header_length, request.match_info["model"],
-                                                       _version(request))
+    infer_request, binary = codec.decode_infer_request(body, header_length, model, version)
     response = await request.app[DATAPLANE].infer(infer_request)
     payload, json_length = codec.encode_infer_response(response, binary)
     if json_length is None:

@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny model repository and a real ovms server (gRPC + REST on 127.0.0.1, free ports)."""
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import sys
+import threading
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from tests.fixtures.models import write_repository  # noqa: E402
+
+
+class ThreadedServer:
+    """An ovms ``Server`` on its own event loop in a daemon thread, so blocking clients can call it."""
+
+    def __init__(self, models) -> None:
+        from ovms.server import Server, ServerSettings
+
+        settings = ServerSettings(grpc_port=0, rest_port=0, grpc_bind_address="127.0.0.1",
+                                  rest_bind_address="127.0.0.1")
+        self.server = Server(settings, models)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="ovms-test-server", daemon=True)
+
+    def call(self, coroutine, timeout: float = 60):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def __enter__(self) -> "ThreadedServer":
+        self.thread.start()
+        self.call(self.server.start())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.call(self.server.stop(grace=1))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.server.grpc_port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"127.0.0.1:{self.server.rest_port}"
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory) -> pathlib.Path:
+    """The demo repository (simple, dummy v1+v2, passthrough, identity16, image, dynamic, all_types)."""
+    return write_repository(tmp_path_factory.mktemp("models")).parent
+
+
+@pytest.fixture(scope="session")
+def server(model_repo):
+    from ovms.config import load_config_file
+
+    with ThreadedServer(load_config_file(model_repo / "config.json")) as running:
+        yield running
