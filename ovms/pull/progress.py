@@ -17,13 +17,15 @@ def _mib(n: float) -> str:
 class Progress:
     """Counts bytes on disk (resumed bytes included); ``update`` may go negative when a file restarts."""
 
-    def __init__(self, total: int, label: str, *, stream=None, interactive: bool | None = None) -> None:
+    def __init__(self, total: int, label: str, *, stream=None, interactive: bool | None = None,
+                 log_every: float = LOG_EVERY_SECONDS) -> None:
         self.total = total
         self.label = label
         self.done = 0
         self.started = time.monotonic()
         self._base = 0  # bytes that were on disk before this run: excluded from the rate
         self._last_log = self.started
+        self.log_every = log_every
         stream = stream or sys.stderr
         interactive = stream.isatty() if interactive is None else interactive
         self._bar = None
@@ -46,7 +48,7 @@ class Progress:
         if self._bar is not None:
             return
         now = time.monotonic()
-        if now - self._last_log >= LOG_EVERY_SECONDS:
+        if now - self._last_log >= self.log_every:
             self._last_log = now
             log.info("%s", self.line(now))
 

@@ -104,7 +104,8 @@ def pull_repository(paths: ModelPaths, settings: PullSettings, *, revision: str 
         total = sum(f.size for f in files)
         log.info("Pulling %s@%s (commit %s): %d files, %.1f MiB to %s", paths.source_model, revision, commit[:12],
                  len(files), total / 2**20, model_dir)
-        progress = Progress(total, paths.source_model, stream=progress_stream)
+        progress = Progress(total, paths.source_model, stream=progress_stream,
+                            log_every=settings.progress_seconds)
         jobs = [FileJob(f, final, hub.resolve_url(paths.source_model, commit, f.path))
                 for f, final in zip(files, finals)]
         try:

@@ -30,6 +30,7 @@ class PullSettings:
     connect_timeout: float = 10.0
     stall_seconds: float = 30.0  # abort a transfer that received nothing for this long, then retry
     checkpoint_seconds: float = 1.0  # how often completed ranges are recorded in the sidecar
+    progress_seconds: float = 5.0  # period of the progress log line when stderr is not a terminal
 
     @property
     def resume_enabled(self) -> bool:
@@ -67,6 +68,7 @@ def from_environment(env: dict | None = None) -> PullSettings:
         segment_bytes=int(_number(env, "OVMS_PULL_SEGMENT_BYTES", 64 << 20, integer=True, minimum=1 << 20)),
         connect_timeout=_number(env, "OVMS_PULL_CONNECT_TIMEOUT_SECONDS", 10.0, minimum=0.1),
         stall_seconds=_number(env, "OVMS_PULL_STALL_SECONDS", 30.0, minimum=0.1),
+        progress_seconds=_number(env, "OVMS_PULL_PROGRESS_SECONDS", 5.0, minimum=0.1),
     )
     return settings
 

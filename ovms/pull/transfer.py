@@ -88,6 +88,7 @@ class Transfer:
     abort: str = ""  # why our callback stopped the transfer
     fatal: BaseException | None = None
     error_body: bytearray = dataclasses.field(default_factory=bytearray)
+    last_activity: float = dataclasses.field(default_factory=time.monotonic)
 
 
 class Downloader:
@@ -221,8 +222,6 @@ class Downloader:
         handle.setopt(pycurl.USERAGENT, "ovms-pull/0.1 (+pycurl)")
         handle.setopt(pycurl.BUFFERSIZE, BUFFER_BYTES)
         handle.setopt(pycurl.CONNECTTIMEOUT_MS, int(self.settings.connect_timeout * 1000))
-        handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)
-        handle.setopt(pycurl.LOW_SPEED_TIME, max(1, round(self.settings.stall_seconds)))
         handle.setopt(pycurl.NOSIGNAL, 1)
         handle.setopt(pycurl.TCP_NODELAY, 1)
         if self.settings.proxy:
@@ -234,6 +233,7 @@ class Downloader:
         self.multi.add_handle(handle)
 
     def _on_header(self, t: Transfer, line: bytes) -> None:
+        t.last_activity = time.monotonic()
         text = line.decode("iso-8859-1").strip()
         if text[:5].upper() == "HTTP/":
             t.headers.clear()
@@ -289,6 +289,7 @@ class Downloader:
                 return None
             seg = t.segment
             n = len(data)
+            t.last_activity = time.monotonic()
             if n > seg.remaining:
                 t.abort = (f"the server sent more bytes than the hub lists for {t.job.remote.path} "
                            f"({t.job.remote.size})")
@@ -412,6 +413,14 @@ class Downloader:
             self._start(job, seg)
         self.queue.extendleft(reversed(waiting))
 
+    def _abort_stalled(self, now: float) -> None:
+        """Our own stall timer: libcurl's LOW_SPEED_TIME averages speed over ~5 s and reacts late."""
+        limit = self.settings.stall_seconds
+        for t in [t for t in self.transfers.values() if now - t.last_activity > limit]:
+            self._release(t)
+            if t.job.phase == "downloading":
+                self._failed(t.job, t.segment, f"no data for {limit:g} s (the transfer stalled)")
+
     def _checkpoint(self) -> None:
         for job in self.jobs:
             if job.phase == "downloading" and job.dirty:
@@ -444,6 +453,7 @@ class Downloader:
             if all(job.phase == "done" for job in self.jobs):
                 return
             now = time.monotonic()
+            self._abort_stalled(now)
             if now - last_checkpoint >= self.settings.checkpoint_seconds:
                 self._checkpoint()
                 last_checkpoint = now

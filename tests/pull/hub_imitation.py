@@ -76,6 +76,15 @@ class Faults:
     def active(self) -> bool:
         return self.used < self.times
 
+    def applies(self, start: int, end: int) -> bool:
+        """Whether a response for bytes [start, end) misbehaves (a byte flip only counts where it lands)."""
+        if not self.active():
+            return False
+        others = (self.drop_after, self.stall_after, self.throttle_bps, self.truncate_to)
+        if self.flip_at is not None and all(o is None for o in others) and not self.ignore_range:
+            return start <= self.flip_at < end
+        return True
+
 
 @dataclasses.dataclass
 class HubFile:
@@ -287,7 +296,7 @@ class HubImitation:
             headers = {**headers, "Content-Range": f"bytes {start}-{end - 1}/{size}"}
         if request.method == "HEAD":
             return web.Response(status=200, headers={**headers, "Content-Length": str(size)})
-        misbehave = faults is not None and faults.active()
+        misbehave = faults is not None and faults.applies(start, end)
         if not misbehave and f.disk_path is not None:
             # The fast path: let aiohttp (sendfile) handle the file and its Range header.
             return web.FileResponse(f.disk_path, headers={k: v for k, v in headers.items()

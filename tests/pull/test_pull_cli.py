@@ -1,0 +1,222 @@
+"""`python -m ovms --pull` end to end against the Hub imitation: happy path, faults, errors, re-runs."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from conftest import assert_pulled, content, tiny_llm_files
+from hub_imitation import Faults
+
+REPO = "OpenVINO/tiny-llm-ov"
+
+
+def model_dir(pull, repo=REPO):
+    return pull.models.joinpath(*repo.split("/"))
+
+
+def test_pull_downloads_verifies_and_writes_graph(pull, hub, llm_repo, big_files):
+    run = pull(REPO, "--task", "text_generation", "--tool_parser", "hermes3", HF_TOKEN="hf_test_token")
+    assert run.code == 0, run.output
+    d = model_dir(pull)
+    assert_pulled(d, tiny_llm_files(big_files))
+    assert f"Model: {REPO} downloaded to: {d}" in run.stdout
+    assert f"Graph: graph.pbtxt created in: {d}" in run.stdout
+    assert "LFS resume: attempts=5 interval=0.05 s" in run.output
+    graph = (d / "graph.pbtxt").read_text()
+    assert 'calculator: "HttpLLMCalculator"' in graph and 'tool_parser: "hermes3",' in graph
+    record = json.loads((d / ".ovms_pull.json").read_text())
+    assert record["commit"] == llm_repo.sha and set(record["files"]) == set(llm_repo.files)
+    # The token goes to the hub only; the CDN got the large files over several ranges.
+    assert all(r["auth"] == "Bearer hf_test_token" for r in hub.requests if r["origin"] == "hub")
+    cdn = [r for r in hub.requests if r["origin"] == "cdn"]
+    assert cdn and all(r["auth"] is None for r in cdn)
+    assert len([r for r in cdn if r["range"]]) >= 8  # 8 MiB in 1 MiB ranges
+
+
+def test_rerun_is_a_noop_and_leaves_user_edits(pull, hub, llm_repo):
+    assert pull(REPO, "--task", "text_generation").code == 0
+    d = model_dir(pull)
+    (d / "generation_config.json").write_text("edited by the user")
+    before = len(hub.requests)
+    run = pull(REPO, "--task", "text_generation")
+    assert run.code == 0, run.output
+    assert "is already pulled" in run.output and "--overwrite_models" in run.output
+    assert len(hub.requests) == before  # not even a metadata call
+    assert (d / "generation_config.json").read_text() == "edited by the user"
+    run = pull(REPO, "--task", "text_generation", "--overwrite_models")
+    assert run.code == 0, run.output
+    assert (d / "generation_config.json").read_bytes() == llm_repo.files["generation_config.json"].data
+
+
+def test_task_is_inferred_and_failure_is_explained(pull, hub):
+    hub.add_repo("OpenVINO/emb", {"config.json": b'{"architectures": ["BertModel"]}', "m.xml": b"<x/>"})
+    run = pull("OpenVINO/emb", "--model_name", "myemb")
+    assert run.code == 0, run.output
+    assert 'name: "myemb",\n    calculator: "EmbeddingsCalculatorOV"' in (
+        model_dir(pull, "OpenVINO/emb") / "graph.pbtxt").read_text()
+    hub.add_repo("OpenVINO/odd", {"config.json": b'{"architectures": ["Mystery"]}'})
+    run = pull("OpenVINO/odd")
+    assert run.code == 64
+    assert "Could not infer model task - specify --task value explicitly" in run.stderr
+    assert "Traceback" not in run.output
+
+
+@pytest.mark.parametrize("faults,expect_log", [
+    (Faults(drop_after=300_000, times=3), "resuming from byte"),
+    (Faults(fail_first=2), "HTTP 503"),
+    (Faults(ignore_range=True, times=100), "ignored the Range request"),
+    (Faults(stall_after=200_000, stall_seconds=4), "resuming from byte"),
+    (Faults(flip_at=5_000_000, times=1), "failed verification"),
+    (Faults(truncate_to=4_000_000, times=1), ""),
+], ids=["drop", "5xx", "ignore-range", "stall", "flip-byte", "wrong-size"])
+def test_faults_end_in_verified_files(pull, hub, llm_repo, big_files, faults, expect_log):
+    hub.set_faults(REPO, "openvino_model.bin", faults)
+    run = pull(REPO, "--task", "text_generation")
+    assert run.code == 0, run.output
+    assert_pulled(model_dir(pull), tiny_llm_files(big_files))
+    assert expect_log in run.output
+    assert faults.used >= 1
+
+
+def test_throttled_transfer_reports_progress(pull, hub, llm_repo, big_files, monkeypatch):
+    hub.set_faults(REPO, "openvino_model.bin", Faults(throttle_bps=2_500_000, times=100))
+    run = pull(REPO, "--task", "text_generation", OVMS_PULL_SEGMENT_BYTES=str(4 << 20),
+               OVMS_PULL_PROGRESS_SECONDS="0.3")
+    assert run.code == 0, run.output
+    assert_pulled(model_dir(pull), tiny_llm_files(big_files))
+    assert f"{REPO}: " in run.output and "MiB/s, ETA" in run.output  # periodic progress line (no TTY)
+
+
+def test_persistent_failure_gives_up_with_remedy(pull, hub, llm_repo):
+    hub.set_faults(REPO, "openvino_model.bin", Faults(fail_first=1000))
+    run = pull(REPO, "--task", "text_generation", GIT_LFS_RESUME_ATTEMPTS="2")
+    assert run.code == 1
+    assert "Giving up on openvino_model.bin after 3 failed attempts: HTTP 503" in run.stderr
+    assert "Re-run the same command to resume" in run.stderr
+    assert "Traceback" not in run.output
+    assert model_dir(pull).with_name("tiny-llm-ov.lfswip").exists()
+    # The server recovers: the same command finishes.
+    hub.faults.clear()
+    assert pull(REPO, "--task", "text_generation").code == 0
+
+
+def test_persistent_corruption_is_a_clear_error(pull, hub, llm_repo):
+    hub.set_faults(REPO, "openvino_tokenizer.bin", Faults(flip_at=10, times=1000))
+    run = pull(REPO, "--task", "text_generation", GIT_LFS_RESUME_ATTEMPTS="1")
+    assert run.code == 1
+    assert "openvino_tokenizer.bin failed verification 2 times (sha256" in run.stderr
+    assert not (model_dir(pull) / "openvino_tokenizer.bin").exists()
+
+
+def test_gated_repo_needs_token(pull, hub, big_files):
+    hub.add_repo("meta/gated", {"config.json": b"{}", "w.bin": content("g", 2000)}, gated=True)
+    run = pull("meta/gated", "--task", "text_generation")
+    assert run.code == 1
+    assert "Model meta/gated is gated" in run.stderr and "set HF_TOKEN" in run.stderr
+    assert f"{hub.hub_url}/meta/gated" in run.stderr
+    run = pull("meta/gated", "--task", "text_generation", HF_TOKEN="hf_test_token")
+    assert run.code == 0, run.output
+
+
+@pytest.mark.parametrize("flags,env,message,code", [
+    (["--source_model", "nobody/nothing", "--task", "text_generation"], {},
+     "Model nobody/nothing was not found on", 1),
+    (["--source_model", REPO, "--task", "text_generation", "--revision", "v9"], {},
+     "Revision 'v9' does not exist in model OpenVINO/tiny-llm-ov", 1),
+    (["--source_model", REPO, "--task", "text_generation"], {"HF_ENDPOINT": "http://127.0.0.1:9"},
+     "Could not reach http://127.0.0.1:9/api/models/OpenVINO/tiny-llm-ov/revision/main", 1),
+    (["--source_model", REPO, "--task", "chat"], {}, "--task 'chat' is not supported", 64),
+    (["--source_model", "not-a-repo", "--task", "text_generation"], {}, "is not a Hugging Face repository id", 64),
+    (["--task", "text_generation"], {}, "Pull mode requires --source_model", 64),
+    (["--source_model", REPO, "--gguf_filename", "x.bin"], {}, "does not end with .gguf", 64),
+], ids=["not-found", "bad-revision", "network-down", "bad-task", "bad-repo-id", "no-source", "bad-gguf"])
+def test_errors_say_what_to_do(hub, llm_repo, tmp_path, flags, env, message, code):
+    from conftest import pull_env, run_ovms
+    run = run_ovms(["--pull", "--model_repository_path", str(tmp_path), *flags],
+                   pull_env(hub, GIT_LFS_RESUME_ATTEMPTS="1", **env))
+    assert run.code == code, run.output
+    assert message in run.stderr
+    assert "Traceback" not in run.output
+
+
+def test_names_escaping_the_repository_are_refused(pull, hub, tmp_path):
+    hub.add_repo("evil/repo", {"config.json": b"{}", "../../escaped.txt": b"pwned"})
+    run = pull("evil/repo", "--task", "text_generation")
+    assert run.code == 1
+    assert "would be written outside" in run.stderr
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_disk_full_is_refused_before_download(hub, llm_repo, tmp_path, monkeypatch, capsys):
+    import argparse
+    import shutil
+    from ovms.pull import cli
+
+    monkeypatch.setenv("HF_ENDPOINT", hub.hub_url)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1 << 20))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model_name")
+    parser.add_argument("--target_device")
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--pull", "--source_model", REPO, "--model_repository_path", str(tmp_path),
+                              "--task", "text_generation"])
+    code, directory = cli.run(args, serve_after=False)
+    err = capsys.readouterr().err
+    assert (code, directory) == (1, None)
+    assert "Not enough free disk space" in err and "choose another --model_repository_path" in err
+    assert not hub.file_requests("openvino_model.bin")
+
+
+def test_gguf_multi_part(pull, hub):
+    parts = {f"q-00{i}-of-003.gguf": content(f"gg{i}", 300_000) for i in (1, 2, 3)}
+    parts = {f"m-Q4-{i:05d}-of-00003.gguf": content(f"gg{i}", 300_000 + i) for i in (1, 2, 3)}
+    hub.add_repo("unsloth/m-GGUF", {**parts, "m-Q8.gguf": content("q8", 5000), "README.md": b"hi"})
+    run = pull("unsloth/m-GGUF", "--gguf_filename", "m-Q4-00001-of-00003.gguf")
+    assert run.code == 0, run.output
+    d = model_dir(pull, "unsloth/m-GGUF")
+    assert sorted(p.name for p in d.iterdir() if not p.name.startswith(".")) == sorted([*parts, "graph.pbtxt"])
+    assert_pulled(d, parts)
+    assert 'models_path: "./m-Q4-00001-of-00003.gguf",' in (d / "graph.pbtxt").read_text()
+    # Another quantization of the same repository lands beside it.
+    run = pull("unsloth/m-GGUF", "--gguf_filename", "m-Q8.gguf")
+    assert run.code == 0, run.output
+    assert (d / "m-Q8.gguf").read_bytes() == content("q8", 5000)
+    run = pull("unsloth/m-GGUF", "--gguf_filename", "m-Q5.gguf")
+    assert run.code == 1 and "m-Q5.gguf is not in unsloth/m-GGUF" in run.stderr
+
+
+def test_conversion_without_optimum_is_a_clear_error(pull, hub):
+    hub.add_repo("someorg/pytorch-model", {"config.json": b'{"architectures": ["LlamaForCausalLM"]}'})
+    run = pull("someorg/pytorch-model", "--task", "text_generation", "--weight-format", "int4")
+    assert run.code == 1
+    assert "optimum-cli is not installed" in run.stderr and 'pip install "optimum-intel[openvino]"' in run.stderr
+
+
+def test_model_repository_edits(pull, hub, llm_repo, tmp_path):
+    from conftest import pull_env, run_ovms
+    assert pull(REPO, "--task", "text_generation").code == 0
+    env = pull_env(hub)
+    run = run_ovms(["--list_models", "--model_repository_path", str(pull.models)], env)
+    assert run.code == 0 and run.stdout.splitlines() == ["Available servables to serve:", REPO], run.output
+    cfg = tmp_path / "config.json"
+    run = run_ovms(["--add_to_config", "--config_path", str(cfg), "--model_name", REPO,
+                    "--model_repository_path", str(pull.models)], env)
+    assert run.code == 0, run.output
+    assert json.loads(cfg.read_text())["model_config_list"] == [
+        {"config": {"name": REPO, "base_path": str(pull.models / REPO)}}]
+    run = run_ovms(["--remove_from_config", "--config_path", str(cfg), "--model_name", REPO], env)
+    assert run.code == 0 and json.loads(cfg.read_text())["model_config_list"] == []
+    run = run_ovms(["--remove_from_config", "--config_path", str(cfg), "--model_name", REPO], env)
+    assert run.code == 1 and f"doesn't have model with name: {REPO}" in run.stderr
+
+
+def test_record_lists_verified_digests(pull, hub, llm_repo):
+    assert pull(REPO, "--task", "text_generation").code == 0
+    record = json.loads((model_dir(pull) / ".ovms_pull.json").read_text())
+    entry = record["files"]["config.json"]
+    data = llm_repo.files["config.json"].data
+    assert entry["git-blob-sha1"] == hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    assert record["files"]["openvino_model.bin"]["sha256"] == llm_repo.files["openvino_model.bin"].sha256
