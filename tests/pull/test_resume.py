@@ -1,0 +1,130 @@
+"""Interruptions of a real `python -m ovms --pull`: SIGKILL at random points, SIGINT/SIGTERM, then re-runs."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import ROOT, assert_pulled, content, ovms_command, pull_env
+from hub_imitation import Faults
+
+REPO = "OpenVINO/kill-me-ov"
+
+
+@pytest.fixture
+def slow_repo(hub, big_files):
+    files = {"config.json": b'{"architectures": ["LlamaForCausalLM"]}', "openvino_model.bin": big_files["kill24m.bin"],
+             "openvino_model.xml": content("kx", 50_000), "tok/vocab.txt": content("vocab", 70_000)}
+    hub.add_repo(REPO, files)
+    # ~1 MB/s per response: with 6 connections the 24 MiB take about 4 s in total.
+    hub.set_faults(REPO, "openvino_model.bin", Faults(throttle_bps=1_000_000, times=10**6))
+    return files
+
+
+def start_pull(hub, models, log_path, **env):
+    args = ["--pull", "--source_model", REPO, "--model_repository_path", str(models), "--task", "text_generation"]
+    out = open(log_path, "w")
+    proc = subprocess.Popen(ovms_command(*args), env=pull_env(hub, **env), cwd=ROOT, stdout=out,
+                            stderr=subprocess.STDOUT)
+    return proc, out
+
+
+def wait(proc, timeout=60):
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        raise AssertionError("the pull did not finish in time")
+
+
+def check_state_is_consistent(model_dir):
+    """After a kill: every part has its sidecar, whose claims fit the file; no final file is corrupt."""
+    for part in model_dir.rglob("*.lfs_part"):
+        sidecar = part.with_name(part.name + ".ranges")
+        assert sidecar.exists(), f"{part} has no sidecar"
+        data = json.loads(sidecar.read_text())
+        for start, end, done in data["segments"]:
+            assert 0 <= done <= end - start
+
+
+def test_sigkill_at_random_points_then_resume(hub, slow_repo, tmp_path):
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = random.Random(seed)
+    models = tmp_path / "models"
+    model_dir = models / "OpenVINO" / "kill-me-ov"
+    resumed = False
+    for round_ in range(3):
+        log_path = tmp_path / f"run{round_}.log"
+        proc, out = start_pull(hub, models, log_path)
+        delay = rng.uniform(0.9, 2.0)
+        time.sleep(delay)
+        proc.kill()  # SIGKILL: no cleanup at all
+        wait(proc)
+        out.close()
+        text = log_path.read_text()
+        assert "Traceback" not in text, text
+        resumed |= "Resuming openvino_model.bin" in text
+        if proc.returncode == 0:  # finished before the kill (slow machine): nothing left to interrupt
+            break
+        assert proc.returncode == -signal.SIGKILL, (seed, text)
+        check_state_is_consistent(model_dir)
+        assert model_dir.with_name("kill-me-ov.lfswip").exists(), f"seed {seed}: marker missing after a kill"
+    proc, out = start_pull(hub, models, tmp_path / "final.log")
+    code = wait(proc)
+    out.close()
+    text = (tmp_path / "final.log").read_text()
+    assert code == 0, f"seed {seed}: {text}"
+    resumed |= "Resuming openvino_model.bin" in text
+    assert resumed, f"seed {seed}: no run resumed the large file from its sidecar"
+    assert_pulled(model_dir, slow_repo)
+    # Ranges after the first run started mid-segment: bytes on disk were reused, not fetched again.
+    starts = [int(r["range"].split("=")[1].split("-")[0]) for r in hub.file_requests("") if
+              r["origin"] == "cdn" and r["range"]]
+    assert any(s % (1 << 20) for s in starts), f"seed {seed}: no range resumed mid-segment"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_cleanly_and_resumes(hub, slow_repo, tmp_path, sig):
+    models = tmp_path / "models"
+    model_dir = models / "OpenVINO" / "kill-me-ov"
+    proc, out = start_pull(hub, models, tmp_path / "a.log")
+    time.sleep(1.5)
+    proc.send_signal(sig)
+    code = wait(proc, 15)
+    out.close()
+    text = (tmp_path / "a.log").read_text()
+    assert code == 1, text
+    assert f"Pull of {REPO} stopped by {sig.name}. Partial downloads are kept." in text
+    assert "Re-run the same command to resume" in text
+    assert "Traceback" not in text
+    sidecar = model_dir / "openvino_model.bin.lfs_part.ranges"
+    done = sum(d for _, _, d in json.loads(sidecar.read_text())["segments"])
+    assert done > 0
+    proc, out = start_pull(hub, models, tmp_path / "b.log")
+    assert wait(proc) == 0
+    out.close()
+    text = (tmp_path / "b.log").read_text()
+    assert f"Resuming openvino_model.bin: {done / 2**20:.1f} of 24.0 MiB already on disk" in text
+    assert_pulled(model_dir, slow_repo)
+
+
+def test_resume_disabled_starts_over(hub, slow_repo, tmp_path):
+    models = tmp_path / "models"
+    proc, out = start_pull(hub, models, tmp_path / "a.log")
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    wait(proc, 15)
+    out.close()
+    hub.faults.clear()
+    proc, out = start_pull(hub, models, tmp_path / "b.log", GIT_LFS_RESUME_ATTEMPTS="0")
+    assert wait(proc) == 0
+    out.close()
+    text = (tmp_path / "b.log").read_text()
+    assert "LFS resume: attempts=0" in text and "Resuming" not in text
+    assert_pulled(models / "OpenVINO" / "kill-me-ov", slow_repo)
