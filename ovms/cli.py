@@ -11,8 +11,9 @@ import os
 import pathlib
 import sys
 
-from ovms import __version__
+from ovms import __version__, logging_setup
 from ovms.errors import ConfigError
+from ovms.pull import cli as pull_cli
 
 EX_USAGE = 64
 MAX_PORT = 65535
@@ -65,12 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--layout", default="", help='input layout "NCHW", "NHWC:NCHW", or JSON per input')
     model.add_argument("--model_version_policy", default="",
                        help='e.g. {"latest": {"num_versions": 2}}, {"all": {}}, {"specific": {"versions": [1]}}')
-    try:
-        from ovms.pull import cli as pull_cli
-    except ImportError:  # pull mode not built in this checkout
-        pull_cli = None
-    if pull_cli is not None:
-        pull_cli.add_arguments(parser)
+    pull_cli.add_arguments(parser)
     return parser
 
 
@@ -127,9 +123,9 @@ def single_model_entry(args: argparse.Namespace) -> dict:
 
 
 def _version_text() -> str:
-    import openvino  # only to report its version
+    from ovms.server import backend_versions
 
-    return f"OpenVINO Model Server (Python) {__version__}\nOpenVINO backend {openvino.get_version()}"
+    return f"OpenVINO Model Server (Python) {__version__}\n{backend_versions()}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -140,15 +136,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.version:
             print(_version_text())
             sys.exit(0)
-        from ovms import logging_setup
-        pull_cli = None
-        try:
-            from ovms.pull import cli as pull_cli
-        except ImportError:
-            pass
         if args.log_level in logging_setup.LEVELS:
             logging_setup.configure(args.log_level, args.log_path)
-        if pull_cli is not None and pull_cli.wants_pull(args):
+        if pull_cli.wants_pull(args):
             code, model_dir = pull_cli.run(args, serve_after=not getattr(args, "pull", False))
             if getattr(args, "pull", False) or code != 0 or model_dir is None:
                 sys.exit(code)

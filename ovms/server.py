@@ -34,6 +34,13 @@ def _openvino_loader(config: ModelConfig, version: int):
     return load_servable(config, version)
 
 
+def backend_versions() -> str:
+    """Versions of the inference runtimes, for ``--version``."""
+    from ovms.backends.openvino_model import runtime_version
+
+    return f"OpenVINO backend {runtime_version()}"
+
+
 class Server:
     """One process serving a registry over gRPC and REST on one event loop."""
 

@@ -109,8 +109,14 @@ def _apply_layout(model: ov.Model, config: ModelConfig) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+    """OpenVINO's message without its "Exception from src/...cpp:NN:" location lines."""
+    lines = [line.strip() for line in str(exc).splitlines()
+             if line.strip() and not line.startswith("Exception from ")]
+    return " ".join(lines) if lines else type(exc).__name__
+
+
+def runtime_version() -> str:
+    return ov.get_version()
 
 
 def _spec(port) -> TensorSpec:

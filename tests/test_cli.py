@@ -1,0 +1,160 @@
+"""The command line as OVMS users know it: messages, exit code 64, and serving from a subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run_ovms(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ovms", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "Use config_path or model_path with model_name"),
+    (["--model_name", "m"], "Use config_path or model_path with model_name"),
+    (["--config_path", "c.json", "--model_name", "m"], "Use either config_path or model_path with model_name"),
+    (["--model_name", "m", "--model_path", "/x"], "port and rest_port cannot have the same values"),
+    (["--model_name", "m", "--model_path", "/x", "--port", "9000", "--rest_port", "9000"],
+     "port and rest_port cannot have the same values"),
+    (["--config_path", "c.json", "--port", "1", "--nireq", "2"],
+     "Model parameters in CLI are exclusive with the config file"),
+    (["--model_name", "m", "--model_path", "/x", "--port", "70000"], "port number out of range from 0 to 65535"),
+    (["--model_name", "m", "--model_path", "/x", "--port", "1", "--log_level", "LOUD"],
+     "log_level should be one of: TRACE, DEBUG, INFO, WARNING, ERROR"),
+    (["--model_name", "m", "--model_path", "/x", "--port", "1", "--grpc_workers", "0"],
+     "grpc_workers count should be from 1 to CPU core count"),
+    (["--model_name", "m", "--model_path", "/x", "--port", "1", "--metrics_enable"],
+     "rest_port setting is missing, metrics are enabled on rest port"),
+    (["--no_such_flag"], "error parsing options: unrecognized arguments: --no_such_flag"),
+])
+def test_usage_errors_exit_64(args, message):
+    result = run_ovms(*args)
+    assert result.returncode == 64, result
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_and_version():
+    result = run_ovms("--help")
+    assert result.returncode == 0
+    for flag in ("--port", "--rest_port", "--model_name", "--model_path", "--config_path", "--target_device",
+                 "--nireq", "--plugin_config", "--batch_size", "--shape", "--layout", "--model_version_policy",
+                 "--log_level", "--log_path", "--grpc_workers", "--rest_workers", "--grpc_bind_address",
+                 "--rest_bind_address", "--pull", "--source_model"):
+        assert flag in result.stdout
+    version = run_ovms("--version")
+    assert version.returncode == 0 and version.stdout.startswith("OpenVINO Model Server")
+    assert "OpenVINO backend 20" in version.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server did not become ready")
+
+
+def serve(*args: str, log_path: pathlib.Path) -> tuple[subprocess.Popen, int, int]:
+    grpc_port, rest_port = free_port(), free_port()
+    process = subprocess.Popen([sys.executable, "-m", "ovms", "--port", str(grpc_port), "--rest_port",
+                                str(rest_port), "--grpc_bind_address", "127.0.0.1", "--rest_bind_address",
+                                "127.0.0.1", "--log_path", str(log_path), *args], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return process, grpc_port, rest_port
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+    assert process.returncode == 0, process.communicate()
+
+
+def test_single_model_mode_with_cli_options(model_repo, tmp_path):
+    process, grpc_port, rest_port = serve("--model_name", "resnetish", "--model_path", str(model_repo / "dynamic"),
+                                          "--shape", "(2,3)", "--nireq", "2", "--log_level", "DEBUG",
+                                          log_path=tmp_path / "ovms.log")
+    try:
+        wait_ready(rest_port, process)
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+            meta = client.get_model_metadata("resnetish", as_json=True)
+            assert meta["inputs"][0]["shape"] == ["2", "3"]  # --shape reshaped the dynamic model
+            x = np.ones((2, 3), np.float32)
+            inp = grpcclient.InferInput("x", [2, 3], "FP32")
+            inp.set_data_from_numpy(x)
+            assert np.array_equal(client.infer("resnetish", [inp]).as_numpy("y"), x * 2)
+    finally:
+        stop(process)
+    log = (tmp_path / "ovms.log").read_text()
+    assert "model resnetish version 1 loaded" in log and "with 2 infer requests" in log
+
+
+def test_broken_model_does_not_stop_others(model_repo, tmp_path):
+    broken = tmp_path / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.xml").write_text("<net>not really</net>")
+    (broken / "model.bin").write_bytes(b"")
+    (tmp_path / "noversions").mkdir()
+    config = {"model_config_list": [
+        {"config": {"name": "simple", "base_path": str(model_repo / "simple")}},
+        {"config": {"name": "broken", "base_path": str(tmp_path / "broken")}},
+        {"config": {"name": "empty", "base_path": str(tmp_path / "noversions")}},
+    ]}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    process, grpc_port, rest_port = serve("--config_path", str(tmp_path / "config.json"),
+                                          log_path=tmp_path / "ovms.log")
+    try:
+        log = tmp_path / "ovms.log"
+        deadline = time.monotonic() + 60
+        while not (log.exists() and "Server ready" in log.read_text()):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.2)
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+            assert client.is_model_ready("simple")
+            assert not client.is_model_ready("broken")
+            assert not client.is_server_ready()  # not every model is available
+    finally:
+        stop(process)
+    log = (tmp_path / "ovms.log").read_text()
+    assert "model broken version 1 failed to load" in log and "Error while loading a network" in log
+    assert "Not a single model version directory has valid numeric name" in log
+
+
+def test_invalid_config_is_reported(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_config_list": [{"config": {"name": "a", "base_path": "/m", '
+                                          '"bogus_field": 1}}]}')
+    result = run_ovms("--config_path", str(tmp_path / "config.json"), "--port", "1")
+    assert result.returncode == 1
+    assert "model_config_list[0].config: unknown field(s) 'bogus_field'" in result.stderr
+    assert "Traceback" not in result.stderr

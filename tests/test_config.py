@@ -1,0 +1,66 @@
+"""config.json and version policy parsing: OVMS's schema, precise messages."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ovms.config import VersionPolicy, load_config_file, numeric_versions
+from ovms.errors import ConfigError
+
+
+def write(tmp_path, document) -> object:
+    path = tmp_path / "config.json"
+    path.write_text(document if isinstance(document, str) else json.dumps(document))
+    return path
+
+
+def test_valid_config_relative_paths(tmp_path):
+    path = write(tmp_path, {"model_config_list": [
+        {"config": {"name": "a", "base_path": "models/a", "nireq": 2, "target_device": "CPU",
+                    "plugin_config": {"NUM_STREAMS": "1"}, "shape": {"x": "(1,3)"},
+                    "model_version_policy": {"specific": {"versions": [1, 3]}}}}]})
+    (model,) = load_config_file(path)
+    assert model.base_path == tmp_path / "models" / "a"
+    assert model.nireq == 2 and model.plugin_config == (("NUM_STREAMS", "1"),)
+    assert model.version_policy.select([1, 2, 3, 4]) == [1, 3]
+
+
+@pytest.mark.parametrize("document, message", [
+    ("{", "The file is not valid json"),
+    ({"model_config_list": [{"config": {"name": "a", "base_path": "/m", "colour": "red"}}]},
+     "model_config_list[0].config: unknown field(s) 'colour'"),
+    ({"model_configs": []}, "unknown top-level field(s) 'model_configs'"),
+    ({"model_config_list": [{"config": {"base_path": "/m"}}]}, "required field 'name' is missing"),
+    ({"model_config_list": [{"config": {"name": "a", "base_path": "/m"}},
+                            {"config": {"name": "a", "base_path": "/n"}}]}, "model name 'a' is used twice"),
+    ({"model_config_list": [{"config": {"name": "a", "base_path": "/m", "nireq": -1}}]}, "nireq must be an integer"),
+    ({"model_config_list": [{"config": {"name": "a", "base_path": "/m", "shape": "1,2"}}]},
+     "The provided shape is in wrong format"),
+    ({"model_config_list": [{"config": {"name": "a", "base_path": "/m", "model_version_policy": {"newest": {}}}}]},
+     "Model version policy contains unsupported key 'newest'"),
+    ({"model_config_list": [{"config": {"name": "a", "base_path": "/m", "plugin_config": "[1]"}}]},
+     "Plugin config is in wrong format"),
+    ({"model_config_list": [{"name": "a", "base_path": "/m"}]}, 'must be an object with exactly one field, "config"'),
+])
+def test_invalid_configs(tmp_path, document, message):
+    with pytest.raises(ConfigError) as info:
+        load_config_file(write(tmp_path, document))
+    assert message in str(info.value)
+    assert str(tmp_path / "config.json") in str(info.value)
+
+
+def test_version_policies():
+    assert VersionPolicy().select([3, 1, 2]) == [3]
+    assert VersionPolicy.parse({"latest": {"num_versions": 2}}, "x").select([1, 2, 3]) == [2, 3]
+    assert VersionPolicy.parse('{"all": {}}', "x").select([2, 1]) == [1, 2]
+    assert VersionPolicy.parse({"specific": {"versions": [5]}}, "x").select([1, 2]) == []
+    with pytest.raises(ConfigError, match="positive integer num_versions"):
+        VersionPolicy.parse({"latest": {"num_versions": 0}}, "x")
+
+
+def test_numeric_versions_ignore_other_entries(tmp_path):
+    for name in ("1", "10", "2", "latest", "0", "-3"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "3").write_text("a file, not a directory")
+    assert numeric_versions(tmp_path) == [1, 2, 10]
