@@ -12,15 +12,15 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# Editable install: builds the Cython twins and the gRPC code in place, so tests use this checkout.
-$(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(wildcard ovms/_native/*.pyx) $(wildcard protos/*/*.proto)
+# Editable install: builds the Cython twins and the gRPC code in place, so tests use this checkout; a changed
+# .pyx or .proto re-runs it.
+$(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(wildcard ovms/_native/*.pyx) $(shell find protos -name '*.proto')
 	$(PIP) install -q -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 build: $(STAMP)
-	$(PY) setup.py -q build_protos build_ext --inplace
 
 $(DEMO)/config.json: $(STAMP) tests/fixtures/models.py
 	$(PY) tests/fixtures/models.py $(DEMO)
