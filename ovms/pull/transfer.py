@@ -32,7 +32,8 @@ from ovms.pull.verify import check_file
 
 log = logging.getLogger("ovms.pull")
 
-BUFFER_BYTES = 1 << 20  # CURLOPT_BUFFERSIZE: fewer, larger write callbacks (libcurl allows up to 10 MiB)
+BUFFER_BYTES = 1 << 20  # CURLOPT_BUFFERSIZE: larger socket reads (libcurl allows up to 10 MiB)
+SINK_BYTES = 4 << 20  # RangeSink block: one pwrite per 4 MiB
 MAX_REDIRECTS = 10
 ERROR_BODY_BYTES = 4096
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
@@ -84,10 +85,12 @@ class Transfer:
     ranged: bool
     status: int = 0
     headers: dict = dataclasses.field(default_factory=dict)
-    kind: str = ""  # "" until the first body byte or the end: body | redirect | error
-    abort: str = ""  # why our callback stopped the transfer
+    sink: object = None  # rangewrite.RangeSink: pycurl's WRITEFUNCTION, writes at the segment's offsets
+    base_done: int = 0  # segment.done when this transfer started
+    reported: int = 0  # sink bytes already counted in the progress
+    kind: str = ""  # "" until the headers are complete (or the end): body | redirect | error
+    abort: str = ""  # why the transfer was stopped on purpose
     fatal: BaseException | None = None
-    error_body: bytearray = dataclasses.field(default_factory=bytearray)
     last_activity: float = dataclasses.field(default_factory=time.monotonic)
 
 
@@ -171,7 +174,8 @@ class Downloader:
 
     def _submit_check(self, job: FileJob, path: pathlib.Path) -> None:
         algorithm, digest = job.remote.expected_digest
-        future = self.verifier.submit(check_file, path, job.remote.size, algorithm, digest)
+        future = self.verifier.submit(check_file, path, job.remote.size, algorithm, digest,
+                                       sync=os.environ.get("OVMS_PULL_SYNC", "1") != "0")
         self.verifying[future] = job
 
     def _checked(self, job: FileJob, problem: str | None) -> None:
@@ -210,7 +214,9 @@ class Downloader:
         handle.reset()
         to_hub = origin(url) == origin(self.settings.endpoint)
         ranged = not (seg.next_offset == 0 and seg.end == job.remote.size)
-        t = Transfer(job, seg, url, handle, to_hub, ranged)
+        t = Transfer(job, seg, url, handle, to_hub, ranged, base_done=seg.done)
+        t.sink = self.writer.RangeSink(job.fd, seg.next_offset, seg.remaining, SINK_BYTES)
+        t.sink.mode = self.writer.MODE_ABORT  # until the headers say what the body is
         headers = ["Accept-Encoding: identity"]
         if to_hub:
             headers += self.hub.auth_headers(url)
@@ -227,7 +233,7 @@ class Downloader:
         if self.settings.proxy:
             handle.setopt(pycurl.PROXY, self.settings.proxy)
         handle.setopt(pycurl.HEADERFUNCTION, lambda line, t=t: self._on_header(t, line))
-        handle.setopt(pycurl.WRITEFUNCTION, lambda data, t=t: self._on_body(t, data))
+        handle.setopt(pycurl.WRITEFUNCTION, t.sink.write)
         self.transfers[handle] = t
         job.active.add(t)
         self.multi.add_handle(handle)
@@ -235,6 +241,10 @@ class Downloader:
     def _on_header(self, t: Transfer, line: bytes) -> None:
         t.last_activity = time.monotonic()
         text = line.decode("iso-8859-1").strip()
+        if not text:
+            if t.status >= 200 and not t.kind:  # end of the final response's headers (1xx ones go by)
+                self._classify(t)
+            return
         if text[:5].upper() == "HTTP/":
             t.headers.clear()
             parts = text.split()
@@ -243,16 +253,19 @@ class Downloader:
             k, v = text.split(":", 1)
             t.headers[k.strip().lower()] = v.strip()
 
-    def _classify(self, t: Transfer) -> bool:
-        """Decide what the response is, once; False aborts the transfer (reason in ``t.abort``)."""
+    def _classify(self, t: Transfer) -> None:
+        """Decide once what the response is and set the sink's mode (abort reason in ``t.abort``)."""
+        w = self.writer
+        if 300 <= t.status < 400:
+            t.kind, t.sink.mode = "redirect", w.MODE_DISCARD
+        elif t.status >= 400 or t.status < 200:
+            t.kind, t.sink.mode = "error", w.MODE_CAPTURE
+        else:
+            t.kind = "body"
+            t.sink.mode = w.MODE_BODY if self._body_acceptable(t) else w.MODE_ABORT
+
+    def _body_acceptable(self, t: Transfer) -> bool:
         st, job, seg = t.status, t.job, t.segment
-        if 300 <= st < 400:
-            t.kind = "redirect"
-            return True
-        if st >= 400 or st < 200:
-            t.kind = "error"
-            return True
-        t.kind = "body"
         if st == 206:
             m = _CONTENT_RANGE.match(t.headers.get("content-range", ""))
             if not m or int(m.group(1)) != seg.next_offset or (m.group(3) != "*"
@@ -276,39 +289,34 @@ class Downloader:
             log.warning("%s: the server ignored the Range request (HTTP 200); restarting this file from byte 0",
                         job.remote.path)
             self.progress.update(-seg.done)
-            seg.done = 0
+            seg.done = t.base_done = 0
+            t.sink.reset(0, job.remote.size)
         return True
 
-    def _on_body(self, t: Transfer, data: bytes):
-        try:
-            if not t.kind and not self._classify(t):
-                return 0
-            if t.kind != "body":
-                if t.kind == "error" and len(t.error_body) < ERROR_BODY_BYTES:
-                    t.error_body += data[:ERROR_BODY_BYTES]
-                return None
-            seg = t.segment
-            n = len(data)
-            t.last_activity = time.monotonic()
-            if n > seg.remaining:
-                t.abort = (f"the server sent more bytes than the hub lists for {t.job.remote.path} "
-                           f"({t.job.remote.size})")
-                return 0
-            self.writer.write_at(t.job.fd, seg.next_offset, data)
-            seg.done += n
+    def _absorb(self, t: Transfer) -> None:
+        """Bring the segment and the progress up to date with what the sink has (done = bytes on disk)."""
+        t.segment.done = t.base_done + t.sink.flushed
+        if t.sink.received != t.reported:
             t.job.dirty = True
-            self.progress.update(n)
-            return None
-        except OSError as exc:
-            t.fatal = disk_full(t.job.final) if exc.errno in (errno.ENOSPC, errno.EDQUOT) else PullError(
-                f"Could not write {t.job.part}: {exc.strerror or exc}.",
-                remedy="Check that --model_repository_path is writable, then re-run the same command to resume.")
-            return 0
-        except BaseException as exc:  # a bug: surface it after the transfer ends instead of losing it in pycurl
-            t.fatal = exc
-            return 0
+            self.progress.update(t.sink.received - t.reported)
+            t.reported = t.sink.received
+
+    def _write_failure(self, t: Transfer, err: int) -> PullError:
+        if err in (errno.ENOSPC, errno.EDQUOT):
+            return disk_full(t.job.final)
+        return PullError(f"Could not write {t.job.part}: {os.strerror(err) if err > 0 else 'short write'}.",
+                         remedy="Check that --model_repository_path is writable, then re-run the same command "
+                                "to resume.")
 
     def _release(self, t: Transfer) -> None:
+        if t.sink.mode == self.writer.MODE_BODY or t.sink.received:
+            try:
+                t.sink.flush()
+            except OSError:
+                pass
+            if t.sink.error and t.fatal is None:
+                t.fatal = self._write_failure(t, t.sink.error)
+            self._absorb(t)
         self.multi.remove_handle(t.handle)
         self.transfers.pop(t.handle, None)
         t.job.active.discard(t)
@@ -324,7 +332,10 @@ class Downloader:
         if job.phase != "downloading":
             return
         if not t.kind and code == 0:
-            self._classify(t)  # a response without body (redirect, 416, empty error)
+            self._classify(t)  # a response that ended without its header block (should not happen)
+        if t.sink.overflow:
+            t.abort = (f"the server sent more bytes than the hub lists for {job.remote.path} "
+                       f"({job.remote.size})")
         if t.abort == "range-ignored":
             self._collapse(job)
             return
@@ -346,7 +357,7 @@ class Downloader:
             return
         if t.kind == "error":
             if t.to_hub and t.status in (401, 403, 404):
-                raise_for_hub_error(Response(t.status, t.headers, bytes(t.error_body), t.url), self.repo_id,
+                raise_for_hub_error(Response(t.status, t.headers, bytes(t.sink.captured), t.url), self.repo_id,
                                     self.revision, self.settings)
             if not t.to_hub and t.status in (401, 403, 404, 410):
                 job.location = None  # a pre-signed CDN URL expired: ask the hub for a fresh one
@@ -413,15 +424,29 @@ class Downloader:
             self._start(job, seg)
         self.queue.extendleft(reversed(waiting))
 
-    def _abort_stalled(self, now: float) -> None:
-        """Our own stall timer: libcurl's LOW_SPEED_TIME averages speed over ~5 s and reacts late."""
+    def _watch(self, now: float) -> None:
+        """Progress of the transfers in flight, and our own stall timer (libcurl's LOW_SPEED_TIME averages
+        the speed over ~5 s and reacts late)."""
         limit = self.settings.stall_seconds
+        for t in self.transfers.values():
+            if t.sink.received != t.reported:
+                t.last_activity = now
+                self.progress.update(t.sink.received - t.reported)
+                t.reported = t.sink.received
+                t.job.dirty = True
         for t in [t for t in self.transfers.values() if now - t.last_activity > limit]:
             self._release(t)
             if t.job.phase == "downloading":
                 self._failed(t.job, t.segment, f"no data for {limit:g} s (the transfer stalled)")
 
     def _checkpoint(self) -> None:
+        for t in self.transfers.values():
+            if t.kind == "body":
+                try:
+                    t.sink.flush()  # so the sidecar can claim what arrived, not only whole 4 MiB blocks
+                except OSError:
+                    pass  # reported when the transfer ends (sink.error)
+            t.segment.done = t.base_done + t.sink.flushed
         for job in self.jobs:
             if job.phase == "downloading" and job.dirty:
                 state.save_sidecar(job.final, job.remote, self.commit, job.segments)
@@ -453,7 +478,7 @@ class Downloader:
             if all(job.phase == "done" for job in self.jobs):
                 return
             now = time.monotonic()
-            self._abort_stalled(now)
+            self._watch(now)
             if now - last_checkpoint >= self.settings.checkpoint_seconds:
                 self._checkpoint()
                 last_checkpoint = now

@@ -276,6 +276,13 @@ class HubImitation:
         return await self._serve(request, repo_id, f, {"ETag": f'"{f.sha256}"'})
 
     async def _serve(self, request: web.Request, repo_id: str, f: HubFile, headers: dict) -> web.StreamResponse:
+        try:
+            return await self._serve_body(request, repo_id, f, headers)
+        except ConnectionError:  # the client went away (a killed pull): nothing to answer
+            return web.Response(status=499)
+
+    async def _serve_body(self, request: web.Request, repo_id: str, f: HubFile, headers: dict
+                          ) -> web.StreamResponse:
         faults = self.faults.get((repo_id, f.path))
         if faults is not None and faults.fail_first > 0:
             faults.fail_first -= 1
