@@ -45,10 +45,13 @@ class RangeSink:
     returned: only those may be recorded as on disk. ``error`` holds the errno of a failed write.
     """
 
-    def __init__(self, fd: int, offset: int, limit: int, capacity: int = 1 << 20) -> None:
+    def __init__(self, fd: int, offset: int, limit: int, capacity: int = 1 << 20, *,
+                 writeback: bool = False) -> None:
         if fd < 0 or offset < 0 or limit < 0 or capacity <= 0:
             raise ValueError(f"RangeSink: invalid fd={fd} offset={offset} limit={limit} capacity={capacity}")
         self.fd = fd
+        self.writeback = writeback  # the native twin starts disk writeback per block; Python has no
+        # sync_file_range, and it changes no result, only when the bytes reach the disk
         self.mode = MODE_BODY
         self.capacity = capacity
         self._buffer = bytearray()

@@ -31,6 +31,7 @@ class PullSettings:
     stall_seconds: float = 30.0  # abort a transfer that received nothing for this long, then retry
     checkpoint_seconds: float = 1.0  # how often completed ranges are recorded in the sidecar
     progress_seconds: float = 5.0  # period of the progress log line when stderr is not a terminal
+    sync: bool = True  # fdatasync each file before its final rename (power-cut safety); OVMS_PULL_SYNC=0 skips
 
     @property
     def resume_enabled(self) -> bool:
@@ -69,6 +70,7 @@ def from_environment(env: dict | None = None) -> PullSettings:
         connect_timeout=_number(env, "OVMS_PULL_CONNECT_TIMEOUT_SECONDS", 10.0, minimum=0.1),
         stall_seconds=_number(env, "OVMS_PULL_STALL_SECONDS", 30.0, minimum=0.1),
         progress_seconds=_number(env, "OVMS_PULL_PROGRESS_SECONDS", 5.0, minimum=0.1),
+        sync=env.get("OVMS_PULL_SYNC", "1") != "0",
     )
     return settings
 

@@ -175,7 +175,7 @@ class Downloader:
     def _submit_check(self, job: FileJob, path: pathlib.Path) -> None:
         algorithm, digest = job.remote.expected_digest
         future = self.verifier.submit(check_file, path, job.remote.size, algorithm, digest,
-                                       sync=os.environ.get("OVMS_PULL_SYNC", "1") != "0")
+                                      sync=self.settings.sync)
         self.verifying[future] = job
 
     def _checked(self, job: FileJob, problem: str | None) -> None:
@@ -215,7 +215,8 @@ class Downloader:
         to_hub = origin(url) == origin(self.settings.endpoint)
         ranged = not (seg.next_offset == 0 and seg.end == job.remote.size)
         t = Transfer(job, seg, url, handle, to_hub, ranged, base_done=seg.done)
-        t.sink = self.writer.RangeSink(job.fd, seg.next_offset, seg.remaining, SINK_BYTES)
+        t.sink = self.writer.RangeSink(job.fd, seg.next_offset, seg.remaining, SINK_BYTES,
+                                       writeback=self.settings.sync)
         t.sink.mode = self.writer.MODE_ABORT  # until the headers say what the body is
         headers = ["Accept-Encoding: identity"]
         if to_hub:
