@@ -82,3 +82,67 @@ def test_errors_are_clear(writer, tmp_path):
         assert info.value.errno is not None
     finally:
         os.close(ro)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(min_size=0, max_size=5000), cuts=st.lists(st.integers(0, 5000), max_size=10),
+       offset=st.integers(0, 3000), capacity=st.integers(1, 2048), flush_at=st.integers(0, 10))
+@pytest.mark.parametrize("pure", [True, False], ids=["pure", "native"])
+def test_sink_writes_any_chunking_at_its_offset(tmp_path_factory, pure, data, cuts, offset, capacity, flush_at):
+    """However libcurl splits the body, the file holds it at ``offset``; ``flushed`` never exceeds the disk."""
+    m = _native.load("rangewrite", pure=pure)
+    path = tmp_path_factory.mktemp("sink") / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    try:
+        sink = m.RangeSink(fd, offset, len(data), capacity, writeback=True)
+        bounds = sorted({0, len(data), *[c for c in cuts if c <= len(data)]})
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            assert sink.write(memoryview(data)[a:b]) is None
+            assert sink.received == b and sink.flushed <= sink.received
+            assert os.fstat(fd).st_size >= (offset + sink.flushed if sink.flushed else 0)
+            if i == flush_at:
+                sink.flush()
+                assert sink.flushed == sink.received
+        sink.flush()
+        assert (sink.flushed, sink.received, sink.overflow, sink.error) == (len(data), len(data), False, 0)
+    finally:
+        os.close(fd)
+    on_disk = path.read_bytes()
+    assert on_disk[offset:] == data
+    assert on_disk[:offset] == b"\0" * offset if data else True
+
+
+@pytest.mark.parametrize("pure", [True, False], ids=["pure", "native"])
+def test_sink_modes_and_limits(tmp_path, pure):
+    m = _native.load("rangewrite", pure=pure)
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    try:
+        sink = m.RangeSink(fd, 0, 10, 4)
+        assert sink.write(b"0123456") is None
+        assert sink.write(b"7890") == 0 and sink.overflow  # more than the range: abort
+        sink.flush()
+        assert sink.flushed == 7
+        sink.mode = m.MODE_DISCARD
+        assert sink.write(b"redirect body") is None and sink.received == 7
+        sink.mode = m.MODE_CAPTURE
+        assert sink.write(b"x" * 5000) is None and sink.captured == b"x" * m.CAPTURE_BYTES
+        sink.mode = m.MODE_ABORT
+        assert sink.write(b"y") == 0
+        sink.reset(100, 3)
+        sink.mode = m.MODE_BODY
+        assert sink.write(b"abc") is None and sink.flush() == 3
+        with pytest.raises(ValueError):
+            m.RangeSink(fd, -1, 3)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes()[:7] == b"0123456"
+    assert (tmp_path / "f").read_bytes()[100:] == b"abc"
+    ro = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        sink = m.RangeSink(ro, 0, 10, 2)
+        assert sink.write(b"abcd") == 0  # the block write failed: abort, errno kept
+        assert sink.error != 0
+        with pytest.raises(OSError):
+            sink.flush()
+    finally:
+        os.close(ro)
