@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 
@@ -32,8 +33,16 @@ class Progress:
         if interactive:
             from tqdm import tqdm
 
+            try:
+                columns, lines = os.get_terminal_size(stream.fileno())
+            except (OSError, ValueError, AttributeError):
+                columns = lines = 0
+            # A pseudo-terminal without a size (some CI runners, `docker run -t`) reports 0x0, and tqdm then
+            # draws nothing at all: give it a plain 100x24 screen.
+            sized = columns > 0 and lines > 0
             self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=stream,
-                             mininterval=0.5, dynamic_ncols=True)
+                             mininterval=0.5, dynamic_ncols=sized, ncols=None if sized else 100,
+                             nrows=None if sized else 24)
 
     def start_counting_rate(self) -> None:
         self._base = self.done

@@ -99,31 +99,42 @@ def pull_repository(paths: ModelPaths, settings: PullSettings, *, revision: str 
             files = select(files)
         finals = [safe_join(model_dir, f.path) for f in files]  # refuse names escaping model_dir, before any write
         check_free_space(model_dir, files)
-        state.write_marker(paths.marker, paths.source_model, revision)
-        model_dir.mkdir(parents=True, exist_ok=True)
-        total = sum(f.size for f in files)
-        log.info("Pulling %s@%s (commit %s): %d files, %.1f MiB to %s", paths.source_model, revision, commit[:12],
-                 len(files), total / 2**20, model_dir)
-        progress = Progress(total, paths.source_model, stream=progress_stream,
-                            log_every=settings.progress_seconds)
-        jobs = [FileJob(f, final, hub.resolve_url(paths.source_model, commit, f.path))
-                for f, final in zip(files, finals)]
+        marker_fd = state.hold_marker(paths.marker, paths.source_model, revision)
         try:
-            downloader = Downloader(settings, hub, paths.source_model, revision, commit, progress, stop_requested)
-            progress.start_counting_rate()
-            downloader.run(jobs)
+            return _download(paths, settings, hub, revision, commit, files, finals, record, stop_requested,
+                             progress_stream)
         finally:
-            progress.close()
-        log.info("%s", progress.line())
-        state.write_record(paths.record, paths.source_model, revision, commit, files, previous=record)
-        _fsync_dir(model_dir)
-        paths.marker.unlink(missing_ok=True)
-        log.info("All %d files of %s verified (%s)", len(files), paths.source_model,
-                 "sha256 for LFS files, git blob sha1 for the others")
-        return PullResult(model_dir, True, commit, files)
+            os.close(marker_fd)
     finally:
         if own_hub:
             hub.close()
+
+
+def _download(paths: ModelPaths, settings: PullSettings, hub: HubClient, revision: str, commit: str,
+              files: list[RemoteFile], finals: list[pathlib.Path], record: dict | None, stop_requested,
+              progress_stream) -> PullResult:
+    model_dir = paths.model_dir
+    model_dir.mkdir(parents=True, exist_ok=True)
+    total = sum(f.size for f in files)
+    log.info("Pulling %s@%s (commit %s): %d files, %.1f MiB to %s", paths.source_model, revision, commit[:12],
+             len(files), total / 2**20, model_dir)
+    progress = Progress(total, paths.source_model, stream=progress_stream,
+                        log_every=settings.progress_seconds)
+    jobs = [FileJob(f, final, hub.resolve_url(paths.source_model, commit, f.path))
+            for f, final in zip(files, finals)]
+    try:
+        downloader = Downloader(settings, hub, paths.source_model, revision, commit, progress, stop_requested)
+        progress.start_counting_rate()
+        downloader.run(jobs)
+    finally:
+        progress.close()
+    log.info("%s", progress.line())
+    state.write_record(paths.record, paths.source_model, revision, commit, files, previous=record)
+    _fsync_dir(model_dir)
+    paths.marker.unlink(missing_ok=True)
+    log.info("All %d files of %s verified (%s)", len(files), paths.source_model,
+             "sha256 for LFS files, git blob sha1 for the others")
+    return PullResult(model_dir, True, commit, files)
 
 
 def _fsync_dir(directory: pathlib.Path) -> None:

@@ -9,11 +9,13 @@ sidecar claims; the hash check before the final rename catches that and the file
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import pathlib
 import time
 
+from ovms.pull.errors import PullError
 from ovms.pull.hub import RemoteFile
 from ovms.pull.paths import PART_SUFFIX, RANGES_SUFFIX
 
@@ -113,10 +115,29 @@ def discard_partial(final: pathlib.Path) -> None:
             pass
 
 
-def write_marker(marker: pathlib.Path, source_model: str, revision: str) -> None:
+def hold_marker(marker: pathlib.Path, source_model: str, revision: str) -> int:
+    """Create (or take over) the ``.lfswip`` marker and lock it; returns the fd to keep open while pulling.
+
+    The lock (flock, released by the kernel even on SIGKILL) keeps two pulls from writing one model at once.
+    """
     marker.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(marker, {"source_model": source_model, "revision": revision, "pid": os.getpid(),
-                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, durable=True)
+    fd = os.open(marker, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            owner = json.loads(os.pread(fd, 4096, 0) or b"{}").get("pid", "?")
+        except ValueError:
+            owner = "?"
+        os.close(fd)
+        raise PullError(f"Another pull (pid {owner}) is downloading {source_model} into this directory now.",
+                        remedy="Wait for it to finish or stop it, then re-run the same command.") from None
+    payload = json.dumps({"source_model": source_model, "revision": revision, "pid": os.getpid(),
+                          "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, payload, 0)
+    os.fsync(fd)
+    return fd
 
 
 def read_record(record: pathlib.Path) -> dict | None:

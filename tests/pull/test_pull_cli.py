@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 
 import pytest
 
@@ -69,7 +70,7 @@ def test_task_is_inferred_and_failure_is_explained(pull, hub):
     (Faults(ignore_range=True, times=100), "ignored the Range request"),
     (Faults(stall_after=200_000, stall_seconds=4), "resuming from byte"),
     (Faults(flip_at=5_000_000, times=1), "failed verification"),
-    (Faults(truncate_to=4_000_000, times=1), ""),
+    (Faults(truncate_to=4_000_000, times=1), "expected bytes"),
 ], ids=["drop", "5xx", "ignore-range", "stall", "flip-byte", "wrong-size"])
 def test_faults_end_in_verified_files(pull, hub, llm_repo, big_files, faults, expect_log):
     hub.set_faults(REPO, "openvino_model.bin", faults)
@@ -220,3 +221,76 @@ def test_record_lists_verified_digests(pull, hub, llm_repo):
     data = llm_repo.files["config.json"].data
     assert entry["git-blob-sha1"] == hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
     assert record["files"]["openvino_model.bin"]["sha256"] == llm_repo.files["openvino_model.bin"].sha256
+
+
+def test_second_pull_of_the_same_model_is_refused_while_one_runs(pull, hub, llm_repo, tmp_path):
+    import fcntl
+    import os
+    marker = model_dir(pull).with_name("tiny-llm-ov.lfswip")
+    marker.parent.mkdir(parents=True)
+    fd = os.open(marker, os.O_RDWR | os.O_CREAT)
+    os.write(fd, b'{"pid": 4242}')
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a running pull holds it
+    try:
+        run = pull(REPO, "--task", "text_generation")
+    finally:
+        os.close(fd)
+    assert run.code == 1
+    assert "Another pull (pid 4242) is downloading OpenVINO/tiny-llm-ov into this directory now." in run.stderr
+    assert pull(REPO, "--task", "text_generation").code == 0  # the lock is gone: the marker is taken over
+
+
+def test_progress_bar_on_a_terminal(hub, llm_repo, tmp_path):
+    """stderr on a terminal (here a pseudo-terminal without a size, as `docker run -t` gives): a tqdm bar."""
+    import os
+    import pty
+    import select
+    import subprocess
+
+    from conftest import ROOT, ovms_command, pull_env
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(ovms_command("--pull", "--source_model", REPO, "--model_repository_path",
+                                         str(tmp_path), "--task", "text_generation"),
+                            env=pull_env(hub), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(master)
+    assert proc.wait(30) == 0
+    screen = b"".join(chunks).decode(errors="replace")
+    assert f"{REPO}: 100%" in screen and "11.0M/11.0M" in screen  # tqdm: label, percent, bytes
+
+
+def test_disk_full_while_allocating(hub, llm_repo, tmp_path, monkeypatch, capsys):
+    import argparse
+    import errno
+    import os
+    from ovms.pull import cli
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setenv("HF_ENDPOINT", hub.hub_url)
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--pull", "--source_model", REPO, "--model_repository_path", str(tmp_path),
+                              "--task", "text_generation"])
+    assert cli.run(args, serve_after=False) == (1, None)
+    err = capsys.readouterr().err
+    assert "is full" in err and "re-run the same command to resume" in err

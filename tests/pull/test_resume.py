@@ -128,3 +128,25 @@ def test_resume_disabled_starts_over(hub, slow_repo, tmp_path):
     text = (tmp_path / "b.log").read_text()
     assert "LFS resume: attempts=0" in text and "Resuming" not in text
     assert_pulled(models / "OpenVINO" / "kill-me-ov", slow_repo)
+
+
+def test_resumed_single_range_on_a_server_that_ignores_range(hub, big_files, tmp_path):
+    """A file fetched as one range, half on disk, and a mirror that answers 200 to Range: start over, intact."""
+    files = {"config.json": b"{}", "model.bin": big_files["model8m.bin"]}
+    hub.add_repo(REPO, files)
+    hub.set_faults(REPO, "model.bin", Faults(throttle_bps=2_000_000, times=1))
+    models = tmp_path / "models"
+    env = {"OVMS_PULL_SEGMENT_BYTES": str(64 << 20)}  # one range for the whole file
+    proc, out = start_pull(hub, models, tmp_path / "a.log", **env)
+    time.sleep(1.6)
+    proc.send_signal(signal.SIGTERM)
+    assert wait(proc, 15) == 1
+    out.close()
+    hub.set_faults(REPO, "model.bin", Faults(ignore_range=True, times=100))
+    proc, out = start_pull(hub, models, tmp_path / "b.log", **env)
+    assert wait(proc) == 0
+    out.close()
+    text = (tmp_path / "b.log").read_text()
+    assert "Resuming model.bin" in text
+    assert "model.bin: the server ignored the Range request (HTTP 200); restarting this file from byte 0" in text
+    assert_pulled(models / "OpenVINO" / "kill-me-ov", files)
