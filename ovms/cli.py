@@ -155,9 +155,11 @@ def serve(args: argparse.Namespace) -> int:
     from ovms.config import load_config_file, model_config_from_dict
     from ovms.server import Server, ServerSettings
 
+    config_path = pathlib.Path(args.config_path) if args.config_path else None
     try:
-        if args.config_path:
-            models = load_config_file(pathlib.Path(args.config_path))
+        if config_path is not None:
+            load_config_file(config_path)  # fail fast, before listening, on a broken file
+            models = None
         else:
             models = [model_config_from_dict(single_model_entry(args), where="command line")]
     except (ConfigError, json.JSONDecodeError) as exc:
@@ -165,14 +167,20 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     settings = ServerSettings(grpc_port=args.port or None, rest_port=args.rest_port or None,
                               grpc_bind_address=args.grpc_bind_address, rest_bind_address=args.rest_bind_address,
-                              grpc_workers=args.grpc_workers, rest_workers=args.rest_workers)
+                              grpc_workers=args.grpc_workers, rest_workers=args.rest_workers,
+                              poll_seconds=max(0, args.file_system_poll_wait_seconds))
     try:
         import uvloop
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
+    if os.environ.get("OVMS_LOOP") == "asyncio":
+        runner = asyncio.run
     try:
-        runner(Server(settings, models).run_until_signalled())
+        runner(Server(settings, models, config_path=config_path).run_until_signalled())
+    except ConfigError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"Cannot start the server: {exc}", file=sys.stderr)
         return 1

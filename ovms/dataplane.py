@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Awaitable, Callable
 
 from ovms import __version__
 from ovms.errors import Kind, ServingError
@@ -23,6 +24,22 @@ def parse_version(text: str | None) -> int | None:
 
 
 @dataclasses.dataclass(slots=True)
+class VersionStatus:
+    """One version's state as OVMS reports it (TFS GetModelStatus, /v1/config)."""
+
+    version: int
+    state: str  # START, LOADING, AVAILABLE, UNLOADING, END
+    error_code: str  # OK, or UNKNOWN for a failed load (as OVMS)
+    error_message: str
+
+
+def version_status(entry) -> VersionStatus:
+    if entry.error is not None:
+        return VersionStatus(entry.version, entry.state.name, "UNKNOWN", "UNKNOWN")
+    return VersionStatus(entry.version, entry.state.name, "OK", "OK")
+
+
+@dataclasses.dataclass(slots=True)
 class ServerMetadata:
     name: str
     version: str
@@ -32,9 +49,16 @@ class ServerMetadata:
 class DataPlane:
     """What every protocol can ask of the server."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, *, reloader: Callable[[], Awaitable] | None = None) -> None:
         self.registry = registry
         self.live_flag = True
+        self._reloader = reloader
+
+    async def reload_config(self):
+        """Re-read the configuration now (``/v1/config/reload``, TFS HandleReloadConfigRequest)."""
+        if self._reloader is None:
+            raise ServingError(Kind.NOT_IMPLEMENTED, "this server has no configuration to reload")
+        return await self._reloader()
 
     def live(self) -> bool:
         return self.live_flag
@@ -54,6 +78,20 @@ class DataPlane:
             raise ServingError(Kind.MODEL_VERSION_MISSING)
         return entry.state is VersionState.AVAILABLE
 
+    def model_status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        """Status of every version of a model (newest first), or of the one asked for."""
+        model = self.registry.model(name)
+        if version:
+            entry = model.versions.get(version)
+            if entry is None:
+                raise ServingError(Kind.MODEL_VERSION_MISSING)
+            return [version_status(entry)]
+        return [version_status(e) for _, e in sorted(model.versions.items(), reverse=True)]
+
+    def all_status(self) -> dict[str, list[VersionStatus]]:
+        """Every model's status, as GET /v1/config shows it."""
+        return {name: self.model_status(name) for name in self.registry.models}
+
     def servable(self, name: str, version: int | None) -> Servable:
         return self.registry.resolve(name, version)
 
@@ -65,8 +103,12 @@ class DataPlane:
                              list(servable.outputs))
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        servable = self.registry.resolve(request.model_name, request.model_version)
-        if not isinstance(servable, InferServable):
-            raise ServingError(Kind.NOT_IMPLEMENTED, f"model {request.model_name} does not take tensor inference "
-                                                     "requests; use its OpenAI endpoints under /v3")
-        return await servable.infer(request)
+        entry = self.registry.version_entry(request.model_name, request.model_version)
+        servable = entry.enter()  # counted so an unload waits for this request
+        try:
+            if not isinstance(servable, InferServable):
+                raise ServingError(Kind.NOT_IMPLEMENTED, f"model {request.model_name} does not take tensor "
+                                                         "inference requests; use its OpenAI endpoints under /v3")
+            return await servable.infer(request)
+        finally:
+            entry.leave()

@@ -30,8 +30,19 @@ class Kind(enum.Enum):
     INVALID_INPUT_FORMAT = ("Invalid input format", "INVALID_ARGUMENT", 400)
     JSON_INVALID = ("The file is not valid json", "INVALID_ARGUMENT", 400)
     REST_BODY_IS_NOT_AN_OBJECT = ("Request body should be JSON object", "INVALID_ARGUMENT", 400)
+    REST_PREDICT_UNKNOWN_ORDER = ("Invalid JSON structure. Could not detect row or column format",
+                                  "INVALID_ARGUMENT", 400)
+    REST_INSTANCES_BATCH_SIZE_DIFFER = ("Invalid JSON structure. Request inputs have different batch sizes",
+                                        "INVALID_ARGUMENT", 400)
+    REST_COULD_NOT_PARSE_INSTANCE = ("Could not parse instance content. Not valid ndarray detected",
+                                     "INVALID_ARGUMENT", 400)
+    REST_NO_INSTANCES_FOUND = ("Invalid JSON structure. Missing instances in row format", "INVALID_ARGUMENT", 400)
+    REST_INSTANCES_NOT_NAMED_OR_NONAMED = ("Could not detect neither named or nonamed format", "INVALID_ARGUMENT",
+                                           400)
     REST_INVALID_URL = ("Invalid request URL", "INVALID_ARGUMENT", 400)
     REST_UNSUPPORTED_METHOD = ("Unsupported method", "UNIMPLEMENTED", 406)
+    CONFIG_RELOAD_FAILED = ("Reloading config file failed. Check server logs for more info.", "INVALID_ARGUMENT",
+                            400)
     NOT_IMPLEMENTED = ("Not implemented", "UNIMPLEMENTED", 501)
     SERVER_NOT_READY = ("Server is not ready", "UNAVAILABLE", 503)
     OV_INTERNAL_INFERENCE_ERROR = ("Internal inference error", "INTERNAL", 500)

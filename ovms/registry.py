@@ -1,7 +1,9 @@
-"""Model registry: (name, version) -> servable, with OVMS's version states and version policy.
+"""Model registry: (name, version) -> servable, with OVMS's version states, version policy and live reload.
 
 The registry does not know any backend: the composition root passes a ``loader(config, version)`` that
-compiles one version (blocking; run in a worker thread here).
+compiles one version (blocking; run in a worker thread here). ``apply(configs)`` moves the served set to a new
+configuration: new models and versions load, removed ones unload after their in-flight requests end, a changed
+model entry reloads, and the default version follows the highest available one.
 """
 from __future__ import annotations
 
@@ -28,19 +30,45 @@ class VersionState(enum.IntEnum):
     END = 50
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(eq=False, slots=True)
 class ModelVersion:
+    """One version of a model: its state, its servable while loaded, and requests using it."""
+
+    model_name: str
     version: int
     state: VersionState = VersionState.START
     servable: Servable | None = None
-    error: str | None = None
+    error: str | None = None  # why the last load failed (state stays LOADING, error code UNKNOWN, as OVMS)
+    in_flight: int = 0
+    _idle: asyncio.Event | None = None
+
+    def set_state(self, state: VersionState) -> None:
+        if state is not self.state:
+            log.info("STATE CHANGED: model %s version %d -> %s", self.model_name, self.version, state.name)
+        self.state = state
+
+    def enter(self) -> Servable:
+        self.in_flight += 1
+        return self.servable
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def drained(self) -> None:
+        """Wait until no request uses this version."""
+        while self.in_flight:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(eq=False, slots=True)
 class Model:
     config: ModelConfig
     versions: dict[int, ModelVersion] = dataclasses.field(default_factory=dict)
-    error: str | None = None  # a model-level load problem (no version directory, ...)
+    error: str | None = None  # a model-level problem (no base path, no version directory)
+    retired: bool = False
 
     @property
     def name(self) -> str:
@@ -48,38 +76,47 @@ class Model:
 
     def default_version(self) -> ModelVersion | None:
         """The highest AVAILABLE version (OVMS's default when a request names none)."""
-        available = [v for v in self.versions.values() if v.state is VersionState.AVAILABLE]
-        return max(available, key=lambda v: v.version) if available else None
+        best = None
+        for entry in self.versions.values():
+            if entry.state is VersionState.AVAILABLE and (best is None or entry.version > best.version):
+                best = entry
+        return best
 
 
 Loader = Callable[[ModelConfig, int], Servable]
 
 
 class Registry:
-    """All models the server knows, whether or not they loaded."""
+    """All models the server knows, loaded or not."""
 
     def __init__(self, loader: Loader) -> None:
         self._loader = loader
         self.models: dict[str, Model] = {}
+        self._lock = asyncio.Lock()
 
-    def resolve(self, name: str, version: int | None = None) -> Servable:
-        """The servable for a request, or a ServingError with OVMS's message."""
+    # ---- lookups (hot path) --------------------------------------------------------------------------------
+
+    def version_entry(self, name: str, version: int | None = None) -> ModelVersion:
+        """The available version a request asks for, or a ServingError with OVMS's message."""
         model = self.models.get(name)
-        if model is None:
+        if model is None or (model.retired and model.default_version() is None):
             raise ServingError(Kind.MODEL_NAME_MISSING)
-        if version is None or version == 0:  # 0 is "default" for TFS clients (ovmsclient sends it)
-            chosen = model.default_version()
-            if chosen is None:
+        if not version:  # None or 0: the default version (TFS clients such as ovmsclient send 0)
+            entry = model.default_version()
+            if entry is None:
                 raise ServingError(Kind.MODEL_VERSION_MISSING)
-            return chosen.servable
+            return entry
         entry = model.versions.get(version)
         if entry is None:
             raise ServingError(Kind.MODEL_VERSION_MISSING)
         if entry.state is VersionState.AVAILABLE:
-            return entry.servable
+            return entry
         if entry.state in (VersionState.START, VersionState.LOADING):
             raise ServingError(Kind.MODEL_VERSION_NOT_LOADED_YET)
         raise ServingError(Kind.MODEL_VERSION_NOT_LOADED_ANYMORE)
+
+    def resolve(self, name: str, version: int | None = None) -> Servable:
+        return self.version_entry(name, version).servable
 
     def model(self, name: str) -> Model:
         model = self.models.get(name)
@@ -88,51 +125,108 @@ class Registry:
         return model
 
     def is_ready(self) -> bool:
-        """Server readiness: every configured model has its default version available."""
-        return all(m.default_version() is not None for m in self.models.values())
+        """Every configured model has its default version available."""
+        return all(m.default_version() is not None for m in self.models.values() if not m.retired)
+
+    # ---- changes -------------------------------------------------------------------------------------------
 
     async def load(self, configs: list[ModelConfig]) -> None:
-        """Load every model's selected versions; failures are recorded and logged, never raised."""
-        for config in configs:
-            model = Model(config)
-            self.models[config.name] = model
-            if not config.base_path.is_dir():
-                model.error = (f"model {config.name}: The provided base path is invalid or doesn't exists: "
-                               f"{config.base_path}")
-                log.error("%s", model.error)
-                continue
-            versions = config.version_policy.select(numeric_versions(config.base_path))
-            if not versions:
-                model.error = (f"model {config.name}: Not a single model version directory has valid numeric "
-                               f"name in {config.base_path}; put the model files in {config.base_path}/1/")
-                log.error("%s", model.error)
-                continue
-            for version in versions:
-                model.versions[version] = ModelVersion(version)
-        await asyncio.gather(*(self._load_version(m, v) for m in self.models.values() for v in list(m.versions)))
+        """Initial load (same as apply)."""
+        await self.apply(configs)
 
-    async def _load_version(self, model: Model, version: int) -> None:
-        entry = model.versions[version]
-        entry.state = VersionState.LOADING
-        log.info("STATE CHANGED: model %s version %d -> LOADING", model.name, version)
+    async def apply(self, configs: list[ModelConfig]) -> bool:
+        """Move to ``configs``; return whether anything was loaded, reloaded or unloaded.
+
+        Failures are recorded on the model or version and logged; one broken model never stops the others.
+        """
+        async with self._lock:
+            wanted = {c.name: c for c in configs}
+            jobs = []
+            changed = False
+            for name, model in list(self.models.items()):
+                if name not in wanted and not model.retired:
+                    log.info("model %s removed from the configuration: unloading", name)
+                    model.retired = True
+                    jobs += [self._retire(e) for e in model.versions.values() if e.state < VersionState.UNLOADING]
+                    changed = True
+            for name, config in wanted.items():
+                model = self.models.get(name)
+                if model is None or model.retired:
+                    model = Model(config, versions=model.versions if model else {})
+                    self.models[name] = model
+                    changed = True
+                elif model.config != config:
+                    log.info("model %s configuration changed: reloading every version", name)
+                    model.config = config
+                    jobs += [self._retire(e) for e in model.versions.values() if e.state < VersionState.UNLOADING]
+                    model.versions = {}
+                    changed = True
+                jobs_for_model, model_changed = self._sync_versions(model)
+                jobs += jobs_for_model
+                changed |= model_changed
+            await asyncio.gather(*jobs)
+            return changed
+
+    def _sync_versions(self, model: Model) -> tuple[list, bool]:
+        config = model.config
+        if not config.base_path.is_dir():
+            error = f"The provided base path is invalid or doesn't exists: {config.base_path}"
+            return self._model_error(model, error), False
+        present = numeric_versions(config.base_path)
+        if not present:
+            error = (f"Not a single model version directory has valid numeric name in {config.base_path}; put the "
+                     f"model files in {config.base_path}/1/")
+            return self._model_error(model, error), False
+        model.error = None
+        desired = set(config.version_policy.select(present))
+        jobs, changed = [], False
+        for version in sorted(desired):
+            entry = model.versions.get(version)
+            if entry is None or entry.state >= VersionState.UNLOADING:
+                entry = ModelVersion(model.name, version)
+                model.versions[version] = entry
+                jobs.append(self._load(model, entry))
+                changed = True
+        for version, entry in model.versions.items():
+            if version not in desired and entry.state < VersionState.UNLOADING:
+                log.info("model %s version %d is no longer served (directory removed or policy): unloading",
+                         model.name, version)
+                jobs.append(self._retire(entry))
+                changed = True
+        return jobs, changed
+
+    def _model_error(self, model: Model, error: str) -> list:
+        if model.error != error:
+            log.error("model %s: %s", model.name, error)
+        model.error = error
+        return [self._retire(e) for e in model.versions.values() if e.state < VersionState.UNLOADING]
+
+    async def _load(self, model: Model, entry: ModelVersion) -> None:
+        entry.set_state(VersionState.LOADING)
         try:
-            servable = await asyncio.to_thread(self._loader, model.config, version)
+            servable = await asyncio.to_thread(self._loader, model.config, entry.version)
         except ModelLoadError as exc:
             entry.error = str(exc)
-            log.error("model %s version %d failed to load: %s", model.name, version, exc)
+            log.error("model %s version %d failed to load: %s", model.name, entry.version, exc)
             return
         except Exception as exc:  # a backend bug must not stop the other models
             entry.error = f"{type(exc).__name__}: {exc}"
-            log.exception("model %s version %d failed to load", model.name, version)
+            log.exception("model %s version %d failed to load", model.name, entry.version)
             return
         entry.servable = servable
-        entry.state = VersionState.AVAILABLE
-        log.info("STATE CHANGED: model %s version %d -> AVAILABLE", model.name, version)
+        entry.error = None
+        entry.set_state(VersionState.AVAILABLE)
 
-    def close(self) -> None:
-        for model in self.models.values():
-            for entry in model.versions.values():
-                if entry.servable is not None:
-                    entry.state = VersionState.END
-                    entry.servable.close()
-                    entry.servable = None
+    async def _retire(self, entry: ModelVersion) -> None:
+        """UNLOADING until the last in-flight request ends, then release the servable: END."""
+        entry.set_state(VersionState.UNLOADING)
+        await entry.drained()
+        servable, entry.servable = entry.servable, None
+        if servable is not None:
+            await asyncio.to_thread(servable.close)
+        entry.set_state(VersionState.END)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await asyncio.gather(*(self._retire(e) for m in self.models.values() for e in m.versions.values()
+                                   if e.state < VersionState.UNLOADING))

@@ -4,12 +4,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import pathlib
 import signal
 
 from aiohttp import web
 
 from ovms.config import ModelConfig
 from ovms.dataplane import DataPlane
+from ovms.errors import ConfigError
+from ovms.management import ConfigManager
 from ovms.registry import Registry
 from ovms.transport import grpc_server, rest_server
 
@@ -26,6 +29,7 @@ class ServerSettings:
     rest_bind_address: str = "0.0.0.0"
     grpc_workers: int = 1
     rest_workers: int | None = None
+    poll_seconds: float = 0  # --file_system_poll_wait_seconds; 0: no polling
 
 
 def _openvino_loader(config: ModelConfig, version: int):
@@ -44,11 +48,14 @@ def backend_versions() -> str:
 class Server:
     """One process serving a registry over gRPC and REST on one event loop."""
 
-    def __init__(self, settings: ServerSettings, models: list[ModelConfig]) -> None:
+    def __init__(self, settings: ServerSettings, models: list[ModelConfig] | None = None, *,
+                 config_path: pathlib.Path | None = None) -> None:
         self.settings = settings
-        self.models = models
         self.registry = Registry(_openvino_loader)
-        self.dataplane = DataPlane(self.registry)
+        self.manager = ConfigManager(self.registry, config_path=config_path, models=models,
+                                     on_change=self._models_changed)
+        self.dataplane = DataPlane(self.registry, reloader=self.manager.reload)
+        self._poller: asyncio.Task | None = None
         self._grpc = None
         self._runner: web.AppRunner | None = None
         self.grpc_port: int | None = None
@@ -73,18 +80,27 @@ class Server:
             self.rest_port = site._server.sockets[0].getsockname()[1]
         log.info("Started gRPC server on %s:%s, REST server on %s:%s", s.grpc_bind_address, self.grpc_port,
                  s.rest_bind_address, self.rest_port)
-        await self.registry.load(self.models)
+        result = await self.manager.reload()
+        if result.error is not None:
+            raise ConfigError(result.error)
+        self._models_changed()
+        if s.poll_seconds > 0:
+            self._poller = asyncio.create_task(self.manager.poll(s.poll_seconds), name="ovms-config-poll")
+        log.info("Server ready: %d model(s) configured, ready=%s", len(self.registry.models), self.dataplane.ready())
+
+    def _models_changed(self) -> None:
         if self._grpc is not None:
-            await grpc_server.set_health(self._grpc, self.dataplane.ready())
-        log.info("Server ready: %d model(s) configured, ready=%s", len(self.models), self.dataplane.ready())
+            asyncio.ensure_future(grpc_server.set_health(self._grpc, self.dataplane.ready()))
 
     async def stop(self, grace: float = 5.0) -> None:
         self.dataplane.live_flag = False
+        if self._poller is not None:
+            self._poller.cancel()
         if self._grpc is not None:
             await self._grpc.stop(grace)
         if self._runner is not None:
             await self._runner.cleanup()
-        await asyncio.to_thread(self.registry.close)
+        await self.registry.close()
 
     async def run_until_signalled(self) -> None:
         """Serve until SIGINT or SIGTERM, then stop gracefully."""

@@ -16,12 +16,18 @@ from ovms._proto.kserve import grpc_predict_v2_pb2 as pb
 from ovms._proto.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
 from ovms.dataplane import DataPlane, parse_version
 from ovms.errors import Kind, ServingError
+from ovms._proto.tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+                                                 model_management_pb2, model_service_pb2, predict_pb2,
+                                                 prediction_service_pb2)
 from ovms.protocol import kserve_grpc as codec
+from ovms.protocol import tfs
 
 log = logging.getLogger("ovms.grpc")
 
 MAX_MESSAGE_BYTES = 1 << 30  # 1 GiB, as OVMS allows by default
 KSERVE_SERVICE = "inference.GRPCInferenceService"
+TFS_PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+TFS_MODEL_SERVICE = "tensorflow.serving.ModelService"
 STREAM_WINDOW = 64  # requests of one ModelStreamInfer stream in flight at once
 
 
@@ -39,13 +45,14 @@ def _parse(message_type, data: bytes):
                                                            " protobuf message") from None
 
 
-def mapped_errors(method):
+def mapped_errors(method, message_module=pb):
     """Parse the request and turn ServingError (and anything unexpected) into a gRPC status with OVMS's message.
 
     Requests arrive as bytes (see ``_handlers``) so a corrupt message gets INVALID_ARGUMENT with a readable
     message instead of grpc's UNKNOWN with a Python exception name.
     """
-    message_type = getattr(pb, method.__name__ + "Request")
+    name = {"HandleReloadConfigRequest": "ReloadConfig"}.get(method.__name__, method.__name__)
+    message_type = getattr(message_module, name + "Request")
 
     @functools.wraps(method)
     async def wrapper(self, request, context):
@@ -144,17 +151,77 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     item.cancel()
 
 
-def _handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
-    """Method handlers of the KServe service with requests left as bytes (parsed in ``mapped_errors``)."""
+class _Messages:
+    """Request/response classes of the TFS services, found by name like those of ``pb``."""
+
+    PredictRequest = predict_pb2.PredictRequest
+    PredictResponse = predict_pb2.PredictResponse
+    GetModelMetadataRequest = get_model_metadata_pb2.GetModelMetadataRequest
+    GetModelMetadataResponse = get_model_metadata_pb2.GetModelMetadataResponse
+    GetModelStatusRequest = get_model_status_pb2.GetModelStatusRequest
+    GetModelStatusResponse = get_model_status_pb2.GetModelStatusResponse
+    ReloadConfigRequest = model_management_pb2.ReloadConfigRequest
+    ReloadConfigResponse = model_management_pb2.ReloadConfigResponse
+
+
+def tfs_errors(method):
+    return mapped_errors(method, _Messages)
+
+
+class PredictionServicer:
+    """tensorflow.serving.PredictionService: Predict and GetModelMetadata on the shared data plane."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dp = dataplane
+
+    @tfs_errors
+    async def Predict(self, request, context):
+        response = await self.dp.infer(tfs.decode_predict(request))
+        return tfs.encode_predict(response, request.model_spec.signature_name)
+
+    @tfs_errors
+    async def GetModelMetadata(self, request, context):
+        if list(request.metadata_field) != ["signature_def"]:
+            raise ServingError(Kind.INVALID_INPUT_FORMAT,
+                               'metadata_field must be ["signature_def"]')
+        version = tfs.model_version(request.model_spec)
+        meta = self.dp.model_metadata(request.model_spec.name, version)
+        served = self.dp.servable(request.model_spec.name, version).version
+        return tfs.encode_metadata(meta, served)
+
+
+class ModelServicer:
+    """tensorflow.serving.ModelService: GetModelStatus and HandleReloadConfigRequest."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dp = dataplane
+
+    @tfs_errors
+    async def GetModelStatus(self, request, context):
+        spec = request.model_spec
+        return tfs.encode_status(self.dp.model_status(spec.name, tfs.model_version(spec)))
+
+    @tfs_errors
+    async def HandleReloadConfigRequest(self, request, context):
+        result = await self.dp.reload_config()
+        response = model_management_pb2.ReloadConfigResponse()
+        if result.error is not None:
+            raise ServingError(Kind.CONFIG_RELOAD_FAILED, result.error)
+        response.status.error_code = 0
+        return response
+
+
+def _handlers(servicer, service_descriptor, messages) -> grpc.GenericRpcHandler:
+    """Method handlers of a service with requests left as bytes (parsed in ``mapped_errors``)."""
     methods = {}
-    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+    for method in service_descriptor.methods:
         behaviour = getattr(servicer, method.name)
-        serialize = getattr(pb, method.output_type.name).SerializeToString
+        serialize = getattr(messages, method.output_type.name).SerializeToString
         if method.client_streaming:
             methods[method.name] = grpc.stream_stream_rpc_method_handler(behaviour, None, serialize)
         else:
             methods[method.name] = grpc.unary_unary_rpc_method_handler(behaviour, None, serialize)
-    return grpc.method_handlers_generic_handler(KSERVE_SERVICE, methods)
+    return grpc.method_handlers_generic_handler(service_descriptor.full_name, methods)
 
 
 def create_server(dataplane: DataPlane, *, max_workers: int | None = None) -> grpc.aio.Server:
@@ -164,15 +231,22 @@ def create_server(dataplane: DataPlane, *, max_workers: int | None = None) -> gr
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
     ])
-    server.add_generic_rpc_handlers((_handlers(InferenceServicer(dataplane)),))
+    server.add_generic_rpc_handlers((
+        _handlers(InferenceServicer(dataplane), pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], pb),
+        _handlers(PredictionServicer(dataplane),
+                  prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"], _Messages),
+        _handlers(ModelServicer(dataplane), model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
+                  _Messages),
+    ))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     server.health_servicer = health_servicer  # set SERVING / NOT_SERVING from the composition root
-    reflection.enable_server_reflection([KSERVE_SERVICE, reflection.SERVICE_NAME], server, pool=POOL)
+    reflection.enable_server_reflection([KSERVE_SERVICE, TFS_PREDICTION_SERVICE, TFS_MODEL_SERVICE,
+                                         reflection.SERVICE_NAME], server, pool=POOL)
     return server
 
 
 async def set_health(server: grpc.aio.Server, serving: bool) -> None:
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    for service in ("", KSERVE_SERVICE):
+    for service in ("", KSERVE_SERVICE, TFS_PREDICTION_SERVICE, TFS_MODEL_SERVICE):
         await server.health_servicer.set(service, status)

@@ -14,6 +14,7 @@ from aiohttp import web
 from ovms.dataplane import DataPlane, parse_version
 from ovms.errors import Kind, ServingError
 from ovms.protocol import kserve_rest as codec
+from ovms.protocol import tfs
 
 log = logging.getLogger("ovms.rest")
 
@@ -99,6 +100,51 @@ async def infer(request: web.Request) -> web.Response:
                         headers={HEADER_LENGTH: str(json_length)})
 
 
+# ---- TensorFlow Serving REST and OVMS's config endpoints ----------------------------------------------------
+
+async def tfs_status(request: web.Request) -> web.Response:
+    statuses = request.app[DATAPLANE].model_status(request.match_info["model"], _version(request))
+    return _json(tfs.status_json(statuses))
+
+
+async def tfs_metadata(request: web.Request) -> web.Response:
+    dp = request.app[DATAPLANE]
+    name, version = request.match_info["model"], _version(request)
+    served = dp.servable(name, version).version
+    return _json(tfs.metadata_json(dp.model_metadata(name, version), served))
+
+
+async def tfs_predict(request: web.Request) -> web.Response:
+    dp = request.app[DATAPLANE]
+    name, version = request.match_info["model"], _version(request)
+    servable = dp.servable(name, version)
+    try:
+        document = json.loads(await request.read())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ServingError(Kind.JSON_INVALID, f"request body is not valid JSON ({exc})") from None
+    infer_request, form = tfs.decode_rest_predict(document, name, version, servable.inputs)
+    response = await dp.infer(infer_request)
+    return _json(tfs.encode_rest_predict(response, form))
+
+
+def _config_json(dp: DataPlane) -> dict:
+    return {name: tfs.status_json(statuses) for name, statuses in dp.all_status().items()}
+
+
+async def config_status(request: web.Request) -> web.Response:
+    return _json(_config_json(request.app[DATAPLANE]))
+
+
+async def config_reload(request: web.Request) -> web.Response:
+    """OVMS: 201 when the reload changed something, 200 when not; the body is the new status."""
+    dp = request.app[DATAPLANE]
+    result = await dp.reload_config()
+    if result.error is not None:
+        raise ServingError(Kind.CONFIG_RELOAD_FAILED, result.error)
+    return web.Response(body=json.dumps(_config_json(dp)).encode(), content_type="application/json",
+                        status=201 if result.changed else 200)
+
+
 def create_app(dataplane: DataPlane) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     app[DATAPLANE] = dataplane
@@ -111,4 +157,10 @@ def create_app(dataplane: DataPlane) -> web.Application:
         add("GET", base + "/ready", model_ready)
         add("GET", base + "/config", model_config)
         add("POST", base + "/infer", infer)
+    add("GET", "/v1/config", config_status)
+    add("POST", "/v1/config/reload", config_reload)
+    for base in ("/v1/models/{model:[^/:]+}", "/v1/models/{model:[^/:]+}/versions/{version:[^/:]+}"):
+        add("GET", base, tfs_status)
+        add("GET", base + "/metadata", tfs_metadata)
+        add("POST", base + ":predict", tfs_predict)
     return app
