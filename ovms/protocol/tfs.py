@@ -247,7 +247,9 @@ def decode_rest_predict(document: Any, model: str, version: int | None,
 def _json_of(tensor: Tensor) -> Any:
     array = tensor.as_array()
     if tensor.datatype == "BYTES":
-        flat = [{"b64": base64.b64encode(v).decode()} if _is_binary(v) else v.decode()
+        # TFS REST: outputs named *_bytes are base64 objects; so is anything that is not UTF-8 text.
+        force = tensor.name.endswith("_bytes")
+        flat = [{"b64": base64.b64encode(v).decode()} if force or _is_binary(v) else v.decode()
                 for v in array.reshape(-1).tolist()]
         return np.array(flat, dtype=object).reshape(array.shape).tolist()
     return array.tolist()

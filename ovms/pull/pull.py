@@ -17,6 +17,7 @@ from ovms.pull.paths import ModelPaths, safe_join
 from ovms.pull.progress import Progress
 from ovms.pull.settings import PullSettings, log_settings
 from ovms.pull.transfer import Downloader, FileJob
+from ovms.pull.verify import flush_to_disk
 
 log = logging.getLogger("ovms.pull")
 
@@ -129,6 +130,8 @@ def _download(paths: ModelPaths, settings: PullSettings, hub: HubClient, revisio
     finally:
         progress.close()
     log.info("%s", progress.line())
+    if settings.sync:
+        flush_to_disk(finals)
     state.write_record(paths.record, paths.source_model, revision, commit, files, previous=record)
     _fsync_dir(model_dir)
     paths.marker.unlink(missing_ok=True)

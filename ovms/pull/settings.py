@@ -31,7 +31,7 @@ class PullSettings:
     stall_seconds: float = 30.0  # abort a transfer that received nothing for this long, then retry
     checkpoint_seconds: float = 1.0  # how often completed ranges are recorded in the sidecar
     progress_seconds: float = 5.0  # period of the progress log line when stderr is not a terminal
-    sync: bool = True  # fdatasync each file before its final rename (power-cut safety); OVMS_PULL_SYNC=0 skips
+    sync: bool = True  # fdatasync the files before the completion record (power-cut safety); OVMS_PULL_SYNC=0 skips
 
     @property
     def resume_enabled(self) -> bool:

@@ -174,8 +174,7 @@ class Downloader:
 
     def _submit_check(self, job: FileJob, path: pathlib.Path) -> None:
         algorithm, digest = job.remote.expected_digest
-        future = self.verifier.submit(check_file, path, job.remote.size, algorithm, digest,
-                                      sync=self.settings.sync)
+        future = self.verifier.submit(check_file, path, job.remote.size, algorithm, digest)
         self.verifying[future] = job
 
     def _checked(self, job: FileJob, problem: str | None) -> None:

@@ -1,5 +1,9 @@
 """Content checks before a file takes its final name: size, then sha256 (LFS) or the git blob sha1 (regular).
 
+Durability is separate (``flush_to_disk`` before the completion record): until that record exists, the
+``.lfswip`` marker makes the next run re-check every final file, so a power cut cannot leave a corrupt file
+behind a name that is trusted.
+
 The hub's tree listing gives both digests (``lfs.oid`` and ``oid``); checking them is what makes a resumed or
 parallel-range download as trustworthy as a single clean one.
 """
@@ -35,25 +39,26 @@ def digest_file(path: pathlib.Path, algorithm: str, size: int) -> str:
     return h.hexdigest()
 
 
-def check_file(path: pathlib.Path, size: int, algorithm: str, expected: str, *, sync: bool = True) -> str | None:
-    """None when ``path`` has ``size`` bytes and digest ``expected``; else what is wrong, in words.
-
-    With ``sync``, the data is flushed to disk first (fdatasync), so a power cut after the rename that follows
-    cannot leave a verified name on unwritten data.
-    """
+def check_file(path: pathlib.Path, size: int, algorithm: str, expected: str) -> str | None:
+    """None when ``path`` has ``size`` bytes and digest ``expected``; else what is wrong, in words."""
     try:
         actual_size = path.stat().st_size
     except FileNotFoundError:
         return "file is missing"
     if actual_size != size:
         return f"size {actual_size} bytes, expected {size}"
-    if sync:
+    actual = digest_file(path, algorithm, size)
+    if actual != expected:
+        return f"{algorithm} {actual}, expected {expected}"
+    return None
+
+
+def flush_to_disk(paths: list[pathlib.Path]) -> None:
+    """fdatasync every file, so a completion record written afterwards never outlives the data after a power
+    cut. Most bytes are already on disk by then: the range sink starts writeback block by block."""
+    for path in paths:
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fdatasync(fd)
         finally:
             os.close(fd)
-    actual = digest_file(path, algorithm, size)
-    if actual != expected:
-        return f"{algorithm} {actual}, expected {expected}"
-    return None
