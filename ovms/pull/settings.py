@@ -29,7 +29,7 @@ class PullSettings:
     segment_bytes: int = 64 << 20  # files larger than this are fetched over several ranges at once
     connect_timeout: float = 10.0
     stall_seconds: float = 30.0  # abort a transfer that received nothing for this long, then retry
-    checkpoint_seconds: float = 1.0  # how often completed ranges are recorded in the sidecar
+    checkpoint_seconds: float = 0.5  # how often the bytes on disk are recorded in the sidecars
     progress_seconds: float = 5.0  # period of the progress log line when stderr is not a terminal
     sync: bool = True  # fdatasync the files before the completion record (power-cut safety); OVMS_PULL_SYNC=0 skips
 
