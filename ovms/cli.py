@@ -152,23 +152,29 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from ovms.config import load_config_file, model_config_from_dict
+    from ovms.config import load_config_file, load_monitoring, model_config_from_dict
+    from ovms.metrics import parse_families
     from ovms.server import Server, ServerSettings
 
     config_path = pathlib.Path(args.config_path) if args.config_path else None
+    metrics_enable, metrics_list = args.metrics_enable, args.metrics_list or None
     try:
         if config_path is not None:
             load_config_file(config_path)  # fail fast, before listening, on a broken file
             models = None
+            file_enable, file_list = load_monitoring(config_path)
+            metrics_enable = metrics_enable or file_enable
+            metrics_list = metrics_list or file_list
         else:
             models = [model_config_from_dict(single_model_entry(args), where="command line")]
-    except (ConfigError, json.JSONDecodeError) as exc:
+        families = parse_families(metrics_list) if metrics_enable else frozenset()
+    except (ConfigError, json.JSONDecodeError, ValueError) as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
         return 1
     settings = ServerSettings(grpc_port=args.port or None, rest_port=args.rest_port or None,
                               grpc_bind_address=args.grpc_bind_address, rest_bind_address=args.rest_bind_address,
                               grpc_workers=args.grpc_workers, rest_workers=args.rest_workers,
-                              poll_seconds=max(0, args.file_system_poll_wait_seconds))
+                              poll_seconds=max(0, args.file_system_poll_wait_seconds), metrics_families=families)
     try:
         import uvloop
         runner = uvloop.run

@@ -200,3 +200,19 @@ def numeric_versions(base_path: pathlib.Path) -> list[int]:
     except OSError:
         return []
     return sorted(int(p.name) for p in children if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+
+
+def load_monitoring(path: pathlib.Path) -> tuple[bool, list[str] | None]:
+    """The ``monitoring.metrics`` section of a config.json: (enable, metrics_list or None)."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False, None  # load_config_file reports file problems
+    section = document.get("monitoring", {}) if isinstance(document, dict) else {}
+    metrics = section.get("metrics", {}) if isinstance(section, dict) else {}
+    if not isinstance(metrics, dict) or set(metrics) - {"enable", "metrics_list"}:
+        raise ConfigError(f"{path}: monitoring.metrics accepts only enable (true/false) and metrics_list")
+    listed = metrics.get("metrics_list")
+    if listed is not None and (not isinstance(listed, list) or not all(isinstance(n, str) for n in listed)):
+        raise ConfigError(f"{path}: monitoring.metrics.metrics_list must be a list of metric names")
+    return metrics.get("enable") is True, listed

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Awaitable, Callable
 
 from ovms import __version__
 from ovms.errors import Kind, ServingError
+from ovms.metrics import Metrics
 from ovms.registry import Registry, VersionState
 from ovms.servable import InferServable, Servable
 from ovms.types import InferRequest, InferResponse, ModelMetadata
@@ -49,10 +51,17 @@ class ServerMetadata:
 class DataPlane:
     """What every protocol can ask of the server."""
 
-    def __init__(self, registry: Registry, *, reloader: Callable[[], Awaitable] | None = None) -> None:
+    def __init__(self, registry: Registry, *, reloader: Callable[[], Awaitable] | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.registry = registry
         self.live_flag = True
         self._reloader = reloader
+        self.metrics = metrics if metrics is not None and metrics.on else None
+
+    def _count(self, api: str, interface: str, method: str, name: str, version, ok: bool) -> None:
+        """Count a request to a model that exists (OVMS counts nothing for unknown names)."""
+        if self.metrics is not None and name in self.registry.models:
+            self.metrics.request(api, interface, method, name, str(version or ""), ok)
 
     async def reload_config(self):
         """Re-read the configuration now (``/v1/config/reload``, TFS HandleReloadConfigRequest)."""
@@ -92,6 +101,22 @@ class DataPlane:
         """Every model's status, as GET /v1/config shows it."""
         return {name: self.model_status(name) for name in self.registry.models}
 
+    def statistics(self, name: str, version: int | None) -> list:
+        """(name, version, InferenceStats) of the versions asked for: one model's, or every model's."""
+        names = [name] if name else list(self.registry.models)
+        result = []
+        for model_name in names:
+            model = self.registry.model(model_name)
+            if version:
+                entry = model.versions.get(version)
+                if entry is None:
+                    raise ServingError(Kind.MODEL_VERSION_MISSING)
+                result.append((model_name, entry.version, entry.stats))
+            else:
+                result += [(model_name, e.version, e.stats) for _, e in sorted(model.versions.items())
+                           if e.state is VersionState.AVAILABLE]
+        return result
+
     def servable(self, name: str, version: int | None) -> Servable:
         return self.registry.resolve(name, version)
 
@@ -102,13 +127,54 @@ class DataPlane:
         return ModelMetadata(servable.name, versions, servable.platform, list(servable.inputs),
                              list(servable.outputs))
 
-    async def infer(self, request: InferRequest) -> InferResponse:
-        entry = self.registry.version_entry(request.model_name, request.model_version)
+    async def infer(self, request: InferRequest, *, api: str = "KServe", interface: str = "gRPC",
+                    method: str = "ModelInfer") -> InferResponse:
+        metrics = self.metrics
+        started = time.perf_counter_ns()
+        try:
+            entry = self.registry.version_entry(request.model_name, request.model_version)
+        except ServingError:
+            self._count(api, interface, method, request.model_name, request.model_version, False)
+            raise
         servable = entry.enter()  # counted so an unload waits for this request
         try:
             if not isinstance(servable, InferServable):
                 raise ServingError(Kind.NOT_IMPLEMENTED, f"model {request.model_name} does not take tensor "
                                                          "inference requests; use its OpenAI endpoints under /v3")
-            return await servable.infer(request)
+            response = await servable.infer(request)
+        except BaseException:
+            stats = entry.stats
+            stats.fail_count += 1
+            stats.fail_ns += time.perf_counter_ns() - started
+            if metrics is not None:
+                metrics.request(api, interface, method, request.model_name, str(entry.version), False)
+            raise
         finally:
             entry.leave()
+        elapsed_ns = time.perf_counter_ns() - started
+        stats = entry.stats
+        stats.success_count += 1
+        stats.success_ns += elapsed_ns
+        stats.last_inference_ms = time.time_ns() // 1_000_000
+        if response.timings_us is not None:
+            stats.queue_ns += int(response.timings_us[0] * 1000)
+            stats.compute_infer_ns += int(response.timings_us[1] * 1000)
+        if metrics is not None:
+            version = str(entry.version)
+            metrics.request(api, interface, method, request.model_name, version, True)
+            metrics.observe("ovms_request_time_us", (request.model_name, version, interface), elapsed_ns / 1000)
+            if response.timings_us is not None:
+                metrics.observe("ovms_wait_for_infer_req_time_us", (request.model_name, version),
+                                response.timings_us[0])
+                metrics.observe("ovms_inference_time_us", (request.model_name, version), response.timings_us[1])
+        return response
+
+    def counted(self, api: str, interface: str, method: str, name: str, version, call: Callable):
+        """Run a non-inference verb (metadata, status, ready) and count it as OVMS does."""
+        try:
+            result = call()
+        except ServingError:
+            self._count(api, interface, method, name, version, False)
+            raise
+        self._count(api, interface, method, name, version, True)
+        return result

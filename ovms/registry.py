@@ -30,6 +30,19 @@ class VersionState(enum.IntEnum):
     END = 50
 
 
+@dataclasses.dataclass(slots=True)
+class InferenceStats:
+    """Triton's statistics extension counters for one version (perf_analyzer reads them)."""
+
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    queue_ns: int = 0
+    compute_infer_ns: int = 0
+    last_inference_ms: int = 0
+
+
 @dataclasses.dataclass(eq=False, slots=True)
 class ModelVersion:
     """One version of a model: its state, its servable while loaded, and requests using it."""
@@ -40,6 +53,7 @@ class ModelVersion:
     servable: Servable | None = None
     error: str | None = None  # why the last load failed (state stays LOADING, error code UNKNOWN, as OVMS)
     in_flight: int = 0
+    stats: InferenceStats = dataclasses.field(default_factory=InferenceStats)
     _idle: asyncio.Event | None = None
 
     def set_state(self, state: VersionState) -> None:

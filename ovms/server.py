@@ -13,6 +13,7 @@ from ovms.config import ModelConfig
 from ovms.dataplane import DataPlane
 from ovms.errors import ConfigError
 from ovms.management import ConfigManager
+from ovms.metrics import Metrics
 from ovms.registry import Registry
 from ovms.transport import grpc_server, rest_server
 
@@ -30,6 +31,7 @@ class ServerSettings:
     grpc_workers: int = 1
     rest_workers: int | None = None
     poll_seconds: float = 0  # --file_system_poll_wait_seconds; 0: no polling
+    metrics_families: frozenset[str] = frozenset()  # empty: /metrics off
 
 
 def _openvino_loader(config: ModelConfig, version: int):
@@ -54,7 +56,8 @@ class Server:
         self.registry = Registry(_openvino_loader)
         self.manager = ConfigManager(self.registry, config_path=config_path, models=models,
                                      on_change=self._models_changed)
-        self.dataplane = DataPlane(self.registry, reloader=self.manager.reload)
+        self.metrics = Metrics(settings.metrics_families, gauges=self._gauges)
+        self.dataplane = DataPlane(self.registry, reloader=self.manager.reload, metrics=self.metrics)
         self._poller: asyncio.Task | None = None
         self._grpc = None
         self._runner: web.AppRunner | None = None
@@ -87,6 +90,15 @@ class Server:
         if s.poll_seconds > 0:
             self._poller = asyncio.create_task(self.manager.poll(s.poll_seconds), name="ovms-config-poll")
         log.info("Server ready: %d model(s) configured, ready=%s", len(self.registry.models), self.dataplane.ready())
+
+    def _gauges(self):
+        """Current gauge values per model: (family, model name, {version: value})."""
+        for model in self.registry.models.values():
+            live = [e for e in model.versions.values() if e.servable is not None]
+            yield "ovms_current_requests", model.name, {str(e.version): e.in_flight for e in live}
+            for family, attribute in (("ovms_streams", "streams"), ("ovms_infer_req_queue_size", "nireq"),
+                                      ("ovms_infer_req_active", "active")):
+                yield family, model.name, {str(e.version): getattr(e.servable, attribute, 0) for e in live}
 
     def _models_changed(self) -> None:
         if self._grpc is not None:

@@ -119,6 +119,7 @@ class InferResponse:
     model_version: int
     outputs: list[Tensor]
     id: str = ""
+    timings_us: tuple[float, float] | None = None  # (waited for an infer request, inference), from the backend
 
 
 @dataclasses.dataclass(slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import pathlib
+import time
 
 import numpy as np
 import openvino as ov
@@ -159,6 +160,8 @@ class OpenVINOServable(InferServable):
                               zip(self._inputs, self._compiled.inputs)}
         nireq = config.nireq or self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
         self.nireq = max(1, int(nireq))
+        self.streams = int(self._compiled.get_property("NUM_STREAMS"))
+        self.active = 0  # infer requests in use
         self._queue = ov.AsyncInferQueue(self._compiled, self.nireq)
         self._queue.set_callback(self._completed)
         self._idle: asyncio.Semaphore | None = None
@@ -175,7 +178,8 @@ class OpenVINOServable(InferServable):
 
     def _completed(self, request: ov.InferRequest, userdata) -> None:
         # Runs on an OpenVINO thread; the request is reused after return, so copy the outputs out.
-        loop, future, idle = userdata
+        loop, future, idle, started = userdata
+        finished = time.perf_counter()
         try:
             result = {}
             for name, port in self._output_ports:
@@ -187,7 +191,7 @@ class OpenVINOServable(InferServable):
         except BaseException as exc:  # never let an exception die silently in the OpenVINO thread
             loop.call_soon_threadsafe(_resolve, future, idle, None, exc)
         else:
-            loop.call_soon_threadsafe(_resolve, future, idle, result, None)
+            loop.call_soon_threadsafe(_resolve, future, idle, (result, started, finished), None)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         arrays = validate_inputs(self, request)
@@ -207,21 +211,28 @@ class OpenVINOServable(InferServable):
             self._idle = asyncio.Semaphore(self.nireq)
         # The permit is given back by the completion (not by this coroutine), so a cancelled caller never
         # lets more requests start than the queue has idle infer requests.
+        queued = time.perf_counter()
         await self._idle.acquire()
+        self.active += 1
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        started = time.perf_counter()
         try:
-            self._queue.start_async(inputs, (loop, future, self._idle))
+            self._queue.start_async(inputs, (loop, future, self._idle, started))
         except RuntimeError as exc:
             self._idle.release()
+            self.active -= 1
             log.error("model %s version %d: inference failed to start: %s", self.name, self.version, exc)
             raise ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, _first_line(exc)) from None
         try:
-            produced = await future
+            produced, started, finished = await future
         except Exception as exc:
             log.error("model %s version %d: inference failed: %s", self.name, self.version, exc)
             raise ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, _first_line(exc)) from None
-        return InferResponse(self.name, self.version, select_outputs(self, produced, requested), request.id)
+        finally:
+            self.active -= 1
+        return InferResponse(self.name, self.version, select_outputs(self, produced, requested), request.id,
+                             ((started - queued) * 1e6, (finished - started) * 1e6))
 
     def close(self) -> None:
         self._queue.wait_all()

@@ -99,3 +99,22 @@ def encode_model_config(meta: ModelMetadata) -> pb.ModelConfigResponse:
     for spec in meta.outputs:
         config.output.add(name=spec.name, data_type=TRITON_TYPE.get(spec.datatype, 0), dims=spec.shape)
     return pb.ModelConfigResponse(config=config)
+
+
+def encode_statistics(rows) -> pb.ModelStatisticsResponse:
+    """Triton's ModelStatisticsResponse from (name, version, InferenceStats) rows."""
+    response = pb.ModelStatisticsResponse()
+    for name, version, stats in rows:
+        item = response.model_stats.add(name=name, version=str(version), last_inference=stats.last_inference_ms,
+                                         inference_count=stats.success_count, execution_count=stats.success_count)
+        item.inference_stats.success.count = stats.success_count
+        item.inference_stats.success.ns = stats.success_ns
+        item.inference_stats.fail.count = stats.fail_count
+        item.inference_stats.fail.ns = stats.fail_ns
+        item.inference_stats.queue.count = stats.success_count
+        item.inference_stats.queue.ns = stats.queue_ns
+        item.inference_stats.compute_infer.count = stats.success_count
+        item.inference_stats.compute_infer.ns = stats.compute_infer_ns
+        for field in ("compute_input", "compute_output"):
+            getattr(item.inference_stats, field).count = stats.success_count
+    return response

@@ -149,3 +149,19 @@ def model_config_json(meta: ModelMetadata) -> dict:
                  "dims": list(s.shape)} for s in specs]
     return {"name": meta.name, "platform": "openvino", "backend": "openvino", "max_batch_size": 0,
             "input": tensors(meta.inputs), "output": tensors(meta.outputs)}
+
+
+def statistics_json(rows) -> dict:
+    """Triton's statistics JSON (GET /v2/models/{m}/stats), as perf_analyzer reads it."""
+    def duration(count: int, ns: int) -> dict:
+        return {"count": count, "ns": ns}
+    return {"model_stats": [
+        {"name": name, "version": str(version), "last_inference": s.last_inference_ms,
+         "inference_count": s.success_count, "execution_count": s.success_count,
+         "inference_stats": {"success": duration(s.success_count, s.success_ns),
+                             "fail": duration(s.fail_count, s.fail_ns),
+                             "queue": duration(s.success_count, s.queue_ns),
+                             "compute_input": duration(s.success_count, 0),
+                             "compute_infer": duration(s.success_count, s.compute_infer_ns),
+                             "compute_output": duration(s.success_count, 0)},
+         "batch_stats": []} for name, version, s in rows]}

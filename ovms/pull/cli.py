@@ -158,12 +158,26 @@ def _require(args: argparse.Namespace, mode: str, *names: str) -> None:
                          remedy="Run `python -m ovms --help` for the pull-mode options.")
 
 
-def _local_task(model_dir: pathlib.Path) -> str:
+def _local_task(model_dir: pathlib.Path) -> str | None:
     def read(name: str) -> bytes | None:
         p = model_dir / name
         return p.read_bytes() if p.is_file() else None
 
+    names = [p.relative_to(model_dir).as_posix() for p in model_dir.glob("*/*")]
+    if tasks.is_classic_layout(names):
+        return None
     return tasks.infer_task(read("config.json"), read("model_index.json"))
+
+
+def _remote_task(settings, repo_id: str, revision: str) -> str | None:
+    hub = HubClient(settings)
+    try:
+        present, found = fetch_small(hub, settings, repo_id, revision, ["config.json", "model_index.json"])
+    finally:
+        hub.close()
+    if tasks.is_classic_layout(present):
+        return None
+    return tasks.infer_task(found["config.json"], found["model_index.json"])
 
 
 def _pull(args: argparse.Namespace, stop: _StopOnSignal) -> pathlib.Path:
@@ -187,18 +201,22 @@ def _pull(args: argparse.Namespace, stop: _StopOnSignal) -> pathlib.Path:
     weight_format = getattr(args, "weight_format", None)
     extra = getattr(args, "extra_quantization_params", None)
     converting = bool(weight_format or extra) and not repo_id.startswith("OpenVINO/") and not gguf_name
+    if converting and task is None:
+        raise UsageError("Conversion with --weight-format needs --task.",
+                         remedy="Add --task text_generation|embeddings|rerank|image_generation.")
 
+    classic = False
     if task is None:
         if paths.model_dir.is_dir() and not paths.marker.exists() and not overwrite:
             task = _local_task(paths.model_dir)
         else:
-            hub = HubClient(settings)
-            try:
-                found = fetch_small(hub, settings, repo_id, revision, ["config.json", "model_index.json"])
-            finally:
-                hub.close()
-            task = tasks.infer_task(found["config.json"], found["model_index.json"])
-        log.info("Inferred --task %s for %s", task, repo_id)
+            task = _remote_task(settings, repo_id, revision)
+        classic = task is None
+        if classic:
+            log.info("%s is a classic model (numeric version directories): served as it is, no graph.pbtxt",
+                     repo_id)
+        else:
+            log.info("Inferred --task %s for %s", task, repo_id)
 
     if converting:
         if paths.model_dir.is_dir() and not overwrite:
@@ -219,6 +237,8 @@ def _pull(args: argparse.Namespace, stop: _StopOnSignal) -> pathlib.Path:
         model_dir = pull_repository(paths, settings, revision=revision, overwrite=overwrite,
                                     stop_requested=stop).model_dir
     print(f"Model: {repo_id} downloaded to: {model_dir}", flush=True)
+    if classic:
+        return model_dir
     models_path = f"./{gguf_name}" if gguf_name else "./"
     model_name = getattr(args, "model_name", None) or repo_id
     graph.write_graph(model_dir, task, graph_options(args, task, model_name, models_path))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import pathlib
@@ -152,8 +151,8 @@ def _fsync_dir(directory: pathlib.Path) -> None:
 
 
 def fetch_small(hub: HubClient, settings: PullSettings, repo_id: str, revision: str, names: list[str]
-                ) -> dict[str, bytes | None]:
-    """Small files (config.json, model_index.json) before the pull, for task inference; None when absent."""
+                ) -> tuple[set[str], dict[str, bytes | None]]:
+    """The repository's file names, and small files (config.json, ...) for task inference (None: absent)."""
     commit = hub.commit_sha(repo_id, revision)
     present = {f.path for f in hub.list_files(repo_id, commit)}
     out: dict[str, bytes | None] = {}
@@ -173,11 +172,4 @@ def fetch_small(hub: HubClient, settings: PullSettings, repo_id: str, revision: 
             raise PullError(f"Could not read {name} of {repo_id} (HTTP {resp.status}).",
                             remedy="Pass --task explicitly, or re-run later.")
         out[name] = resp.body
-    return out
-
-
-def json_or_none(data: bytes | None) -> dict | None:
-    try:
-        return json.loads(data) if data is not None else None
-    except ValueError:
-        return None
+    return present, out

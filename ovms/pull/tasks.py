@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+from typing import Iterable
 
 from ovms.pull.errors import UsageError
 
@@ -31,3 +33,14 @@ def infer_task(config_json: bytes | None, model_index_json: bytes | None) -> str
     found = ", ".join(architectures) or "none"
     raise UsageError(CANNOT_INFER, remedy=f"config.json lists architectures: {found}. Pass --task "
                                           "text_generation|embeddings|rerank|image_generation.")
+
+
+_CLASSIC_MODEL = re.compile(r"^[1-9][0-9]*/[^/]+\.(xml|onnx|pdmodel|tflite)$|^[1-9][0-9]*/saved_model\.pb$")
+
+
+def is_classic_layout(paths: Iterable[str]) -> bool:
+    """A classic OVMS model: numeric version directories at the top holding model files (1/model.xml, ...).
+
+    Such a repository is served as it is; it gets no graph.pbtxt.
+    """
+    return any(_CLASSIC_MODEL.match(p) for p in paths)

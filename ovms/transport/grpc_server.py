@@ -86,11 +86,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @mapped_errors
     async def ModelReady(self, request, context):
-        return pb.ModelReadyResponse(ready=self.dp.model_ready(request.name, parse_version(request.version)))
+        version = parse_version(request.version)
+        ready = self.dp.counted("KServe", "gRPC", "ModelReady", request.name, None,
+                                lambda: self.dp.model_ready(request.name, version))
+        return pb.ModelReadyResponse(ready=ready)
 
     @mapped_errors
     async def ModelMetadata(self, request, context):
-        return codec.encode_model_metadata(self.dp.model_metadata(request.name, parse_version(request.version)))
+        version = parse_version(request.version)
+        meta = self.dp.counted("KServe", "gRPC", "ModelMetadata", request.name, version,
+                               lambda: self.dp.model_metadata(request.name, version))
+        return codec.encode_model_metadata(meta)
 
     @mapped_errors
     async def ModelConfig(self, request, context):
@@ -98,11 +104,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @mapped_errors
     async def ModelStatistics(self, request, context):
-        meta = self.dp.model_metadata(request.name, parse_version(request.version)) if request.name else None
-        stats = pb.ModelStatisticsResponse()
-        if meta is not None:
-            stats.model_stats.add(name=meta.name, version=request.version or meta.versions[-1])
-        return stats
+        return codec.encode_statistics(self.dp.statistics(request.name, parse_version(request.version)))
 
     @mapped_errors
     async def ModelInfer(self, request, context):
@@ -176,7 +178,7 @@ class PredictionServicer:
 
     @tfs_errors
     async def Predict(self, request, context):
-        response = await self.dp.infer(tfs.decode_predict(request))
+        response = await self.dp.infer(tfs.decode_predict(request), api="TensorFlowServing", method="Predict")
         return tfs.encode_predict(response, request.model_spec.signature_name)
 
     @tfs_errors
@@ -184,8 +186,9 @@ class PredictionServicer:
         if list(request.metadata_field) != ["signature_def"]:
             raise ServingError(Kind.INVALID_INPUT_FORMAT,
                                'metadata_field must be ["signature_def"]')
-        version = tfs.model_version(request.model_spec)
-        meta = self.dp.model_metadata(request.model_spec.name, version)
+        name, version = request.model_spec.name, tfs.model_version(request.model_spec)
+        meta = self.dp.counted("TensorFlowServing", "gRPC", "GetModelMetadata", name, version,
+                               lambda: self.dp.model_metadata(name, version))
         served = self.dp.servable(request.model_spec.name, version).version
         return tfs.encode_metadata(meta, served)
 
@@ -199,7 +202,9 @@ class ModelServicer:
     @tfs_errors
     async def GetModelStatus(self, request, context):
         spec = request.model_spec
-        return tfs.encode_status(self.dp.model_status(spec.name, tfs.model_version(spec)))
+        version = tfs.model_version(spec)
+        return tfs.encode_status(self.dp.counted("TensorFlowServing", "gRPC", "GetModelStatus", spec.name, None,
+                                                 lambda: self.dp.model_status(spec.name, version)))
 
     @tfs_errors
     async def HandleReloadConfigRequest(self, request, context):

@@ -68,18 +68,25 @@ async def server_metadata(request: web.Request) -> web.Response:
 
 
 async def model_metadata(request: web.Request) -> web.Response:
-    meta = request.app[DATAPLANE].model_metadata(request.match_info["model"], _version(request))
+    dp, name, version = request.app[DATAPLANE], request.match_info["model"], _version(request)
+    meta = dp.counted("KServe", "REST", "ModelMetadata", name, version, lambda: dp.model_metadata(name, version))
     return _json(codec.model_metadata_json(meta))
 
 
 async def model_ready(request: web.Request) -> web.Response:
-    is_ready = request.app[DATAPLANE].model_ready(request.match_info["model"], _version(request))
+    dp, name, version = request.app[DATAPLANE], request.match_info["model"], _version(request)
+    is_ready = dp.counted("KServe", "REST", "ModelReady", name, None, lambda: dp.model_ready(name, version))
     return web.Response(status=200 if is_ready else 503)
 
 
 async def model_config(request: web.Request) -> web.Response:
     meta = request.app[DATAPLANE].model_metadata(request.match_info["model"], _version(request))
     return _json(codec.model_config_json(meta))
+
+
+async def model_statistics(request: web.Request) -> web.Response:
+    rows = request.app[DATAPLANE].statistics(request.match_info.get("model", ""), _version(request))
+    return _json(codec.statistics_json(rows))
 
 
 async def infer(request: web.Request) -> web.Response:
@@ -92,7 +99,7 @@ async def infer(request: web.Request) -> web.Response:
     request.app[DATAPLANE].servable(model, version)  # an unknown model is 404 whatever the body (as OVMS)
     body = await request.read()
     infer_request, binary = codec.decode_infer_request(body, header_length, model, version)
-    response = await request.app[DATAPLANE].infer(infer_request)
+    response = await request.app[DATAPLANE].infer(infer_request, interface="REST")
     payload, json_length = codec.encode_infer_response(response, binary)
     if json_length is None:
         return web.Response(body=payload, content_type="application/json")
@@ -103,7 +110,9 @@ async def infer(request: web.Request) -> web.Response:
 # ---- TensorFlow Serving REST and OVMS's config endpoints ----------------------------------------------------
 
 async def tfs_status(request: web.Request) -> web.Response:
-    statuses = request.app[DATAPLANE].model_status(request.match_info["model"], _version(request))
+    dp, name, version = request.app[DATAPLANE], request.match_info["model"], _version(request)
+    statuses = dp.counted("TensorFlowServing", "REST", "GetModelStatus", name, None,
+                          lambda: dp.model_status(name, version))
     return _json(tfs.status_json(statuses))
 
 
@@ -111,7 +120,9 @@ async def tfs_metadata(request: web.Request) -> web.Response:
     dp = request.app[DATAPLANE]
     name, version = request.match_info["model"], _version(request)
     served = dp.servable(name, version).version
-    return _json(tfs.metadata_json(dp.model_metadata(name, version), served))
+    meta = dp.counted("TensorFlowServing", "REST", "GetModelMetadata", name, version,
+                      lambda: dp.model_metadata(name, version))
+    return _json(tfs.metadata_json(meta, served))
 
 
 async def tfs_predict(request: web.Request) -> web.Response:
@@ -123,7 +134,7 @@ async def tfs_predict(request: web.Request) -> web.Response:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ServingError(Kind.JSON_INVALID, f"request body is not valid JSON ({exc})") from None
     infer_request, form = tfs.decode_rest_predict(document, name, version, servable.inputs)
-    response = await dp.infer(infer_request)
+    response = await dp.infer(infer_request, api="TensorFlowServing", interface="REST", method="Predict")
     return _json(tfs.encode_rest_predict(response, form))
 
 
@@ -145,6 +156,11 @@ async def config_reload(request: web.Request) -> web.Response:
                         status=201 if result.changed else 200)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[DATAPLANE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
 def create_app(dataplane: DataPlane) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     app[DATAPLANE] = dataplane
@@ -152,11 +168,15 @@ def create_app(dataplane: DataPlane) -> web.Application:
     add("GET", "/v2/health/live", live)
     add("GET", "/v2/health/ready", ready)
     add("GET", "/v2", server_metadata)
+    add("GET", "/v2/models/stats", model_statistics)
     for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         add("GET", base, model_metadata)
         add("GET", base + "/ready", model_ready)
         add("GET", base + "/config", model_config)
+        add("GET", base + "/stats", model_statistics)
         add("POST", base + "/infer", infer)
+    if dataplane.metrics is not None:
+        add("GET", "/metrics", metrics)
     add("GET", "/v1/config", config_status)
     add("POST", "/v1/config/reload", config_reload)
     for base in ("/v1/models/{model:[^/:]+}", "/v1/models/{model:[^/:]+}/versions/{version:[^/:]+}"):
