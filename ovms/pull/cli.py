@@ -201,9 +201,6 @@ def _pull(args: argparse.Namespace, stop: _StopOnSignal) -> pathlib.Path:
     weight_format = getattr(args, "weight_format", None)
     extra = getattr(args, "extra_quantization_params", None)
     converting = bool(weight_format or extra) and not repo_id.startswith("OpenVINO/") and not gguf_name
-    if converting and task is None:
-        raise UsageError("Conversion with --weight-format needs --task.",
-                         remedy="Add --task text_generation|embeddings|rerank|image_generation.")
 
     classic = False
     if task is None:
@@ -217,6 +214,9 @@ def _pull(args: argparse.Namespace, stop: _StopOnSignal) -> pathlib.Path:
                      repo_id)
         else:
             log.info("Inferred --task %s for %s", task, repo_id)
+    if converting and classic:
+        raise UsageError(f"{repo_id} already holds OpenVINO models in version directories; nothing to convert.",
+                         remedy="Drop --weight-format / --extra_quantization_params.")
 
     if converting:
         if paths.model_dir.is_dir() and not overwrite:
