@@ -16,14 +16,13 @@ import errno
 import logging
 import os
 import pathlib
-import re
 import time
 import urllib.parse
 
 import pycurl
 
 from ovms._native import load as load_native
-from ovms.pull import state
+from ovms.pull import responses, state
 from ovms.pull.errors import (DiskFullError, InterruptedPull, NetworkError, PullError, RESUME_HINT,
                               VerificationError)
 from ovms.pull.hub import HubClient, RemoteFile, Response, curl_error_text, origin, raise_for_hub_error
@@ -36,7 +35,6 @@ BUFFER_BYTES = 1 << 20  # CURLOPT_BUFFERSIZE: larger socket reads (libcurl allow
 SINK_BYTES = 4 << 20  # RangeSink block: one pwrite per 4 MiB
 MAX_REDIRECTS = 10
 ERROR_BODY_BYTES = 4096
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
 def disk_full(path: pathlib.Path, needed: int | None = None) -> DiskFullError:
@@ -255,43 +253,26 @@ class Downloader:
 
     def _classify(self, t: Transfer) -> None:
         """Decide once what the response is and set the sink's mode (abort reason in ``t.abort``)."""
-        w = self.writer
-        if 300 <= t.status < 400:
-            t.kind, t.sink.mode = "redirect", w.MODE_DISCARD
-        elif t.status >= 400 or t.status < 200:
-            t.kind, t.sink.mode = "error", w.MODE_CAPTURE
-        else:
-            t.kind = "body"
-            t.sink.mode = w.MODE_BODY if self._body_acceptable(t) else w.MODE_ABORT
-
-    def _body_acceptable(self, t: Transfer) -> bool:
-        st, job, seg = t.status, t.job, t.segment
-        if st == 206:
-            m = _CONTENT_RANGE.match(t.headers.get("content-range", ""))
-            if not m or int(m.group(1)) != seg.next_offset or (m.group(3) != "*"
-                                                               and int(m.group(3)) != job.remote.size):
-                t.abort = (f"the server answered with range {t.headers.get('content-range')!r}, "
-                           f"expected bytes {seg.next_offset}-{seg.end - 1}/{job.remote.size}")
-                return False
-            return True
-        if st != 200:
-            t.abort = f"unexpected HTTP {st}"
-            return False
-        length = t.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) != job.remote.size:
-            t.abort = f"the server's copy is {length} bytes, the hub lists {job.remote.size}"
-            return False
-        if t.ranged:
-            if len(job.segments) > 1:
-                t.abort = "range-ignored"
-                return False
-            # One range only: the server ignored Range and sends the whole file; take it from byte 0.
-            log.warning("%s: the server ignored the Range request (HTTP 200); restarting this file from byte 0",
-                        job.remote.path)
+        job, seg, w = t.job, t.segment, self.writer
+        verdict = responses.classify(t.status, t.headers, next_offset=seg.next_offset, segment_end=seg.end,
+                                     file_size=job.remote.size, ranged=t.ranged,
+                                     single_segment=len(job.segments) == 1)
+        t.kind = {responses.DISCARD: "redirect", responses.CAPTURE: "error"}.get(verdict.action, "body")
+        if verdict.action == responses.DISCARD:
+            t.sink.mode = w.MODE_DISCARD
+        elif verdict.action == responses.CAPTURE:
+            t.sink.mode = w.MODE_CAPTURE
+        elif verdict.action == responses.WRITE:
+            t.sink.mode = w.MODE_BODY
+        elif verdict.action == responses.RESTART_AT_ZERO:
+            log.warning("%s: %s; restarting this file from byte 0", job.remote.path, verdict.reason)
             self.progress.update(-seg.done)
             seg.done = t.base_done = 0
             t.sink.reset(0, job.remote.size)
-        return True
+            t.sink.mode = w.MODE_BODY
+        else:  # ABORT or COLLAPSE
+            t.abort = verdict.reason if verdict.action == responses.ABORT else responses.COLLAPSE
+            t.sink.mode = w.MODE_ABORT
 
     def _absorb(self, t: Transfer) -> None:
         """Bring the segment and the progress up to date with what the sink has (done = bytes on disk)."""
@@ -336,7 +317,7 @@ class Downloader:
         if t.sink.overflow:
             t.abort = (f"the server sent more bytes than the hub lists for {job.remote.path} "
                        f"({job.remote.size})")
-        if t.abort == "range-ignored":
+        if t.abort == responses.COLLAPSE:
             self._collapse(job)
             return
         if t.abort:

@@ -182,3 +182,42 @@ def test_tree_pagination_and_token_scope(hub, llm_repo):
     by_path = {f.path: f for f in files}
     assert by_path["openvino_model.bin"].sha256 == llm_repo.files["openvino_model.bin"].sha256
     assert by_path["config.json"].sha256 is None
+
+
+from ovms.pull import responses  # noqa: E402
+
+SIZE = 1000
+
+
+def verdict(status, headers=None, *, next_offset=0, end=SIZE, ranged=False, single=True):
+    return responses.classify(status, headers or {}, next_offset=next_offset, segment_end=end, file_size=SIZE,
+                              ranged=ranged, single_segment=single)
+
+
+def test_response_decisions():
+    assert verdict(302).action == responses.DISCARD
+    assert verdict(503).action == responses.CAPTURE
+    assert verdict(200, {"content-length": "1000"}).action == responses.WRITE
+    assert verdict(206, {"content-range": "bytes 400-499/1000"}, next_offset=400, end=500,
+                   ranged=True).action == responses.WRITE
+    wrong_start = verdict(206, {"content-range": "bytes 0-99/1000"}, next_offset=400, end=500, ranged=True)
+    assert wrong_start.action == responses.ABORT and "expected bytes 400-499/1000" in wrong_start.reason
+    other_size = verdict(206, {"content-range": "bytes 400-499/999"}, next_offset=400, end=500, ranged=True)
+    assert other_size.action == responses.ABORT
+    assert verdict(200, {"content-length": "999"}).reason == "the server's copy is 999 bytes, the hub lists 1000"
+    assert verdict(200, {}, next_offset=300, ranged=True, single=True).action == responses.RESTART_AT_ZERO
+    assert verdict(200, {}, next_offset=300, end=500, ranged=True, single=False).action == responses.COLLAPSE
+    assert verdict(204).action == responses.ABORT
+
+
+@given(status=st.integers(100, 599), start=st.integers(0, SIZE - 1), ranged=st.booleans(), single=st.booleans(),
+       header_start=st.integers(0, SIZE), header_total=st.integers(0, 2 * SIZE))
+def test_a_body_is_written_only_when_it_is_the_bytes_asked_for(status, start, ranged, single, header_start,
+                                                               header_total):
+    headers = {"content-range": f"bytes {header_start}-{SIZE - 1}/{header_total}"}
+    v = verdict(status, headers, next_offset=start, ranged=ranged, single=single)
+    if v.action == responses.WRITE:
+        assert (status == 206 and header_start == start and header_total == SIZE) or (status == 200 and
+                                                                                       not ranged)
+    if v.action == responses.RESTART_AT_ZERO:
+        assert status == 200 and ranged and single
