@@ -294,3 +294,28 @@ def test_disk_full_while_allocating(hub, llm_repo, tmp_path, monkeypatch, capsys
     assert cli.run(args, serve_after=False) == (1, None)
     err = capsys.readouterr().err
     assert "is full" in err and "re-run the same command to resume" in err
+
+
+def test_conversion_runs_optimum_cli_like_ovms(pull, hub, tmp_path):
+    """Fake optimum-cli / convert_tokenizer on PATH record their command lines; the graph follows."""
+    import os
+    import stat
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    for tool, body in (("optimum-cli", 'mkdir -p "${@: -1}" && echo "<xml/>" > "${@: -1}/openvino_model.xml"'),
+                       ("convert_tokenizer", 'echo tok > "$5/openvino_tokenizer.xml"')):
+        script = bin_dir / tool
+        script.write_text(f'#!/bin/bash\necho "{tool} $*" >> {calls}\n{body}\n')
+        script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    hub.add_repo("someorg/pytorch-llm", {"config.json": b'{"architectures": ["LlamaForCausalLM"]}'})
+    run = pull("someorg/pytorch-llm", "--weight-format", "int4", "--extra_quantization_params",
+               "--sym --group-size -1", PATH=f"{bin_dir}:{os.environ['PATH']}")
+    assert run.code == 0, run.output
+    target = model_dir(pull, "someorg/pytorch-llm")
+    assert calls.read_text().splitlines() == [
+        f"optimum-cli export openvino --model someorg/pytorch-llm --trust-remote-code --weight-format int4 "
+        f"--sym --group-size -1 {target}",
+        f"convert_tokenizer someorg/pytorch-llm --with-detokenizer -o {target}"]
+    assert 'calculator: "HttpLLMCalculator"' in (target / "graph.pbtxt").read_text()
+    assert f"Model: someorg/pytorch-llm downloaded to: {target}" in run.stdout
