@@ -102,6 +102,17 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError("log_level should be one of: TRACE, DEBUG, INFO, WARNING, ERROR")
 
 
+def single_model(args: argparse.Namespace):
+    """The ModelConfig of single-model mode: a versioned model, or a graph directory / GenAI model with a task."""
+    from ovms.config import graph_config, model_config_from_dict
+
+    path = pathlib.Path(args.model_path)
+    task = getattr(args, "task", None)
+    if (path / "graph.pbtxt").is_file() or task:
+        return graph_config(args.model_name, path, task=task, where="command line")
+    return model_config_from_dict(single_model_entry(args), where="command line")
+
+
 def single_model_entry(args: argparse.Namespace) -> dict:
     """The config.json entry equivalent to the single-model flags."""
     entry: dict = {"name": args.model_name, "base_path": args.model_path}
@@ -152,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from ovms.config import load_config_file, load_monitoring, model_config_from_dict
+    from ovms.config import load_config_file, load_monitoring
     from ovms.metrics import parse_families
     from ovms.server import Server, ServerSettings
 
@@ -166,7 +177,7 @@ def serve(args: argparse.Namespace) -> int:
             metrics_enable = metrics_enable or file_enable
             metrics_list = metrics_list or file_list
         else:
-            models = [model_config_from_dict(single_model_entry(args), where="command line")]
+            models = [single_model(args)]
         families = parse_families(metrics_list) if metrics_enable else frozenset()
     except (ConfigError, json.JSONDecodeError, ValueError) as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)

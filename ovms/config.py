@@ -89,6 +89,11 @@ class ModelConfig:
     batch_size: str | None = None  # "auto" or an integer as text
     shape: str | tuple[tuple[str, str], ...] | None = None  # one shape for all inputs, or per input name
     layout: str | tuple[tuple[str, str], ...] | None = None
+    # "model": numeric version directories of IR/ONNX; "graph": an OVMS servable directory (graph.pbtxt, or a
+    # GenAI model directory given with a task) served as version 1 from base_path itself.
+    kind: str = "model"
+    graph_path: pathlib.Path | None = None  # graph.pbtxt (kind "graph"); None with a task and no graph
+    task: str | None = None  # text_generation, embeddings, rerank, ... (CLI --task, no graph file)
 
     def describe(self) -> dict:
         """The entry as /v1/config and logs show it."""
@@ -151,12 +156,42 @@ def model_config_from_dict(entry: dict, *, where: str, relative_to: pathlib.Path
         layout = tuple((str(k), str(v)) for k, v in layout.items())
     elif layout is not None and not isinstance(layout, str):
         raise ConfigError(f"{where}: layout must be a string like NCHW or an object of input name -> layout")
+    if (base_path / "graph.pbtxt").is_file():  # OVMS: a model_config_list entry may point at a graph directory
+        return graph_config(entry["name"], base_path, where=where)
     return ModelConfig(
         name=entry["name"], base_path=base_path,
         version_policy=VersionPolicy.parse(entry.get("model_version_policy", {"latest": {"num_versions": 1}}),
                                            where),
         target_device=device, nireq=nireq, plugin_config=_plugin_config(entry.get("plugin_config"), where),
         batch_size=batch, shape=_check_shape(entry.get("shape"), where), layout=layout)
+
+
+def graph_config(name: str, base_path: pathlib.Path, *, graph_path: pathlib.Path | None = None,
+                 task: str | None = None, where: str = "") -> ModelConfig:
+    """A graph servable (LLM, VLM, embeddings, rerank): base_path holds graph.pbtxt or, with a task, the model."""
+    graph = graph_path or base_path / "graph.pbtxt"
+    if not graph.is_file():
+        graph = None
+    if graph is None and task is None:
+        raise ConfigError(f"{where}: {base_path} has no graph.pbtxt; give --task (text_generation, embeddings, "
+                          "rerank) or pull the model with --pull to write one")
+    return ModelConfig(name=name, base_path=base_path, kind="graph", graph_path=graph, task=task)
+
+
+def _mediapipe_entry(item: Any, where: str, relative_to: pathlib.Path) -> ModelConfig:
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise ConfigError(f"{where} must be an object with a name")
+    unknown = set(item) - {"name", "base_path", "graph_path", "subconfig"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(map(repr, unknown)))}; allowed fields: "
+                          "base_path, graph_path, name, subconfig")
+    base = pathlib.Path(item.get("base_path") or item["name"]).expanduser()
+    base = base if base.is_absolute() else relative_to / base
+    graph = pathlib.Path(item["graph_path"]) if item.get("graph_path") else base / "graph.pbtxt"
+    graph = graph if graph.is_absolute() else base / graph
+    if not graph.is_file():
+        raise ConfigError(f"{where}: graph file {graph} not found")
+    return graph_config(item["name"], base, graph_path=graph, where=where)
 
 
 def load_config_file(path: pathlib.Path) -> list[ModelConfig]:
@@ -188,6 +223,15 @@ def load_config_file(path: pathlib.Path) -> list[ModelConfig]:
         model = model_config_from_dict(item["config"], where=f"{where}.config", relative_to=path.parent)
         if model.name in names:
             raise ConfigError(f"{where}.config: model name {model.name!r} is used twice; names must be unique")
+        names.add(model.name)
+        models.append(model)
+    graphs = document.get("mediapipe_config_list", [])
+    if not isinstance(graphs, list):
+        raise ConfigError(f"{path}: mediapipe_config_list must be a JSON array")
+    for i, item in enumerate(graphs):
+        model = _mediapipe_entry(item, f"{path}: mediapipe_config_list[{i}]", path.parent)
+        if model.name in names:
+            raise ConfigError(f"{path}: mediapipe_config_list[{i}]: name {model.name!r} is already used")
         names.add(model.name)
         models.append(model)
     return models

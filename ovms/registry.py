@@ -186,7 +186,7 @@ class Registry:
         if not config.base_path.is_dir():
             error = f"The provided base path is invalid or doesn't exists: {config.base_path}"
             return self._model_error(model, error), False
-        present = numeric_versions(config.base_path)
+        present = [1] if config.kind == "graph" else numeric_versions(config.base_path)
         if not present:
             error = (f"Not a single model version directory has valid numeric name in {config.base_path}; put the "
                      f"model files in {config.base_path}/1/")

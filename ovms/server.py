@@ -34,7 +34,12 @@ class ServerSettings:
     metrics_families: frozenset[str] = frozenset()  # empty: /metrics off
 
 
-def _openvino_loader(config: ModelConfig, version: int):
+def _load_servable(config: ModelConfig, version: int):
+    """The backend for a configured model: classic OpenVINO models, or GenAI graphs (LLM, embeddings, rerank)."""
+    if config.kind == "graph":
+        from ovms.backends.genai import load_graph_servable
+
+        return load_graph_servable(config)
     from ovms.backends.openvino_model import load_servable
 
     return load_servable(config, version)
@@ -53,7 +58,7 @@ class Server:
     def __init__(self, settings: ServerSettings, models: list[ModelConfig] | None = None, *,
                  config_path: pathlib.Path | None = None) -> None:
         self.settings = settings
-        self.registry = Registry(_openvino_loader)
+        self.registry = Registry(_load_servable)
         self.manager = ConfigManager(self.registry, config_path=config_path, models=models,
                                      on_change=self._models_changed)
         self.metrics = Metrics(settings.metrics_families, gauges=self._gauges)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import pathlib
+import shutil
 import signal
 import sys
 import threading
@@ -223,7 +224,6 @@ def _pull(args: argparse.Namespace, stop: _StopOnSignal) -> pathlib.Path:
             log.info("Path already exists on local filesystem. Not downloading to path: %s", paths.model_dir)
         else:
             if paths.model_dir.exists():
-                import shutil
                 shutil.rmtree(paths.model_dir)
             convert.convert(repo_id, paths.model_dir, task, weight_format or "int8", extra)
         model_dir = paths.model_dir
