@@ -18,8 +18,8 @@ import openvino as ov
 
 from ovms.config import ModelConfig
 from ovms.errors import Kind, ModelLoadError, ServingError
-from ovms.servable import InferServable, select_outputs, validate_inputs
-from ovms.types import InferRequest, InferResponse, TensorSpec
+from ovms.servable import InferServable, validate_inputs
+from ovms.types import InferRequest, InferResponse, Tensor, TensorSpec
 
 log = logging.getLogger("ovms.backends.openvino")
 
@@ -156,7 +156,8 @@ class OpenVINOServable(InferServable):
                                  f"({_first_line(exc)})") from None
         self._inputs = [_spec(p) for p in self._compiled.inputs]
         self._outputs = [_spec(p) for p in self._compiled.outputs]
-        self._output_ports = [(spec.name, port) for spec, port in zip(self._outputs, self._compiled.outputs)]
+        self._output_ports = [(spec.name, spec.datatype, port)
+                              for spec, port in zip(self._outputs, self._compiled.outputs)]
         nireq = config.nireq or self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
         self.nireq = max(1, int(nireq))
         self.streams = int(self._compiled.get_property("NUM_STREAMS"))
@@ -197,12 +198,16 @@ class OpenVINOServable(InferServable):
                 request.infer()
                 finished = time.perf_counter()
                 result = {}
-                for name, port in self._output_ports:
+                for name, datatype, port in self._output_ports:
                     tensor = request.get_tensor(port)
+                    shape = tuple(tensor.shape)
                     if tensor.element_type == ov.Type.string:
-                        result[name] = np.array(tensor.bytes_data, dtype=object).reshape(tuple(tensor.shape))
+                        array = np.array(tensor.bytes_data, dtype=object).reshape(shape)
+                        result[name] = Tensor(name, datatype, shape, array=array)
                     else:
-                        result[name] = tensor.data.copy()  # the request's buffer is reused by the next job
+                        # Wire bytes straight away: one copy out of the request's buffer, which the next job
+                        # reuses; a JSON answer views them with np.frombuffer.
+                        result[name] = Tensor(name, datatype, shape, raw=tensor.data.tobytes())
             except BaseException as exc:  # never let an exception die silently in this thread
                 loop.call_soon_threadsafe(_resolve, future, None, exc)
             else:
@@ -226,8 +231,8 @@ class OpenVINOServable(InferServable):
             raise ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, _first_line(exc)) from None
         finally:
             self.active -= 1
-        return InferResponse(self.name, self.version, select_outputs(self, produced, requested), request.id,
-                             (waited * 1e6, inferred * 1e6))
+        outputs = [produced[name] for name in requested] if requested else list(produced.values())
+        return InferResponse(self.name, self.version, outputs, request.id, (waited * 1e6, inferred * 1e6))
 
     def close(self) -> None:
         """Stop the workers after the jobs already queued (the registry calls this once requests drained)."""
