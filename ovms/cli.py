@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
 def serve(args: argparse.Namespace) -> int:
     from ovms.config import load_config_file, load_monitoring
     from ovms.metrics import parse_families
+    from ovms import workers
     from ovms.server import Server, ServerSettings
 
     config_path = pathlib.Path(args.config_path) if args.config_path else None
@@ -191,8 +192,12 @@ def serve(args: argparse.Namespace) -> int:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    if os.environ.get("OVMS_LOOP") == "asyncio":
-        runner = asyncio.run
+    index, children = workers.fork(settings.grpc_workers if settings.grpc_port else 1)
+    if settings.grpc_workers > 1:
+        settings.reuse_port = True
+        if index > 0:  # extra workers serve gRPC only
+            settings.rest_port = None
+            settings.metrics_families = frozenset()
     try:
         runner(Server(settings, models, config_path=config_path).run_until_signalled())
     except ConfigError as exc:
@@ -201,4 +206,6 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"Cannot start the server: {exc}", file=sys.stderr)
         return 1
+    finally:
+        workers.stop(children)
     return 0

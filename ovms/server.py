@@ -32,6 +32,7 @@ class ServerSettings:
     rest_workers: int | None = None
     poll_seconds: float = 0  # --file_system_poll_wait_seconds; 0: no polling
     metrics_families: frozenset[str] = frozenset()  # empty: /metrics off
+    reuse_port: bool = False  # several processes share the gRPC port (--grpc_workers)
 
 
 def _load_servable(config: ModelConfig, version: int):
@@ -72,7 +73,7 @@ class Server:
     async def start(self) -> None:
         s = self.settings
         if s.grpc_port is not None:
-            self._grpc = grpc_server.create_server(self.dataplane)
+            self._grpc = grpc_server.create_server(self.dataplane, reuse_port=s.reuse_port)
             self.grpc_port = self._grpc.add_insecure_port(f"{s.grpc_bind_address}:{s.grpc_port}")
             if self.grpc_port == 0:
                 raise OSError(f"cannot listen for gRPC on {s.grpc_bind_address}:{s.grpc_port}: the address is in "

@@ -158,3 +158,29 @@ def test_invalid_config_is_reported(tmp_path):
     assert result.returncode == 1
     assert "model_config_list[0].config: unknown field(s) 'bogus_field'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_grpc_workers_share_the_port_and_stop_together(model_repo, tmp_path):
+    process, grpc_port, rest_port = serve("--config_path", str(model_repo / "config.json"), "--grpc_workers", "2",
+                                          log_path=tmp_path / "ovms.log")
+    log = tmp_path / "ovms.log"
+    try:
+        wait_ready(rest_port, process)
+        deadline = time.monotonic() + 30
+        while True:  # both processes log their own "Server ready" line with their pid
+            pids = {line.split("][")[1] for line in log.read_text().splitlines() if "Server ready" in line}
+            if len(pids) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert len(pids) == 2 and str(process.pid) in pids
+        a = np.ones((1, 16), np.int32)
+        for _ in range(10):  # new connections each time: the kernel spreads them over both workers
+            with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+                inputs = [grpcclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+                for i in inputs:
+                    i.set_data_from_numpy(a)
+                assert client.infer("simple", inputs).as_numpy("OUTPUT0")[0, 0] == 2
+    finally:
+        stop(process)
+    for pid in pids:
+        assert not pathlib.Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the server"

@@ -229,12 +229,12 @@ def _handlers(servicer, service_descriptor, messages) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(service_descriptor.full_name, methods)
 
 
-def create_server(dataplane: DataPlane, *, max_workers: int | None = None) -> grpc.aio.Server:
+def create_server(dataplane: DataPlane, *, reuse_port: bool = False) -> grpc.aio.Server:
     """A grpc.aio server with the KServe service, health checking and reflection registered."""
     server = grpc.aio.server(options=[
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ])
     server.add_generic_rpc_handlers((
         _handlers(InferenceServicer(dataplane), pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], pb),
