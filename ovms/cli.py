@@ -66,8 +66,31 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--layout", default="", help='input layout "NCHW", "NHWC:NCHW", or JSON per input')
     model.add_argument("--model_version_policy", default="",
                        help='e.g. {"latest": {"num_versions": 2}}, {"all": {}}, {"specific": {"versions": [1]}}')
+    openai = parser.add_argument_group("OpenAI-compatible endpoints (/v3)")
+    openai.add_argument("--api_key_file", default="", help="file holding the API key clients must send as "
+                        "'Authorization: Bearer <key>' (env API_KEY also sets it)")
+    openai.add_argument("--allowed_origins", default="*", help="CORS: comma-separated origins allowed")
+    openai.add_argument("--allowed_methods", default="*", help="CORS: methods allowed")
+    openai.add_argument("--allowed_headers", default="*", help="CORS: headers allowed")
+    openai.add_argument("--allow_credentials", action="store_true", help="CORS: allow credentials")
     pull_cli.add_arguments(parser)
     return parser
+
+
+def openai_settings(args: argparse.Namespace):
+    """The OpenAI endpoints' HTTP options; the key from --api_key_file, else the API_KEY environment variable."""
+    from ovms.transport.openai_rest import OpenAISettings
+
+    key = os.environ.get("API_KEY") or None
+    if args.api_key_file:
+        try:
+            key = pathlib.Path(args.api_key_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --api_key_file {args.api_key_file}: {exc.strerror}") from None
+        if not key:
+            raise ConfigError(f"--api_key_file {args.api_key_file} is empty")
+    return OpenAISettings(api_key=key, allowed_origins=args.allowed_origins, allowed_methods=args.allowed_methods,
+                          allowed_headers=args.allowed_headers, allow_credentials=args.allow_credentials)
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -180,18 +203,22 @@ def serve(args: argparse.Namespace) -> int:
         else:
             models = [single_model(args)]
         families = parse_families(metrics_list) if metrics_enable else frozenset()
+        openai = openai_settings(args)
     except (ConfigError, json.JSONDecodeError, ValueError) as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
         return 1
     settings = ServerSettings(grpc_port=args.port or None, rest_port=args.rest_port or None,
                               grpc_bind_address=args.grpc_bind_address, rest_bind_address=args.rest_bind_address,
                               grpc_workers=args.grpc_workers, rest_workers=args.rest_workers,
-                              poll_seconds=max(0, args.file_system_poll_wait_seconds), metrics_families=families)
+                              poll_seconds=max(0, args.file_system_poll_wait_seconds), metrics_families=families,
+                              openai=openai)
     try:
         import uvloop
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
+    if os.environ.get("OVMS_SWITCH_INTERVAL"):
+        sys.setswitchinterval(float(os.environ["OVMS_SWITCH_INTERVAL"]))
     index, children = workers.fork(settings.grpc_workers if settings.grpc_port else 1)
     if settings.grpc_workers > 1:
         settings.reuse_port = True

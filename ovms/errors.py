@@ -44,6 +44,12 @@ class Kind(enum.Enum):
     CONFIG_RELOAD_FAILED = ("Reloading config file failed. Check server logs for more info.", "INVALID_ARGUMENT",
                             400)
     NOT_IMPLEMENTED = ("Not implemented", "UNIMPLEMENTED", 501)
+    # OpenAI-compatible endpoints (/v3): OVMS answers a body that is not JSON with 412 (JSON_INVALID ->
+    # PRECOND_FAILED in src/http_rest_api_handler.cpp); validation failures name the field.
+    OPENAI_JSON_INVALID = ("The file is not valid json", "INVALID_ARGUMENT", 412)
+    GENAI_INVALID_REQUEST = ("Invalid request", "INVALID_ARGUMENT", 400)
+    UNAUTHORIZED = ("Unauthorized: missing or wrong API key", "UNAUTHENTICATED", 401)
+    SERVER_BUSY = ("Server busy: too many requests in the queue, retry later", "RESOURCE_EXHAUSTED", 503)
     SERVER_NOT_READY = ("Server is not ready", "UNAVAILABLE", 503)
     OV_INTERNAL_INFERENCE_ERROR = ("Internal inference error", "INTERNAL", 500)
     INTERNAL_ERROR = ("Internal server error", "INTERNAL", 500)

@@ -6,13 +6,17 @@ A servable is one loaded model version. Backends implement the capabilities they
 from __future__ import annotations
 
 import abc
-from typing import Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Sequence
 
 import numpy as np
 
 from ovms._native.codec_errors import CodecError
 from ovms.errors import Kind, ServingError
 from ovms.types import InferRequest, InferResponse, Tensor, TensorSpec
+
+if TYPE_CHECKING:
+    from ovms.genai_types import (ChatMessage, EmbeddingResult, GenerationRequest, GenerativeInfo, RerankResult,
+                                  TextChunk)
 
 
 class Servable(abc.ABC):
@@ -39,6 +43,53 @@ class InferServable(Servable):
 
     @abc.abstractmethod
     async def infer(self, request: InferRequest) -> InferResponse: ...
+
+
+class GenerativeServable(Servable):
+    """A text generation servable (LLM): chat template, tokenizer and a streaming ``generate``."""
+
+    @property
+    @abc.abstractmethod
+    def info(self) -> "GenerativeInfo": ...
+
+    @abc.abstractmethod
+    def apply_chat_template(self, messages: "list[ChatMessage]", *, tools: list | None = None,
+                            template_kwargs: dict | None = None) -> str:
+        """The prompt text for a conversation (raises ServingError for what the template rejects)."""
+
+    @abc.abstractmethod
+    async def tokenize(self, text: str) -> list[int]: ...
+
+    @abc.abstractmethod
+    async def generate(self, request: "GenerationRequest") -> "GenerationStream":
+        """Start a generation (queued in the backend); iterate the stream for its text."""
+
+
+class GenerationStream(abc.ABC):
+    """A started generation: its prompt length, its final text pieces, and ``abort`` to cancel it."""
+
+    prompt_tokens: int = 0
+
+    @abc.abstractmethod
+    def __aiter__(self) -> AsyncIterator["TextChunk"]: ...
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Cancel the generation and free its sequence (client gone, deadline); safe to call twice."""
+
+
+class EmbeddingServable(Servable):
+    """Text embeddings (pooling and normalization as configured in the graph)."""
+
+    @abc.abstractmethod
+    async def embed(self, texts: list[str] | list[list[int]]) -> "EmbeddingResult": ...
+
+
+class RerankServable(Servable):
+    """Relevance scores of documents for a query (cross-encoder)."""
+
+    @abc.abstractmethod
+    async def rerank(self, query: str, documents: list[str]) -> "RerankResult": ...
 
 
 def _shape_text(shape: Sequence[int]) -> str:

@@ -33,6 +33,7 @@ class ServerSettings:
     poll_seconds: float = 0  # --file_system_poll_wait_seconds; 0: no polling
     metrics_families: frozenset[str] = frozenset()  # empty: /metrics off
     reuse_port: bool = False  # several processes share the gRPC port (--grpc_workers)
+    openai: object = None  # ovms.transport.openai_rest.OpenAISettings (API key, CORS) or None for defaults
 
 
 def _load_servable(config: ModelConfig, version: int):
@@ -64,6 +65,7 @@ class Server:
                                      on_change=self._models_changed)
         self.metrics = Metrics(settings.metrics_families, gauges=self._gauges)
         self.dataplane = DataPlane(self.registry, reloader=self.manager.reload, metrics=self.metrics)
+        self.dataplane.openai_settings = settings.openai  # read by the OpenAI routes
         self._poller: asyncio.Task | None = None
         self._grpc = None
         self._runner: web.AppRunner | None = None

@@ -15,6 +15,7 @@ from ovms.dataplane import DataPlane, parse_version
 from ovms.errors import Kind, ServingError
 from ovms.protocol import kserve_rest as codec
 from ovms.protocol import tfs
+from ovms.transport import openai_rest
 
 log = logging.getLogger("ovms.rest")
 
@@ -183,4 +184,5 @@ def create_app(dataplane: DataPlane) -> web.Application:
         add("GET", base, tfs_status)
         add("GET", base + "/metadata", tfs_metadata)
         add("POST", base + ":predict", tfs_predict)
+    openai_rest.add_routes(app, dataplane)
     return app

@@ -1,0 +1,41 @@
+"""GenAI graph servables: read the graph (or the --task given), then load the matching pipeline."""
+from __future__ import annotations
+
+from ovms.config import ModelConfig
+from ovms.errors import ConfigError, ModelLoadError
+from ovms.graph import node_options_from, read_graph
+from ovms.servable import Servable
+
+_TASKS = {"text_generation": "text_generation", "embeddings": "embeddings", "embeddings_ov": "embeddings",
+          "rerank": "rerank", "rerank_ov": "rerank"}
+
+
+def load_graph_servable(config: ModelConfig) -> Servable:
+    """Load the servable of a graph directory (blocking; the registry runs it in a thread)."""
+    try:
+        if config.graph_path is not None:
+            options = read_graph(config.graph_path)
+        else:
+            task = _TASKS.get(config.task or "")
+            if task is None:
+                raise ModelLoadError(f"task {config.task!r} is not served by this server; tasks: "
+                                     f"{', '.join(sorted(_TASKS))}")
+            options = node_options_from(task, {}, config.base_path)
+            options.models_path = config.base_path
+            if task == "embeddings":
+                options.pooling = "CLS"
+    except ConfigError as exc:
+        raise ModelLoadError(str(exc)) from None
+    if not options.models_path.is_dir():
+        raise ModelLoadError(f"models_path {options.models_path} of graph {config.name} is not a directory")
+    if options.task == "text_generation":
+        if options.pipeline_type in ("VLM", "VLM_CB"):
+            raise ModelLoadError(f"{config.name}: pipeline_type {options.pipeline_type} (vision) is not supported")
+        from ovms.backends.genai_llm import LLMServable
+
+        return LLMServable(config.name, options)
+    from ovms.backends import genai_embeddings
+
+    if options.task == "embeddings":
+        return genai_embeddings.EmbeddingsServable(config.name, options)
+    return genai_embeddings.RerankPipelineServable(config.name, options)

@@ -1,0 +1,389 @@
+"""Text generation on openvino_genai's ContinuousBatchingPipeline (or LLMPipeline for ``pipeline_type: LM``).
+
+One stepping thread per pipeline calls ``step()`` while requests are added and cancelled through a locked
+inbox; after each step it reads every handle and hands the new token ids of all requests to the event loop in
+ONE ``call_soon_threadsafe`` (a wake-up per step, not per token per stream). Detokenization happens on the event
+loop with the incremental detokenizer (``ovms._native.detokenize``), bytes per token taken from the
+detokenizer IR with its UTF8Validate node bypassed, so partial UTF-8 pieces keep their raw bytes.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import pathlib
+import threading
+import time
+from typing import AsyncIterator
+
+import numpy as np
+import openvino as ov
+import openvino_genai as ov_genai
+
+from ovms import chat_template
+from ovms._native import load as load_native
+from ovms.errors import Kind, ModelLoadError, ServingError
+from ovms.genai_types import ChatMessage, GenerationRequest, GenerativeInfo, SamplingParams, TextChunk
+from ovms.graph import GenAINodeOptions
+from ovms.servable import GenerationStream, GenerativeServable
+
+log = logging.getLogger("ovms.genai")
+
+_FINISH = {"STOP": "stop", "LENGTH": "length", "TOOL_CALL": "tool_calls"}
+_DONE = object()
+
+
+def token_byte_table(models_path: pathlib.Path, vocab_size: int) -> list[bytes]:
+    """Raw bytes of every token id, from the detokenizer IR without its UTF8Validate node.
+
+    With the node, a token holding part of a multi-byte character decodes to U+FFFD (measured on the fixture:
+    ids 97..160 of a byte-level BPE); without it the bytes are exact, and special tokens decode to b"".
+    """
+    core = ov.Core()
+    model = core.read_model(models_path / "openvino_detokenizer.xml")
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "UTF8Validate":
+            for i in range(op.get_output_size()):
+                for target in list(op.output(i).get_target_inputs()):
+                    target.replace_source_output(op.input_value(i))
+    request = core.compile_model(model, "CPU").create_infer_request()
+    request.infer({0: np.arange(vocab_size, dtype=np.int64).reshape(vocab_size, 1)})
+    return [bytes(b) for b in request.get_output_tensor(0).bytes_data]
+
+
+class _Sequence:
+    """One request as the stepping thread sees it."""
+
+    __slots__ = ("request_id", "input_ids", "config", "stream", "handle", "cancelled")
+
+    def __init__(self, request_id: int, input_ids: ov.Tensor, config, stream: "_Stream") -> None:
+        self.request_id = request_id
+        self.input_ids = input_ids
+        self.config = config
+        self.stream = stream
+        self.handle = None
+        self.cancelled = False
+
+
+class _Stream(GenerationStream):
+    """The event-loop side of one generation: token ids arrive in a queue and leave as final text."""
+
+    def __init__(self, servable: "LLMServable", params: SamplingParams, prompt_tokens: int) -> None:
+        self._servable = servable
+        self._params = params
+        self.prompt_tokens = prompt_tokens
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._sequence: _Sequence | None = None
+        self._detokenizers: dict[int, object] = {}
+        self._indices: dict[int, int] = {}
+        self.started_ns = time.perf_counter_ns()
+        self.first_token_ns: int | None = None
+        self.generated = 0
+        self._finished = False
+
+    def deliver(self, item) -> None:  # on the event loop
+        self._queue.put_nowait(item)
+
+    def abort(self) -> None:
+        if not self._finished and self._sequence is not None:
+            self._finished = True
+            self._servable._cancel(self._sequence)
+
+    def _index(self, sequence_id: int) -> int:
+        index = self._indices.get(sequence_id)
+        if index is None:
+            index = self._indices[sequence_id] = len(self._indices)
+        return index
+
+    async def __aiter__(self) -> AsyncIterator[TextChunk]:
+        servable = self._servable
+        try:
+            while True:
+                item = await self._queue.get()
+                if item is _DONE:
+                    self._finished = True
+                    return
+                if isinstance(item, BaseException):
+                    self._finished = True
+                    raise item
+                for sequence_id, ids, finish, logprobs in item:
+                    index = self._index(sequence_id)
+                    detok = self._detokenizers.get(index)
+                    if detok is None:
+                        detok = self._detokenizers[index] = servable._detokenizer_module.Detokenizer(
+                            servable.token_bytes, self._params.stop,
+                            include_stop=self._params.include_stop_str_in_output)
+                    if ids and self.first_token_ns is None:
+                        self.first_token_ns = time.perf_counter_ns()
+                    self.generated += len(ids)
+                    text = detok.push_many(ids)
+                    if detok.stopped and finish is None:
+                        finish = "stop"  # our stop-string check fired first; genai stops on the same string
+                    if finish is not None:
+                        text += detok.finish()
+                    yield TextChunk(index, text, len(ids), finish, logprobs)
+        finally:
+            if not self._finished:  # the consumer went away (client disconnected): free the sequence
+                self.abort()
+            servable._record(self)
+
+
+class LLMServable(GenerativeServable):
+    """A text generation model served on a continuous batching pipeline."""
+
+    platform = "OpenVINO GenAI"
+
+    def __init__(self, name: str, options: GenAINodeOptions) -> None:
+        self.name = name
+        self.version = 1
+        self.options = options
+        path = options.models_path
+        if not (path / "openvino_model.xml").is_file():
+            raise ModelLoadError(f"{path}: no openvino_model.xml; models_path must point at an exported GenAI "
+                                 "model (optimum-cli export openvino ...)")
+        if not (path / "openvino_tokenizer.xml").is_file() or not (path / "openvino_detokenizer.xml").is_file():
+            raise ModelLoadError(f"{path}: openvino_tokenizer.xml / openvino_detokenizer.xml missing; convert the "
+                                 "tokenizer with openvino_tokenizers (optimum-cli ... --convert-tokenizer)")
+        model_config = _read_json(path / "config.json")
+        self.context_length = model_config.get("max_position_embeddings") or model_config.get("max_seq_len")
+        scheduler = ov_genai.SchedulerConfig()
+        scheduler.max_num_seqs = int(options.max_num_seqs)
+        scheduler.cache_size = int(options.cache_size) or 1
+        scheduler.enable_prefix_caching = bool(options.enable_prefix_caching)
+        scheduler.dynamic_split_fuse = bool(options.dynamic_split_fuse)
+        if options.max_num_batched_tokens:
+            scheduler.max_num_batched_tokens = int(options.max_num_batched_tokens)
+        try:
+            self.tokenizer = ov_genai.Tokenizer(str(path))
+            self._pipe = ov_genai.ContinuousBatchingPipeline(str(path), scheduler, options.device,
+                                                             options.plugin_config)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"{path}: openvino_genai could not load the model: {exc}") from None
+        self._defaults = self._pipe.get_config()
+        vocab_size = model_config.get("vocab_size") or len(self.tokenizer.get_vocab())
+        self.token_bytes = token_byte_table(path, int(vocab_size))
+        self._detokenizer_module = load_native("detokenize")
+        self.template = chat_template.find_template(path) or self.tokenizer.get_original_chat_template() or None
+        tool_parser = options.tool_parser or chat_template.detect_tool_parser(self.template)
+        self._info = GenerativeInfo(tool_parser=tool_parser, reasoning_parser=options.reasoning_parser,
+                                    max_num_seqs=int(options.max_num_seqs), context_length=self.context_length)
+        self._eos = self.tokenizer.get_eos_token()
+        self._bos = self.tokenizer.get_bos_token()
+        self._ids = itertools.count(1)
+        self._lock = threading.Condition()
+        self._inbox: list[_Sequence] = []
+        self._cancels: list[_Sequence] = []
+        self._active: list[_Sequence] = []
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # metrics (read by the data plane)
+        self.in_flight = 0
+        self.ttft_ns: list[int] = []
+        self.tpot_ns: list[float] = []
+        self.generated_tokens = 0
+        self.kv_cache_usage = 0.0
+        self._thread = threading.Thread(target=self._run, name=f"ovms-genai-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def inputs(self):
+        return []
+
+    @property
+    def outputs(self):
+        return []
+
+    @property
+    def info(self) -> GenerativeInfo:
+        return self._info
+
+    # ---- requests ----------------------------------------------------------------------------------------
+
+    def apply_chat_template(self, messages: list[ChatMessage], *, tools: list | None = None,
+                            template_kwargs: dict | None = None) -> str:
+        if not self.template:
+            raise ServingError(Kind.GENAI_INVALID_REQUEST, f"model {self.name} has no chat template "
+                                                           "(chat_template.jinja, tokenizer_config.json or the "
+                                                           "tokenizer IR); use /v3/completions")
+        return chat_template.render(self.template, [m.as_template_dict() for m in messages], tools=tools,
+                                    bos_token=self._bos, eos_token=self._eos, template_kwargs=template_kwargs)
+
+    def _encode(self, text: str) -> ov.Tensor:
+        return self.tokenizer.encode(text, add_special_tokens=False).input_ids
+
+    async def tokenize(self, text: str) -> list[int]:
+        return self._encode(text).data[0].tolist()
+
+    def _config(self, params: SamplingParams, prompt_tokens: int):
+        config = self._pipe.get_config()  # a copy of the defaults (generation_config.json)
+        room = (self.context_length - prompt_tokens) if self.context_length else None
+        if room is not None and room <= 0:
+            raise ServingError(Kind.GENAI_INVALID_REQUEST, f"prompt is {prompt_tokens} tokens; the model's context "
+                                                           f"is {self.context_length}")
+        if params.max_new_tokens is not None:
+            config.max_new_tokens = params.max_new_tokens
+        elif room is not None:
+            config.max_new_tokens = min(config.max_new_tokens, room)
+        if self.options.max_tokens_limit and config.max_new_tokens > self.options.max_tokens_limit:
+            raise ServingError(Kind.GENAI_INVALID_REQUEST, "max_tokens exceeds limit provided in graph config: "
+                                                           f"{self.options.max_tokens_limit}")
+        if params.temperature is not None:
+            config.temperature = params.temperature
+            config.do_sample = params.temperature > 0
+        for name in ("top_p", "top_k", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty"):
+            value = getattr(params, name)
+            if value is not None:
+                setattr(config, name, value)
+        if params.seed is not None:
+            config.rng_seed = params.seed
+        if params.stop:
+            config.stop_strings = set(params.stop)
+            config.include_stop_str_in_output = params.include_stop_str_in_output
+        config.ignore_eos = params.ignore_eos
+        if params.best_of is not None and params.best_of > 1:
+            config.num_beams = params.best_of
+            config.num_return_sequences = params.n
+            config.do_sample = False
+        elif params.n > 1:
+            config.num_return_sequences = params.n
+        if params.logprobs is not None:
+            config.logprobs = max(1, params.logprobs)
+        if params.json_schema is not None:
+            config.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=params.json_schema)
+        try:
+            config.validate()
+        except (RuntimeError, ValueError) as exc:
+            raise ServingError(Kind.GENAI_INVALID_REQUEST, str(exc).splitlines()[0]) from None
+        return config
+
+    async def generate(self, request: GenerationRequest) -> GenerationStream:
+        with self._lock:
+            queued = len(self._inbox) + len(self._active)
+        if queued >= 2 * self._info.max_num_seqs:
+            raise ServingError(Kind.SERVER_BUSY, f"{queued} requests in flight on {self.name}; max_num_seqs is "
+                                                 f"{self._info.max_num_seqs}")
+        input_ids = self._encode(request.prompt)
+        prompt_tokens = int(input_ids.get_shape()[1])
+        config = self._config(request.params, prompt_tokens)
+        stream = _Stream(self, request.params, prompt_tokens)
+        sequence = _Sequence(next(self._ids), input_ids, config, stream)
+        stream._sequence = sequence
+        self._loop = asyncio.get_running_loop()
+        with self._lock:
+            self._inbox.append(sequence)
+            self.in_flight += 1
+            self._lock.notify()
+        return stream
+
+    def _cancel(self, sequence: _Sequence) -> None:
+        with self._lock:
+            self._cancels.append(sequence)
+            self._lock.notify()
+
+    def _record(self, stream: _Stream) -> None:
+        self.generated_tokens += stream.generated
+        if stream.first_token_ns is not None:
+            self.ttft_ns.append(stream.first_token_ns - stream.started_ns)
+            if stream.generated > 1:
+                self.tpot_ns.append((time.perf_counter_ns() - stream.first_token_ns) / (stream.generated - 1))
+        del self.ttft_ns[:-10000], self.tpot_ns[:-10000]
+
+    # ---- the stepping thread -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        pipe = self._pipe
+        while True:
+            with self._lock:
+                while not self._closed and not self._inbox and not self._cancels and not self._active:
+                    self._lock.wait()
+                if self._closed:
+                    break
+                inbox, self._inbox = self._inbox, []
+                cancels, self._cancels = self._cancels, []
+            deliveries: list = []
+            for sequence in inbox:
+                try:
+                    sequence.handle = pipe.add_request(sequence.request_id, sequence.input_ids, sequence.config)
+                    self._active.append(sequence)
+                except Exception as exc:  # noqa: BLE001 - handed to the request, not the thread
+                    deliveries.append((sequence, ServingError(Kind.GENAI_INVALID_REQUEST, str(exc).splitlines()[0])))
+            for sequence in cancels:
+                if sequence.handle is not None and not sequence.cancelled:
+                    sequence.cancelled = True
+                    sequence.handle.cancel()
+            try:
+                if pipe.has_non_finished_requests():
+                    pipe.step()
+            except Exception as exc:  # noqa: BLE001
+                log.exception("generation step failed on %s", self.name)
+                for sequence in self._active:
+                    deliveries.append((sequence, ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, str(exc))))
+                self._active = []
+            still = []
+            for sequence in self._active:
+                handle = sequence.handle
+                outputs = []
+                beam = sequence.config.num_beams > 1
+                status = handle.get_status()
+                running = status == ov_genai.GenerationStatus.RUNNING
+                if sequence.cancelled:
+                    deliveries.append((sequence, _DONE))
+                    continue
+                if beam:
+                    if not running:
+                        for sequence_id, output in enumerate(handle.read_all()):
+                            outputs.append(self._output(sequence_id, output, final=True))
+                else:
+                    while handle.can_read():
+                        for sequence_id, output in handle.read().items():
+                            outputs.append(self._output(sequence_id, output, final=False))
+                if outputs:
+                    deliveries.append((sequence, outputs))
+                if running:
+                    still.append(sequence)
+                elif status == ov_genai.GenerationStatus.IGNORED:
+                    deliveries.append((sequence, ServingError(Kind.SERVER_BUSY, "the request does not fit the KV "
+                                                                                "cache (cache_size)")))
+                else:
+                    deliveries.append((sequence, _DONE))
+            self._active = still
+            if deliveries and self._loop is not None:
+                done = sum(1 for _, item in deliveries if item is _DONE or isinstance(item, BaseException))
+                if done:
+                    with self._lock:
+                        self.in_flight -= done
+                    try:
+                        self.kv_cache_usage = float(pipe.get_metrics().cache_usage)
+                    except Exception:  # noqa: BLE001 - a metric only
+                        pass
+                try:
+                    self._loop.call_soon_threadsafe(_deliver, deliveries)
+                except RuntimeError:  # the loop closed (server stopping)
+                    pass
+
+    @staticmethod
+    def _output(sequence_id: int, output, *, final: bool):
+        finish = _FINISH.get(output.finish_reason.name)
+        logprobs = list(output.generated_log_probs) if output.generated_log_probs else None
+        if final and finish is None:
+            finish = "stop"
+        return sequence_id, list(output.generated_ids), finish, logprobs
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join(10)
+
+
+def _deliver(deliveries) -> None:
+    for sequence, item in deliveries:
+        sequence.stream.deliver(item)
+
+
+def _read_json(path: pathlib.Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}

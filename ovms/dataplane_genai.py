@@ -1,0 +1,100 @@
+"""Generative verbs of the data plane: generate (chat, completions), embed, rerank, tokenize, list models.
+
+Each verb resolves the servable through the registry and holds it (``entry.enter()`` / ``leave()``) for the
+whole request, streaming included, so an unload or reload waits for generations in flight.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from typing import AsyncIterator
+
+from ovms.dataplane import DataPlane
+from ovms.errors import Kind, ServingError
+from ovms.genai_types import (ChatMessage, EmbeddingResult, GenerationRequest, GenerativeInfo, RerankResult,
+                              SamplingParams)
+from ovms.registry import VersionState
+from ovms.servable import EmbeddingServable, GenerationStream, GenerativeServable, RerankServable
+
+
+@dataclasses.dataclass(slots=True)
+class Generation:
+    """A started generation: the stream of text and what the protocol layer needs around it."""
+
+    stream: GenerationStream
+    info: GenerativeInfo
+    prompt: str
+
+
+class GenAIDataPlane:
+    """OpenAI / Cohere verbs on top of the shared data plane (same registry, metrics and readiness)."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+        self.registry = dataplane.registry
+        self._loaded_at: dict[str, int] = {}
+
+    def _count(self, method: str, name: str, ok: bool) -> None:
+        self.dataplane._count("OpenAI", "REST", method, name, 1, ok)
+
+    @contextlib.asynccontextmanager
+    async def _hold(self, name: str, capability: type, method: str, what: str):
+        try:
+            entry = self.registry.version_entry(name)
+        except ServingError:
+            raise ServingError(Kind.MODEL_NAME_MISSING, name) \
+                from None
+        servable = entry.enter()
+        ok = False
+        try:
+            if not isinstance(servable, capability):
+                raise ServingError(Kind.NOT_IMPLEMENTED, f"model {name} does not serve {what}")
+            yield servable
+            ok = True
+        finally:
+            entry.leave()
+            self._count(method, name, ok)
+
+    @contextlib.asynccontextmanager
+    async def generation(self, name: str, params: SamplingParams, *, messages: list[ChatMessage] | None = None,
+                         prompt: str | None = None, tools: list | None = None,
+                         template_kwargs: dict | None = None) -> AsyncIterator[Generation]:
+        """Render the prompt (chat template for messages), start generating, and abort on early exit."""
+        async with self._hold(name, GenerativeServable, "chat/completions" if messages is not None else
+                              "completions", "text generation (/v3/chat/completions, /v3/completions)") as servable:
+            if messages is not None:
+                prompt = servable.apply_chat_template(messages, tools=tools, template_kwargs=template_kwargs)
+            stream = await servable.generate(GenerationRequest(name, prompt or "", params))
+            try:
+                yield Generation(stream, servable.info, prompt or "")
+            finally:
+                stream.abort()  # no-op when it finished; frees the sequence when the client went away
+
+    async def embed(self, name: str, inputs) -> EmbeddingResult:
+        async with self._hold(name, EmbeddingServable, "embeddings", "embeddings (/v3/embeddings)") as servable:
+            return await servable.embed(inputs)
+
+    async def rerank(self, name: str, query: str, documents: list[str]) -> RerankResult:
+        async with self._hold(name, RerankServable, "rerank", "rerank (/v3/rerank)") as servable:
+            return await servable.rerank(query, documents)
+
+    async def tokenize(self, name: str, text: str) -> list[int]:
+        async with self._hold(name, GenerativeServable, "tokenize", "tokenization (/v3/tokenize)") as servable:
+            return await servable.tokenize(text)
+
+    def _created(self, name: str) -> int:
+        return self._loaded_at.setdefault(name, int(time.time()))
+
+    def list_models(self) -> list[tuple[str, int]]:
+        """(name, created) of every model with an available version, as OpenAI's GET /v3/models lists them."""
+        result = []
+        for name, model in sorted(self.registry.models.items()):
+            if any(e.state is VersionState.AVAILABLE for e in model.versions.values()):
+                result.append((name, self._created(name)))
+        return result
+
+    def get_model(self, name: str) -> tuple[str, int]:
+        if name not in dict(self.list_models()):
+            raise ServingError(Kind.MODEL_NAME_MISSING, name)
+        return name, self._created(name)

@@ -1,0 +1,99 @@
+"""Neutral types of the generative verbs (text generation, embeddings, rerank), free of any wire format."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(slots=True)
+class SamplingParams:
+    """What a request asks of the sampler; None means "the model's default" (generation_config.json)."""
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    include_stop_str_in_output: bool = False
+    ignore_eos: bool = False
+    n: int = 1
+    best_of: int | None = None
+    logprobs: int | None = None  # number of top logprobs asked for (only the chosen token's is returned)
+    json_schema: str | None = None  # structured output: a JSON schema text
+
+
+@dataclasses.dataclass(slots=True)
+class GenerationRequest:
+    """One generation: a rendered prompt (chat template already applied) and its sampling parameters."""
+
+    model_name: str
+    prompt: str
+    params: SamplingParams
+    request_id: str = ""
+
+
+@dataclasses.dataclass(slots=True)
+class TextChunk:
+    """A piece of one generated sequence: text that is final, and the finish reason on its last chunk."""
+
+    index: int
+    text: str
+    token_count: int  # tokens this chunk covers
+    finish_reason: str | None = None  # "stop", "length", or None while generating
+    logprobs: list[float] | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclasses.dataclass(slots=True)
+class ChatMessage:
+    """A message as the chat template sees it (role, content and optional tool fields)."""
+
+    role: str
+    content: str
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # tool_calls, tool_call_id, name
+
+    def as_template_dict(self) -> dict[str, Any]:
+        return {"role": self.role, "content": self.content, **self.extra}
+
+
+@dataclasses.dataclass(slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+@dataclasses.dataclass(slots=True)
+class EmbeddingResult:
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+@dataclasses.dataclass(slots=True)
+class RerankResult:
+    scores: list[tuple[int, float]]  # (document index, relevance score), best first
+    prompt_tokens: int
+
+
+@dataclasses.dataclass(slots=True)
+class GenerativeInfo:
+    """What an LLM servable tells the protocol layer: template, tool parser, limits."""
+
+    tool_parser: str | None
+    reasoning_parser: str | None
+    max_num_seqs: int
+    context_length: int | None

@@ -1,0 +1,470 @@
+"""OpenAI JSON (chat/completions, completions, embeddings, models) and Cohere rerank <-> neutral types.
+
+Validation happens here, at the edge, with OVMS's messages (src/llm/apis/openai_completions.cpp) so the field
+is named in every 400. Unknown fields are accepted and logged, as OVMS does.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import struct
+import time
+import uuid
+from typing import Any
+
+from ovms.errors import Kind, ServingError
+from ovms.genai_types import ChatMessage, SamplingParams, ToolCall, Usage
+
+log = logging.getLogger("ovms.openai")
+
+_COMMON = {"model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+           "top_k", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty", "seed", "stop",
+           "include_stop_str_in_output", "ignore_eos", "n", "best_of", "logprobs", "user", "length_penalty"}
+_CHAT = _COMMON | {"messages", "tools", "tool_choice", "response_format", "chat_template_kwargs", "top_logprobs",
+                   "parallel_tool_calls"}
+_COMPLETIONS = _COMMON | {"prompt", "echo", "suffix"}
+MAX_STOP_STRINGS = 4
+
+
+def invalid(message: str) -> ServingError:
+    return ServingError(Kind.GENAI_INVALID_REQUEST, message)
+
+
+def parse_body(body: bytes) -> dict:
+    """The request JSON object; anything else is OVMS's 412 "The file is not valid json"."""
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ServingError(Kind.OPENAI_JSON_INVALID, f"request body: {exc}") from None
+    if not isinstance(document, dict):
+        raise ServingError(Kind.OPENAI_JSON_INVALID, "request body must be a JSON object")
+    return document
+
+
+@dataclasses.dataclass(slots=True)
+class GenerateCall:
+    """A decoded chat or completions request."""
+
+    model: str
+    params: SamplingParams
+    stream: bool = False
+    include_usage: bool = False
+    messages: list[ChatMessage] | None = None  # chat
+    prompt: str | None = None  # completions
+    echo: bool = False
+    tools: list | None = None
+    tool_choice: Any = "auto"
+    template_kwargs: dict | None = None
+    chat: bool = True
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _uint(doc: dict, name: str, *, positive: bool = False) -> int | None:
+    value = doc.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise invalid(f"{name} is not an unsigned integer")
+    if value > 4294967295:
+        raise invalid(f"{name} value can't be greater than 4294967295")
+    if positive and value == 0:
+        raise invalid(f"{name} value should be greater than 0")
+    return value
+
+
+def _number(doc: dict, name: str, low: float | None = None, high: float | None = None) -> float | None:
+    value = doc.get(name)
+    if value is None:
+        return None
+    if not _is_number(value):
+        raise invalid(f"{name} is not a valid number")
+    if low is not None and not low <= value <= high:
+        raise invalid(f"{name} out of range({low}, {high})")
+    return float(value)
+
+
+def _bool(doc: dict, name: str, default: bool = False) -> bool:
+    value = doc.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise invalid(f"{name} accepts values true or false")
+    return value
+
+
+def _sampling(doc: dict, *, chat: bool) -> SamplingParams:
+    params = SamplingParams()
+    max_tokens = _uint(doc, "max_completion_tokens", positive=True) if chat else None
+    params.max_new_tokens = max_tokens if max_tokens is not None else _uint(doc, "max_tokens", positive=True)
+    params.temperature = _number(doc, "temperature", 0.0, 2.0)
+    params.top_p = _number(doc, "top_p", 0.0, 1.0)
+    top_k = doc.get("top_k")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool)):
+        raise invalid("top_k is not an integer")
+    params.top_k = top_k if top_k is None or top_k > 0 else None  # OpenAI/vLLM: -1 or 0 mean "all tokens"
+    params.min_p = _number(doc, "min_p", 0.0, 1.0)
+    params.repetition_penalty = _number(doc, "repetition_penalty")
+    if params.repetition_penalty is not None and params.repetition_penalty <= 0:
+        raise invalid("repetition_penalty must be greater than 0")
+    params.frequency_penalty = _number(doc, "frequency_penalty", -2.0, 2.0)
+    params.presence_penalty = _number(doc, "presence_penalty", -2.0, 2.0)
+    params.seed = _uint(doc, "seed")
+    stop = doc.get("stop")
+    if isinstance(stop, str):
+        params.stop = (stop,)
+    elif isinstance(stop, list):
+        if not all(isinstance(s, str) for s in stop):
+            raise invalid("stop array contains non string element")
+        if len(stop) > MAX_STOP_STRINGS:
+            raise invalid(f"stop array must have no more than {MAX_STOP_STRINGS} strings")
+        params.stop = tuple(stop)
+    elif stop is not None:
+        raise invalid("stop is not a string or array of strings")
+    params.include_stop_str_in_output = _bool(doc, "include_stop_str_in_output")
+    params.ignore_eos = _bool(doc, "ignore_eos")
+    n = _uint(doc, "n", positive=True)
+    params.n = n or 1
+    best_of = _uint(doc, "best_of", positive=True)
+    if best_of is not None:
+        if best_of < params.n:
+            raise invalid("n value cannot be greater than best_of")
+        params.best_of = best_of
+    logprobs = doc.get("logprobs")
+    if chat:
+        if logprobs is not None and not isinstance(logprobs, bool):
+            raise invalid("logprobs accepts values true or false")
+        params.logprobs = 1 if logprobs else None
+    elif logprobs is not None:
+        if not isinstance(logprobs, int) or isinstance(logprobs, bool) or logprobs < 0:
+            raise invalid("logprobs is not an unsigned integer")
+        params.logprobs = logprobs
+    if params.logprobs and doc.get("stream"):
+        raise invalid("logprobs are not supported in streaming mode")
+    return params
+
+
+def _stream(doc: dict) -> tuple[bool, bool]:
+    stream = doc.get("stream", False)
+    if not isinstance(stream, bool):
+        raise invalid("Stream is not bool")
+    options = doc.get("stream_options")
+    include_usage = False
+    if options is not None:
+        if not stream:
+            raise invalid("stream_options provided, but stream not set to true")
+        if not isinstance(options, dict):
+            raise invalid("stream_options is not an object")
+        if set(options) - {"include_usage"}:
+            raise invalid("Found unexpected stream options. Properties accepted in stream_options: include_usage")
+        include_usage = options.get("include_usage", False)
+        if not isinstance(include_usage, bool):
+            raise invalid("stream_options.include_usage is not a boolean")
+    return stream, include_usage
+
+
+def _model(doc: dict) -> str:
+    model = doc.get("model")
+    if model is None:
+        raise invalid("model missing in request")
+    if not isinstance(model, str):
+        raise invalid("model is not a string")
+    return model
+
+
+def _log_unknown(doc: dict, known: set[str], endpoint: str) -> None:
+    unknown = set(doc) - known
+    if unknown:
+        log.info("%s: ignoring unknown fields %s", endpoint, ", ".join(sorted(unknown)))
+
+
+def _content(value, index: int) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        texts = []
+        for part in value:
+            if not isinstance(part, dict) or "type" not in part:
+                raise invalid(f"messages[{index}].content: each part must be an object with a type")
+            if part["type"] != "text":
+                raise invalid(f"messages[{index}].content: {part['type']} parts are not supported by a text "
+                              "generation model (multimodal input needs a VLM servable)")
+            if not isinstance(part.get("text"), str):
+                raise invalid(f"messages[{index}].content: a text part needs a string text")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise invalid(f"messages[{index}].content is not a string or an array of content parts")
+
+
+def _messages(doc: dict) -> list[ChatMessage]:
+    messages = doc.get("messages")
+    if messages is None:
+        raise invalid("Messages missing in request")
+    if not isinstance(messages, list):
+        raise invalid("Messages are not an array")
+    if not messages:
+        raise invalid("Messages array cannot be empty")
+    result = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise invalid("Message is not a JSON object")
+        role = message.get("role")
+        if not isinstance(role, str):
+            raise invalid(f"messages[{i}].role is missing or not a string")
+        extra = {k: v for k, v in message.items() if k in ("tool_calls", "tool_call_id", "name", "reasoning_content")}
+        result.append(ChatMessage(role, _content(message.get("content"), i), extra))
+    return result
+
+
+def decode_generate(doc: dict, *, chat: bool) -> GenerateCall:
+    """A chat/completions (chat=True) or completions request."""
+    _log_unknown(doc, _CHAT if chat else _COMPLETIONS, "chat/completions" if chat else "completions")
+    stream, include_usage = _stream(doc)
+    call = GenerateCall(model="", params=SamplingParams(), stream=stream, include_usage=include_usage, chat=chat)
+    if chat:
+        call.messages = _messages(doc)
+    else:
+        prompt = doc.get("prompt")
+        if prompt is None:
+            raise invalid("prompt missing in request")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise invalid("prompt is not a string")
+        call.prompt = prompt
+        call.echo = _bool(doc, "echo")
+    call.model = _model(doc)
+    call.params = _sampling(doc, chat=chat)
+    if chat:
+        tools = doc.get("tools")
+        if tools is not None:
+            if not isinstance(tools, list) or not all(isinstance(t, dict) and isinstance(t.get("function"), dict)
+                                                      for t in tools):
+                raise invalid("tools is not an array of {\"type\": \"function\", \"function\": {...}} objects")
+        choice = doc.get("tool_choice", "auto")
+        if isinstance(choice, str):
+            if choice not in ("none", "auto", "required"):
+                raise invalid("tool_choice is not one of none, auto, required or a function object")
+        elif not (isinstance(choice, dict) and isinstance(choice.get("function"), dict)
+                  and isinstance(choice["function"].get("name"), str)):
+            raise invalid("tool_choice is not one of none, auto, required or a function object")
+        if isinstance(choice, dict) and tools:
+            tools = [t for t in tools if t["function"].get("name") == choice["function"]["name"]]
+            if not tools:
+                raise invalid("tool_choice names a function that is not in tools")
+        call.tools = None if choice == "none" else tools
+        call.tool_choice = choice
+        kwargs = doc.get("chat_template_kwargs")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise invalid("chat_template_kwargs is not an object")
+        call.template_kwargs = kwargs
+        call.params.json_schema = _response_format(doc.get("response_format"))
+    return call
+
+
+def _response_format(value) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise invalid("response_format is not an object with a type")
+    kind = value["type"]
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return json.dumps({"type": "object"})
+    if kind == "json_schema":
+        schema = value.get("json_schema")
+        if not isinstance(schema, dict) or not isinstance(schema.get("schema"), dict):
+            raise invalid("response_format.json_schema.schema is missing or not an object")
+        return json.dumps(schema["schema"])
+    raise invalid(f"response_format.type {kind!r} is not one of text, json_object, json_schema")
+
+
+# ---- responses ---------------------------------------------------------------------------------------------
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage_json(usage: Usage) -> dict:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens}
+
+
+def tool_calls_json(calls: list[ToolCall]) -> list[dict]:
+    return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+
+
+def _logprobs_json(chat: bool, logprobs: list[float] | None, tokens: list[str] | None = None):
+    if logprobs is None:
+        return None
+    if chat:
+        return {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
+                            for t, lp in zip(tokens or [""] * len(logprobs), logprobs)]}
+    return {"token_logprobs": logprobs, "tokens": tokens or [], "top_logprobs": None, "text_offset": []}
+
+
+@dataclasses.dataclass(slots=True)
+class Choice:
+    index: int
+    text: str
+    finish_reason: str | None
+    tool_calls: list[ToolCall] = dataclasses.field(default_factory=list)
+    logprobs: list[float] | None = None
+
+
+def response_json(call: GenerateCall, response_id: str, created: int, choices: list[Choice], usage: Usage) -> dict:
+    if call.chat:
+        body_choices = []
+        for c in choices:
+            message: dict[str, Any] = {"role": "assistant", "content": c.text}
+            if c.tool_calls:
+                message["tool_calls"] = tool_calls_json(c.tool_calls)
+            body_choices.append({"index": c.index, "message": message, "finish_reason": c.finish_reason,
+                                 "logprobs": _logprobs_json(True, c.logprobs)})
+        obj = "chat.completion"
+    else:
+        body_choices = [{"index": c.index, "text": c.text, "finish_reason": c.finish_reason,
+                         "logprobs": _logprobs_json(False, c.logprobs)} for c in choices]
+        obj = "text_completion"
+    return {"id": response_id, "object": obj, "created": created, "model": call.model, "choices": body_choices,
+            "usage": usage_json(usage)}
+
+
+def chunk_json(call: GenerateCall, response_id: str, created: int, index: int, *, text: str | None = None,
+               role: bool = False, finish_reason: str | None = None, tool_calls: list[ToolCall] | None = None) -> dict:
+    if call.chat:
+        delta: dict[str, Any] = {}
+        if role:
+            delta["role"] = "assistant"
+        if text is not None:
+            delta["content"] = text
+        if tool_calls:
+            delta["tool_calls"] = [{"index": i, **t} for i, t in enumerate(tool_calls_json(tool_calls))]
+        choice = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+        obj = "chat.completion.chunk"
+    else:
+        choice = {"index": index, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+        obj = "text_completion"
+    return {"id": response_id, "object": obj, "created": created, "model": call.model, "choices": [choice]}
+
+
+def usage_chunk_json(call: GenerateCall, response_id: str, created: int, usage: Usage) -> dict:
+    obj = "chat.completion.chunk" if call.chat else "text_completion"
+    return {"id": response_id, "object": obj, "created": created, "model": call.model, "choices": [],
+            "usage": usage_json(usage)}
+
+
+def sse(document: dict | str) -> bytes:
+    """One Server-Sent Event: ``data: <json>`` and a blank line."""
+    data = document if isinstance(document, str) else json.dumps(document, ensure_ascii=False)
+    return f"data: {data}\n\n".encode()
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+# ---- embeddings, rerank, models, tokenize ------------------------------------------------------------------
+
+@dataclasses.dataclass(slots=True)
+class EmbeddingsCall:
+    model: str
+    inputs: list[str] | list[list[int]]
+    encoding_format: str
+
+
+def decode_embeddings(doc: dict) -> EmbeddingsCall:
+    _log_unknown(doc, {"model", "input", "encoding_format", "user", "dimensions"}, "embeddings")
+    model = _model(doc)
+    value = doc.get("input")
+    if value is None:
+        raise invalid("input field is required")
+    if isinstance(value, str):
+        inputs: list = [value]
+    elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        inputs = value
+    elif isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        inputs = [value]
+    elif (isinstance(value, list) and value and all(isinstance(v, list) and v and all(
+            isinstance(t, int) and not isinstance(t, bool) for t in v) for v in value)):
+        inputs = value
+    else:
+        raise invalid("input must be a string, an array of strings, an array of tokens or an array of token arrays")
+    encoding = doc.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise invalid("encoding_format accepts values float or base64")
+    return EmbeddingsCall(model, inputs, encoding)
+
+
+def embeddings_json(call: EmbeddingsCall, vectors: list[list[float]], prompt_tokens: int) -> dict:
+    data = []
+    for i, vector in enumerate(vectors):
+        if call.encoding_format == "base64":
+            embedding: Any = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        else:
+            embedding = vector
+        data.append({"object": "embedding", "embedding": embedding, "index": i})
+    return {"object": "list", "data": data, "model": call.model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+
+
+@dataclasses.dataclass(slots=True)
+class RerankCall:
+    model: str
+    query: str
+    documents: list[str]
+    top_n: int | None
+    return_documents: bool
+
+
+def decode_rerank(doc: dict) -> RerankCall:
+    _log_unknown(doc, {"model", "query", "documents", "top_n", "return_documents", "rank_fields",
+                       "max_chunks_per_doc"}, "rerank")
+    model = _model(doc)
+    query = doc.get("query")
+    if not isinstance(query, str):
+        raise invalid("query is missing or not a string")
+    documents = doc.get("documents")
+    if not isinstance(documents, list) or not documents:
+        raise invalid("documents is missing or not a non-empty array")
+    texts = []
+    for d in documents:
+        if isinstance(d, dict) and isinstance(d.get("text"), str):
+            d = d["text"]
+        if not isinstance(d, str):
+            raise invalid("documents must be strings (or objects with a text string)")
+        texts.append(d)
+    top_n = _uint(doc, "top_n", positive=True)
+    return RerankCall(model, query, texts, top_n, _bool(doc, "return_documents", True))
+
+
+def rerank_json(call: RerankCall, scores: list[tuple[int, float]], prompt_tokens: int) -> dict:
+    ranked = sorted(scores, key=lambda item: -item[1])
+    if call.top_n is not None:
+        ranked = ranked[:call.top_n]
+    results = []
+    for index, score in ranked:
+        item: dict[str, Any] = {"index": index, "relevance_score": score}
+        if call.return_documents:
+            item["document"] = {"text": call.documents[index]}
+        results.append(item)
+    return {"id": str(uuid.uuid4()), "results": results, "usage": {"prompt_tokens": prompt_tokens,
+                                                                  "total_tokens": prompt_tokens}}
+
+
+def model_json(name: str, created: int) -> dict:
+    return {"id": name, "object": "model", "created": created, "owned_by": "OVMS"}
+
+
+def models_json(names: list[tuple[str, int]]) -> dict:
+    return {"object": "list", "data": [model_json(name, created) for name, created in names]}

@@ -1,0 +1,222 @@
+"""OpenAI-compatible (and Cohere rerank) REST routes under /v3, with the /v1 aliases OVMS has.
+
+Handlers decode with ``ovms.protocol.openai``, call ``GenAIDataPlane`` and encode; streaming answers are
+Server-Sent Events. A client that disconnects mid-stream makes the next write fail, which leaves the
+generation context and cancels the sequence in the backend.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import logging
+
+from aiohttp import web
+
+from ovms.dataplane import DataPlane
+from ovms.dataplane_genai import GenAIDataPlane
+from ovms.errors import Kind, ServingError
+from ovms.genai_types import Usage
+from ovms.protocol import openai as codec
+from ovms.tool_parsers import parse_tool_calls
+
+log = logging.getLogger("ovms.openai")
+
+
+@dataclasses.dataclass(slots=True)
+class OpenAISettings:
+    """HTTP options of the OpenAI endpoints (from --api_key_file / API_KEY and the CORS flags)."""
+
+    api_key: str | None = None
+    allowed_origins: str = "*"
+    allowed_methods: str = "*"
+    allowed_headers: str = "*"
+    allow_credentials: bool = False
+    max_body_bytes: int = 64 << 20
+
+
+GENAI = web.AppKey("genai_dataplane", GenAIDataPlane)
+SETTINGS = web.AppKey("openai_settings", OpenAISettings)
+PREFIXES = ("/v3", "/v3/v1", "/v1")
+
+
+def _json(document: dict, status: int = 200) -> web.Response:
+    import json
+
+    return web.Response(body=json.dumps(document, ensure_ascii=False).encode(), status=status,
+                        content_type="application/json")
+
+
+async def _body(request: web.Request) -> dict:
+    _check_key(request)
+    settings = request.app[SETTINGS]
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        raise ServingError(Kind.GENAI_INVALID_REQUEST, f"request body is {request.content_length} bytes; the limit "
+                                                       f"is {settings.max_body_bytes}")
+    return codec.parse_body(await request.read())
+
+
+def _check_key(request: web.Request) -> None:
+    settings = request.app[SETTINGS]
+    if settings.api_key is not None:
+        header = request.headers.get("Authorization", "")
+        token = header[7:] if header.startswith("Bearer ") else ""
+        if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+            raise ServingError(Kind.UNAUTHORIZED)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, codec.decode_generate(await _body(request), chat=True))
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, codec.decode_generate(await _body(request), chat=False))
+
+
+async def _generate(request: web.Request, call: codec.GenerateCall) -> web.StreamResponse:
+    dp = request.app[GENAI]
+    response_id, created = codec.new_id("chatcmpl" if call.chat else "cmpl"), codec.now()
+    async with dp.generation(call.model, call.params, messages=call.messages, prompt=call.prompt,
+                             tools=call.tools, template_kwargs=call.template_kwargs) as generation:
+        if call.stream:
+            return await _stream(request, call, generation, response_id, created)
+        texts: dict[int, list[str]] = {}
+        finish: dict[int, str | None] = {}
+        logprobs: dict[int, list[float]] = {}
+        completion_tokens = 0
+        async for chunk in generation.stream:
+            texts.setdefault(chunk.index, []).append(chunk.text)
+            completion_tokens += chunk.token_count
+            if chunk.logprobs is not None and call.params.logprobs:
+                logprobs.setdefault(chunk.index, []).extend(chunk.logprobs)
+            if chunk.finish_reason is not None:
+                finish[chunk.index] = chunk.finish_reason
+        choices = []
+        for index in sorted(texts):
+            text = "".join(texts[index])
+            choice = codec.Choice(index, text, finish.get(index, "stop"), logprobs=logprobs.get(index))
+            if call.chat and call.tools:
+                choice.text, choice.tool_calls = parse_tool_calls(generation.info.tool_parser, text)
+                if choice.tool_calls:
+                    choice.finish_reason = "tool_calls"
+            if call.echo:
+                choice.text = generation.prompt + choice.text
+            choices.append(choice)
+        usage = Usage(generation.stream.prompt_tokens, completion_tokens)
+        return _json(codec.response_json(call, response_id, created, choices, usage))
+
+
+async def _stream(request: web.Request, call: codec.GenerateCall, generation, response_id: str,
+                  created: int) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    buffer_tools = bool(call.chat and call.tools and generation.info.tool_parser)
+    held: dict[int, list[str]] = {}
+    completion_tokens = 0
+    try:
+        if call.chat:
+            for index in range(call.params.n):
+                await response.write(codec.sse(codec.chunk_json(call, response_id, created, index, role=True,
+                                                                text="")))
+        elif call.echo:
+            for index in range(call.params.n):
+                await response.write(codec.sse(codec.chunk_json(call, response_id, created, index,
+                                                                text=generation.prompt)))
+        async for chunk in generation.stream:
+            completion_tokens += chunk.token_count
+            if buffer_tools:  # tool calls are parsed from the whole text, then sent in the last chunk
+                held.setdefault(chunk.index, []).append(chunk.text)
+                if chunk.finish_reason is None:
+                    continue
+                content, calls = parse_tool_calls(generation.info.tool_parser, "".join(held.pop(chunk.index)))
+                finish = "tool_calls" if calls else chunk.finish_reason
+                if content:
+                    await response.write(codec.sse(codec.chunk_json(call, response_id, created, chunk.index,
+                                                                    text=content)))
+                await response.write(codec.sse(codec.chunk_json(call, response_id, created, chunk.index,
+                                                                finish_reason=finish, tool_calls=calls)))
+                continue
+            if not chunk.text and chunk.finish_reason is None:
+                continue
+            await response.write(codec.sse(codec.chunk_json(call, response_id, created, chunk.index,
+                                                            text=chunk.text, finish_reason=chunk.finish_reason)))
+        if call.include_usage:
+            usage = Usage(generation.stream.prompt_tokens, completion_tokens)
+            await response.write(codec.sse(codec.usage_chunk_json(call, response_id, created, usage)))
+        await response.write(codec.SSE_DONE)
+        await response.write_eof()
+    except ServingError as exc:  # after the headers: report in the stream, as OVMS does
+        await response.write(codec.sse({"error": exc.message}))
+        await response.write(codec.SSE_DONE)
+    except (ConnectionResetError, ConnectionError):
+        log.info("client of %s went away; generation cancelled", response_id)
+    return response
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    call = codec.decode_embeddings(await _body(request))
+    result = await request.app[GENAI].embed(call.model, call.inputs)
+    return _json(codec.embeddings_json(call, result.vectors, result.prompt_tokens))
+
+
+async def rerank(request: web.Request) -> web.Response:
+    call = codec.decode_rerank(await _body(request))
+    result = await request.app[GENAI].rerank(call.model, call.query, call.documents)
+    return _json(codec.rerank_json(call, result.scores, result.prompt_tokens))
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    document = await _body(request)
+    model = codec.decode_generate({"model": document.get("model"), "prompt": ""}, chat=False).model
+    text = document.get("text", document.get("prompt"))
+    if not isinstance(text, str):
+        raise codec.invalid("text is missing or not a string")
+    tokens = await request.app[GENAI].tokenize(model, text)
+    return _json({"tokens": tokens})
+
+
+async def list_models(request: web.Request) -> web.Response:
+    _check_key(request)
+    return _json(codec.models_json(request.app[GENAI].list_models()))
+
+
+async def get_model(request: web.Request) -> web.Response:
+    _check_key(request)
+    name, created = request.app[GENAI].get_model(request.match_info["model_id"])
+    return _json(codec.model_json(name, created))
+
+
+async def preflight(request: web.Request) -> web.Response:
+    return web.Response(status=204)
+
+
+async def _cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if not request.path.startswith(PREFIXES) or "Origin" not in request.headers:
+        return
+    settings = request.app[SETTINGS]
+    origin = request.headers["Origin"]
+    allowed = [o.strip() for o in settings.allowed_origins.split(",")]
+    if "*" not in allowed and origin not in allowed:
+        return
+    response.headers["Access-Control-Allow-Origin"] = origin if settings.allow_credentials else (
+        "*" if "*" in allowed else origin)
+    response.headers["Access-Control-Allow-Methods"] = settings.allowed_methods
+    response.headers["Access-Control-Allow-Headers"] = settings.allowed_headers
+    if settings.allow_credentials:
+        response.headers["Access-Control-Allow-Credentials"] = "true"
+
+
+def add_routes(app: web.Application, dataplane: DataPlane) -> None:
+    """Mount the OpenAI / Cohere endpoints on the REST app (settings from ``dataplane.openai_settings``)."""
+    app[GENAI] = GenAIDataPlane(dataplane)
+    app[SETTINGS] = getattr(dataplane, "openai_settings", None) or OpenAISettings()
+    app.on_response_prepare.append(_cors_headers)
+    add = app.router.add_route
+    posts = {"chat/completions": chat_completions, "completions": completions, "embeddings": embeddings,
+             "rerank": rerank, "tokenize": tokenize}
+    for prefix in PREFIXES:
+        for path, handler in posts.items():
+            add("POST", f"{prefix}/{path}", handler)
+            add("OPTIONS", f"{prefix}/{path}", preflight)
+        add("GET", f"{prefix}/models", list_models)
+        if prefix != "/v1":  # GET /v1/models/{name} is TensorFlow Serving's model status
+            add("GET", prefix + "/models/{model_id}", get_model)

@@ -1,0 +1,96 @@
+"""A real ovms serving the fixture LLM, embedder and reranker (config.json with graphs), for the openai client."""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from tests.conftest import ThreadedServer
+
+FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "genai"
+LLM_DIR = FIXTURES / "tiny-llm"
+EMBEDDER_DIR = FIXTURES / "tiny-embedder"
+RERANKER_DIR = FIXTURES / "tiny-reranker"
+
+LLM_GRAPH = """
+input_stream: "HTTP_REQUEST_PAYLOAD:input"
+output_stream: "HTTP_RESPONSE_PAYLOAD:output"
+node: {{
+  name: "LLMExecutor"
+  calculator: "HttpLLMCalculator"
+  input_side_packet: "LLM_NODE_RESOURCES:llm"
+  node_options: {{
+    [type.googleapis.com / mediapipe.LLMCalculatorOptions]: {{
+      models_path: "{path}",
+      plugin_config: '{{ }}',
+      enable_prefix_caching: false,
+      cache_size: 1,
+      max_num_seqs: {max_num_seqs},
+      device: "CPU",
+    }}
+  }}
+}}
+"""
+
+EMBEDDINGS_GRAPH = """
+input_stream: "REQUEST_PAYLOAD:input"
+output_stream: "RESPONSE_PAYLOAD:output"
+node {{
+  name: "EmbeddingsExecutor"
+  calculator: "EmbeddingsCalculatorOV"
+  input_side_packet: "EMBEDDINGS_NODE_RESOURCES:embeddings_servable"
+  node_options: {{
+    [type.googleapis.com / mediapipe.EmbeddingsCalculatorOVOptions]: {{
+      models_path: "{path}",
+      normalize_embeddings: true,
+      pooling: MEAN,
+      target_device: "CPU"
+    }}
+  }}
+}}
+"""
+
+RERANK_GRAPH = """
+node {{
+  calculator: "RerankCalculatorOV"
+  node_options: {{
+    [type.googleapis.com / mediapipe.RerankCalculatorOVOptions]: {{ models_path: "{path}", target_device: "CPU" }}
+  }}
+}}
+"""
+
+
+def write_config(root: pathlib.Path, *, max_num_seqs: int = 8) -> pathlib.Path:
+    """config.json with the three graphs, each named as OVMS allows: model entry, mediapipe entry."""
+    graphs = {"tiny-llm": LLM_GRAPH.format(path=LLM_DIR, max_num_seqs=max_num_seqs),
+              "tiny-embedder": EMBEDDINGS_GRAPH.format(path=EMBEDDER_DIR),
+              "tiny-reranker": RERANK_GRAPH.format(path=RERANKER_DIR)}
+    for name, graph in graphs.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        (root / name / "graph.pbtxt").write_text(graph)
+    config = {"model_config_list": [{"config": {"name": "tiny-llm", "base_path": str(root / "tiny-llm")}}],
+              "mediapipe_config_list": [{"name": "tiny-embedder", "base_path": str(root / "tiny-embedder")},
+                                        {"name": "tiny-reranker", "base_path": str(root / "tiny-reranker")}]}
+    path = root / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def genai_server(tmp_path_factory):
+    with ThreadedServer(config_path=write_config(tmp_path_factory.mktemp("genai"))) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def base_url(genai_server) -> str:
+    return f"http://{genai_server.rest_url}/v3"
+
+
+@pytest.fixture
+def client(base_url):
+    import openai
+
+    with openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60) as c:
+        yield c

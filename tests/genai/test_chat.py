@@ -1,0 +1,78 @@
+"""Chat and text completions through the real openai client against a real ovms."""
+from __future__ import annotations
+
+import asyncio
+
+import openai
+
+from tests.fixtures.genai.dialogues import DIALOGUES, HELLO_ANSWER
+
+MODEL = "tiny-llm"
+
+
+def test_chat_completion_answers_the_trained_dialogues(client):
+    for dialogue in DIALOGUES:
+        if dialogue.get("tools"):
+            continue
+        response = client.chat.completions.create(model=MODEL, messages=dialogue["messages"], max_tokens=60)
+        assert response.choices[0].message.content == dialogue["answer"]
+        assert response.choices[0].finish_reason == "stop"
+        assert response.choices[0].message.role == "assistant"
+        assert response.object == "chat.completion" and response.model == MODEL
+        assert response.usage.prompt_tokens > 0 and response.usage.completion_tokens > 0
+        assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+
+
+def test_max_tokens_gives_length_finish(client):
+    response = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello"}],
+                                              max_tokens=2)
+    assert response.choices[0].finish_reason == "length"
+    assert response.usage.completion_tokens == 2
+    assert HELLO_ANSWER.startswith(response.choices[0].message.content)
+
+
+def test_stop_string_truncates(client):
+    response = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Count to five"}],
+                                              stop=[" three"], max_tokens=30)
+    assert response.choices[0].message.content == "one two"
+    assert response.choices[0].finish_reason == "stop"
+
+
+def test_streaming_chat_deltas_concatenate_to_the_answer(client):
+    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi in Japanese"}],
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "こんにちは 👋 (konnichiwa)"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "stop" and all(f is None for f in finishes[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+
+
+def test_completions_plain_and_streaming(client):
+    response = client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=12)
+    assert response.choices[0].text.startswith(" jumps over the lazy dog.")
+    assert response.object == "text_completion"
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=MODEL, prompt="The quick brown fox", max_tokens=12, stream=True))
+    assert streamed == response.choices[0].text
+    echoed = client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=12, echo=True)
+    assert echoed.choices[0].text == "The quick brown fox" + response.choices[0].text
+
+
+def test_async_client_concurrent_streams(base_url):
+    async def main():
+        async with openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0) as client:
+            async def one():
+                stream = await client.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": "Hello"}], stream=True)
+                return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            return await asyncio.gather(*[one() for _ in range(16)])
+    assert asyncio.run(main()) == [HELLO_ANSWER] * 16
+
+
+def test_models_list_and_get(client):
+    names = {m.id for m in client.models.list()}
+    assert {"tiny-llm", "tiny-embedder", "tiny-reranker"} <= names
+    assert client.models.retrieve(MODEL).id == MODEL
