@@ -62,9 +62,17 @@ def _partial_shape(text: str) -> ov.PartialShape:
     return ov.PartialShape("[" + ",".join("?" if d == "-1" else d for d in dims) + "]")
 
 
+def _dynamic(port) -> ov.PartialShape:
+    # OVMS's "auto" reshapes the model to each request's shape; a fully dynamic shape of the same rank accepts
+    # the same requests without recompiling.
+    return ov.PartialShape([ov.Dimension(-1)] * port.get_partial_shape().rank.get_length())
+
+
 def _reshape(model: ov.Model, config: ModelConfig) -> None:
     shapes: dict[str, ov.PartialShape] = {}
-    if isinstance(config.shape, str) and config.shape != "auto":
+    if config.shape == "auto":
+        shapes = {port.get_any_name(): _dynamic(port) for port in model.inputs}
+    elif isinstance(config.shape, str):
         if len(model.inputs) != 1:
             raise ModelLoadError(f"model {config.name}: Anonymous fixed shape is invalid for models with multiple "
                                  'inputs; give shapes per input: {"input_name": "(1,3,224,224)"}')
@@ -75,10 +83,9 @@ def _reshape(model: ov.Model, config: ModelConfig) -> None:
             if name not in names:
                 raise ModelLoadError(f"model {config.name}: Shape from config not found in network: input "
                                      f"{name!r}; inputs are {sorted(names)}")
-            if text != "auto":
-                shapes[name] = _partial_shape(text)
-    if config.batch_size not in (None, "auto"):
-        batch = ov.Dimension(-1) if config.batch_size == "-1" else ov.Dimension(
+            shapes[name] = _dynamic(model.input(name)) if text == "auto" else _partial_shape(text)
+    if config.batch_size is not None:
+        batch = ov.Dimension(-1) if config.batch_size in ("-1", "auto") else ov.Dimension(
             *map(int, config.batch_size.split(":"))) if ":" in config.batch_size else ov.Dimension(
             int(config.batch_size))
         for port in model.inputs:
@@ -95,19 +102,23 @@ def _reshape(model: ov.Model, config: ModelConfig) -> None:
                                  f"({_first_line(exc)})") from None
 
 
-def _apply_layout(model: ov.Model, config: ModelConfig) -> None:
+def _apply_layout(model: ov.Model, config: ModelConfig) -> ov.Model:
+    """OVMS layouts: "NCHW" tags an input; "NHWC:NCHW" serves NHWC requests to a model that takes NCHW."""
     if config.layout is None:
-        return
+        return model
     layouts = [(model.inputs[0].get_any_name(), config.layout)] if isinstance(config.layout, str) \
         else list(config.layout)
-    for name, text in layouts:
-        # "NHWC:NCHW" asks OVMS to accept NHWC and feed the model NCHW; a plain layout only tags the input.
-        target = text.split(":")[-1]
-        try:
-            model.input(name).get_node().set_layout(ov.Layout(target))
-        except RuntimeError as exc:
-            raise ModelLoadError(f"model {config.name}: layout {text!r} for input {name!r} is invalid "
-                                 f"({_first_line(exc)})") from None
+    ppp = ov.preprocess.PrePostProcessor(model)
+    try:
+        for name, text in layouts:
+            served, _, model_layout = text.partition(":")
+            step = ppp.input(name)
+            step.tensor().set_layout(ov.Layout(served))
+            step.model().set_layout(ov.Layout(model_layout or served))
+        return ppp.build()
+    except RuntimeError as exc:
+        raise ModelLoadError(f"model {config.name}: layout {config.layout!r} cannot be applied "
+                             f"({_first_line(exc)}); use e.g. NCHW, or NHWC:NCHW to accept NHWC input") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -148,7 +159,7 @@ class OpenVINOServable(InferServable):
         except RuntimeError as exc:
             raise ModelLoadError(f"{path}: Error while loading a network ({_first_line(exc)})") from None
         _reshape(model, config)
-        _apply_layout(model, config)
+        model = _apply_layout(model, config)
         try:
             self._compiled = core().compile_model(model, config.target_device, dict(config.plugin_config))
         except RuntimeError as exc:

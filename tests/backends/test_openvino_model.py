@@ -1,0 +1,77 @@
+"""The OpenVINO backend on real tiny models: shape/batch "auto", layouts, load errors, concurrency."""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from ovms.backends.openvino_model import load_servable
+from ovms.config import ModelConfig
+from ovms.errors import ModelLoadError, ServingError
+from ovms.types import InferRequest, Tensor
+
+
+def run(servable, *tensors: Tensor):
+    return asyncio.run(servable.infer(InferRequest(servable.name, None, list(tensors))))
+
+
+def test_layout_nhwc_to_nchw(model_repo):
+    servable = load_servable(ModelConfig("image", model_repo / "image", layout="NHWC:NCHW"), 1)
+    try:
+        assert servable.inputs[0].shape == (1, 224, 224, 3)
+        x = np.random.default_rng(0).random((1, 224, 224, 3), dtype=np.float32)
+        out = run(servable, Tensor("INPUT0", "FP32", x.shape, array=x)).outputs[0].as_array()
+        assert np.array_equal(out, x.transpose(0, 3, 1, 2))
+    finally:
+        servable.close()
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"shape": "auto"}, (-1, -1)),
+    ({"batch_size": "auto"}, (-1, 16)),
+    ({"batch_size": "4"}, (4, 16)),
+    ({"shape": {"INPUT0": "(2,16)", "INPUT1": "(2,16)"}}, (2, 16)),
+])
+def test_shapes(model_repo, options, expected):
+    shape = options.get("shape")
+    if isinstance(shape, dict):
+        options = {**options, "shape": tuple(shape.items())}
+    servable = load_servable(ModelConfig("simple", model_repo / "simple", **options), 1)
+    try:
+        assert [s.shape for s in servable.inputs] == [expected, expected]
+        rows = 3 if expected[0] == -1 else expected[0]
+        a = np.arange(rows * 16, dtype=np.int32).reshape(rows, 16)
+        out = run(servable, Tensor("INPUT0", "INT32", a.shape, array=a), Tensor("INPUT1", "INT32", a.shape, array=a))
+        assert np.array_equal(out.outputs[0].as_array(), a * 2)
+    finally:
+        servable.close()
+
+
+def test_load_errors_say_what_to_fix(model_repo, tmp_path):
+    (tmp_path / "1").mkdir()
+    with pytest.raises(ModelLoadError, match="no model file found; put an OpenVINO IR"):
+        load_servable(ModelConfig("x", tmp_path), 1)
+    with pytest.raises(ModelLoadError, match="Anonymous fixed shape is invalid for models with multiple inputs"):
+        load_servable(ModelConfig("simple", model_repo / "simple", shape="(1,16)"), 1)
+    with pytest.raises(ModelLoadError, match="Shape from config not found in network"):
+        load_servable(ModelConfig("simple", model_repo / "simple", shape=(("nope", "(1,2)"),)), 1)
+    with pytest.raises(ModelLoadError, match="Model could not be reshaped"):
+        load_servable(ModelConfig("dummy", model_repo / "dummy", shape="(1,2,3)"), 1)
+
+
+def test_many_concurrent_requests_and_close(model_repo):
+    servable = load_servable(ModelConfig("dummy", model_repo / "dummy", nireq=3), 2)
+
+    async def many():
+        xs = [np.full((1, 10), i, np.float32) for i in range(100)]
+        results = await asyncio.gather(*(servable.infer(InferRequest("dummy", None, [Tensor("b", "FP32", x.shape,
+                                                                                         array=x)]))
+                                         for x in xs))
+        return [r.outputs[0].as_array()[0, 0] for r in results]
+    try:
+        assert asyncio.run(many()) == [i + 2.0 for i in range(100)]
+        with pytest.raises(ServingError, match="Invalid input shape"):
+            run(servable, Tensor("b", "FP32", (1, 9), array=np.zeros((1, 9), np.float32)))
+    finally:
+        servable.close()
