@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -57,6 +58,11 @@ def start_hub(work: pathlib.Path, spec: dict) -> tuple[subprocess.Popen, str]:
     return proc, json.loads(line)["endpoint"]
 
 
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_ovms(endpoint: str, target: pathlib.Path, env: dict, *, kill_after: float | None = None) -> float:
     cmd = [sys.executable, "-m", "ovms", "--pull", "--source_model", REPO, "--model_repository_path", str(target),
            "--task", "text_generation", "--log_level", "WARNING"]
@@ -91,49 +97,61 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="where blobs and targets go (default: a temp dir)")
     args = parser.parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="pull_bench_", dir=args.workdir))
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "GIT_LFS_", "OVMS_PULL_"))}
     total_mib = args.large * args.large_mib + args.small * 5 / 1024
     hub, endpoint = start_hub(work, make_files(work, args.large, args.large_mib, args.small))
     try:
         times: dict[str, list[float]] = {"ovms": [], "huggingface_hub": []}
+        cpu: dict[str, list[float]] = {"ovms": [], "huggingface_hub": []}
         for r in range(args.rounds):
             order = ("ovms", "huggingface_hub") if r % 2 == 0 else ("huggingface_hub", "ovms")
             for name in order:
                 target = work / f"{name}-{r}"
                 target.mkdir()
+                cpu0 = children_cpu()
                 elapsed = (run_ovms(endpoint, target / "models", env) if name == "ovms"
                            else run_hf(endpoint, target / "snapshot", env))
                 times[name].append(elapsed)
-                print(f"round {r + 1} {name:16s} {elapsed:7.2f} s  {total_mib / elapsed:8.1f} MiB/s", flush=True)
+                cpu[name].append(children_cpu() - cpu0)
+                print(f"round {r + 1} {name:16s} {elapsed:7.2f} s  {total_mib / elapsed:8.1f} MiB/s  "
+                      f"client CPU {cpu[name][-1]:.2f} s", flush=True)
                 shutil.rmtree(target)
         ovms_med = statistics.median(times["ovms"])
         hf_med = statistics.median(times["huggingface_hub"])
-        # Resume: kill halfway, re-run; compare with a clean run.
-        target = work / "resume"
-        target.mkdir()
-        killed = run_ovms(endpoint, target / "models", env, kill_after=ovms_med / 2)
-        resumed = run_ovms(endpoint, target / "models", env)
-        shutil.rmtree(target)
+        # Resume: SIGKILL halfway through, re-run the same command; compare with a clean run.
+        resume_runs = []
+        for r in range(args.rounds):
+            target = work / f"resume-{r}"
+            target.mkdir()
+            killed = run_ovms(endpoint, target / "models", env, kill_after=ovms_med / 2)
+            resumed = run_ovms(endpoint, target / "models", env)
+            resume_runs.append((killed, resumed))
+            print(f"resume {r + 1}: killed at {killed:.2f} s, re-run {resumed:.2f} s", flush=True)
+            shutil.rmtree(target)
+        killed, resumed = sorted(resume_runs, key=sum)[len(resume_runs) // 2]
     finally:
         hub.stdin.close()
         hub.wait(30)
         shutil.rmtree(work, ignore_errors=True)
     print()
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {platform.machine()}, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.platform()}")
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.platform()}; "
+          f"load average before: {load_before}")
     print(f"files: {args.large} x {args.large_mib} MiB + {args.small} small ({total_mib:.0f} MiB), loopback, "
           f"{args.rounds} alternating rounds, fresh target each run")
     print()
-    print("| client | median s | MiB/s | runs (s) |")
-    print("|---|---|---|---|")
+    print("| client | median s | MiB/s | client CPU s (median) | runs (s) |")
+    print("|---|---|---|---|---|")
     for name, med in (("ovms --pull (sha256/sha1 verified)", ovms_med), ("huggingface_hub.snapshot_download "
                                                                           "(size checked)", hf_med)):
         key = "ovms" if name.startswith("ovms") else "huggingface_hub"
-        print(f"| {name} | {med:.2f} | {total_mib / med:.0f} | {', '.join(f'{t:.2f}' for t in times[key])} |")
+        print(f"| {name} | {med:.2f} | {total_mib / med:.0f} | {statistics.median(cpu[key]):.2f} | "
+              f"{', '.join(f'{t:.2f}' for t in times[key])} |")
     print()
     print(f"speed-up of ovms over huggingface_hub: {hf_med / ovms_med:.2f}x")
-    print(f"resume: killed at {killed:.2f} s + re-run {resumed:.2f} s = {killed + resumed:.2f} s vs clean "
-          f"{ovms_med:.2f} s: overhead {killed + resumed - ovms_med:+.2f} s")
+    print(f"resume (median of {len(resume_runs)}): killed at {killed:.2f} s + re-run {resumed:.2f} s = "
+          f"{killed + resumed:.2f} s vs clean {ovms_med:.2f} s: overhead {killed + resumed - ovms_med:+.2f} s")
 
 
 if __name__ == "__main__":

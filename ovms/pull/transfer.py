@@ -152,9 +152,10 @@ class Downloader:
         else:
             job.fd = os.open(job.part, os.O_WRONLY)
             done = sum(s.done for s in segments)
-            log.info("Resuming %s: %.1f of %.1f MiB already on disk", job.remote.path, done / 2**20,
-                     job.remote.size / 2**20)
-            self.progress.update(done)
+            if done:
+                log.info("Resuming %s: %.1f of %.1f MiB already on disk", job.remote.path, done / 2**20,
+                         job.remote.size / 2**20)
+                self.progress.update(done)
         job.segments = segments
         job.phase = "downloading"
         for seg in segments:
