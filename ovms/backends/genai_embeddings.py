@@ -88,7 +88,9 @@ class RerankPipelineServable(RerankServable):
         path = options.models_path
         _check_dir(path)
         try:
-            self._pipe = ov_genai.TextRerankPipeline(str(path), options.device, **options.plugin_config)
+            config = ov_genai.TextRerankPipeline.Config()
+            config.top_n = int(options.max_allowed_chunks)  # the pipeline's default keeps only 3 documents
+            self._pipe = ov_genai.TextRerankPipeline(str(path), options.device, config, **options.plugin_config)
             self._tokens = _Counting(path)
         except RuntimeError as exc:
             raise ModelLoadError(f"{path}: openvino_genai could not load the rerank model: {exc}") from None

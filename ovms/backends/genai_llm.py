@@ -182,6 +182,7 @@ class LLMServable(GenerativeServable):
         self.ttft_ns: list[int] = []
         self.tpot_ns: list[float] = []
         self.generated_tokens = 0
+        self.cancelled_requests = 0
         self.kv_cache_usage = 0.0
         self._thread = threading.Thread(target=self._run, name=f"ovms-genai-{name}", daemon=True)
         self._thread.start()
@@ -312,6 +313,7 @@ class LLMServable(GenerativeServable):
                 if sequence.handle is not None and not sequence.cancelled:
                     sequence.cancelled = True
                     sequence.handle.cancel()
+                    self.cancelled_requests += 1
             try:
                 if pipe.has_non_finished_requests():
                     pipe.step()
