@@ -54,6 +54,7 @@ class FileJob:
     location: str | None = None  # where the hub redirected us (the CDN), reused for every range
     segments: list[state.Segment] = dataclasses.field(default_factory=list)
     fd: int = -1
+    fresh: bool = True  # no part file yet: create it (and its sidecar) when the first range starts
     phase: str = "new"  # new -> checking (final exists) | downloading -> verifying -> done
     failures: int = 0
     verify_failures: int = 0
@@ -133,24 +134,18 @@ class Downloader:
         self._open(job)
 
     def _open(self, job: FileJob, *, fresh: bool = False) -> None:
-        job.final.parent.mkdir(parents=True, exist_ok=True)
+        """Plan the file's ranges (or take them from its sidecar) and queue what is missing.
+
+        The part file itself is created or opened only when its first range starts (``_ensure_open``): a
+        repository of thousands of files never holds thousands of descriptors.
+        """
         segments = None if fresh or not self.settings.resume_enabled else state.load_sidecar(job.final, job.remote)
         if segments is None:
             state.discard_partial(job.final)
             segments = state.plan_segments(job.remote.size, self.settings.segment_bytes, self.settings.connections)
-            fd = os.open(job.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                if job.remote.size:
-                    os.posix_fallocate(fd, 0, job.remote.size)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    os.close(fd)
-                    raise disk_full(job.final, job.remote.size) from None
-                # EOPNOTSUPP/EINVAL on some filesystems: fine, pwrite extends the file as needed.
-            job.fd = fd
-            state.save_sidecar(job.final, job.remote, self.commit, segments)
+            job.fresh = True
         else:
-            job.fd = os.open(job.part, os.O_WRONLY)
+            job.fresh = False
             done = sum(s.done for s in segments)
             if done:
                 log.info("Resuming %s: %.1f of %.1f MiB already on disk", job.remote.path, done / 2**20,
@@ -164,7 +159,29 @@ class Downloader:
         if all(s.complete for s in segments):
             self._segments_complete(job)
 
+    def _ensure_open(self, job: FileJob) -> None:
+        if job.fd >= 0:
+            return
+        if not job.fresh:
+            job.fd = os.open(job.part, os.O_WRONLY)
+            return
+        job.final.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(job.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            if job.remote.size:
+                os.posix_fallocate(fd, 0, job.remote.size)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                os.close(fd)
+                raise disk_full(job.final, job.remote.size) from None
+            # EOPNOTSUPP/EINVAL on some filesystems: fine, pwrite extends the file as needed.
+        job.fd = fd
+        job.fresh = False
+        # The sidecar exists before the first byte: a part without one is never trusted.
+        state.save_sidecar(job.final, job.remote, self.commit, job.segments)
+
     def _segments_complete(self, job: FileJob) -> None:
+        self._ensure_open(job)  # an empty file has no range to start it
         state.save_sidecar(job.final, job.remote, self.commit, job.segments)
         os.close(job.fd)
         job.fd = -1
@@ -207,6 +224,7 @@ class Downloader:
 
     # ---- transfers ---------------------------------------------------------------------------------------
     def _start(self, job: FileJob, seg: state.Segment) -> None:
+        self._ensure_open(job)
         url = job.location or job.url
         handle = self.idle_handles.pop() if self.idle_handles else pycurl.Curl()
         handle.reset()
