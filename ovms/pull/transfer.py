@@ -106,6 +106,7 @@ class Downloader:
         self.progress = progress
         self.stop_requested = stop_requested  # returns a signal name when the user asked to stop
         self.writer = load_native("rangewrite")
+        log.debug("Range writer: %s", self.writer.__name__)
         self.multi = pycurl.CurlMulti()
         self.idle_handles: list[pycurl.Curl] = []
         self.queue: collections.deque[tuple[FileJob, state.Segment]] = collections.deque()

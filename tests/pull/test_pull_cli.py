@@ -340,3 +340,14 @@ def test_many_files_with_few_file_descriptors(hub, tmp_path):
                           timeout=120, preexec_fn=low_limit)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert_pulled(tmp_path / "OpenVINO" / "many-files", files)
+
+
+def test_pure_python_range_writer_end_to_end(pull, hub, llm_repo, big_files):
+    """OVMS_NO_EXTENSIONS=1: the same pull through the pure-Python twin, with a dropped connection."""
+    hub.set_faults(REPO, "openvino_model.bin", Faults(drop_after=500_000, times=2))
+    run = pull(REPO, "--task", "text_generation", "--log_level", "DEBUG", OVMS_NO_EXTENSIONS="1")
+    assert run.code == 0, run.output
+    assert "Range writer: ovms._native.rangewrite_py" in run.output
+    run = pull(REPO, "--task", "text_generation", "--log_level", "DEBUG", "--overwrite_models")
+    assert "Range writer: ovms._native.rangewrite_c" in run.output
+    assert_pulled(model_dir(pull), tiny_llm_files(big_files))
