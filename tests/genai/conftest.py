@@ -61,17 +61,21 @@ node {{
 """
 
 
-def write_config(root: pathlib.Path, *, max_num_seqs: int = 8) -> pathlib.Path:
-    """config.json with the three graphs, each named as OVMS allows: model entry, mediapipe entry."""
+def write_config(root: pathlib.Path, *, max_num_seqs: int = 8, minilm: pathlib.Path | None = None) -> pathlib.Path:
+    """config.json with the graphs, each named as OVMS allows: model entry, mediapipe entry."""
     graphs = {"tiny-llm": LLM_GRAPH.format(path=LLM_DIR, max_num_seqs=max_num_seqs),
               "tiny-embedder": EMBEDDINGS_GRAPH.format(path=EMBEDDER_DIR),
               "tiny-reranker": RERANK_GRAPH.format(path=RERANKER_DIR)}
+    if minilm is not None:
+        graphs["minilm"] = EMBEDDINGS_GRAPH.format(path=minilm)
     for name, graph in graphs.items():
         (root / name).mkdir(parents=True, exist_ok=True)
         (root / name / "graph.pbtxt").write_text(graph)
     config = {"model_config_list": [{"config": {"name": "tiny-llm", "base_path": str(root / "tiny-llm")}}],
               "mediapipe_config_list": [{"name": "tiny-embedder", "base_path": str(root / "tiny-embedder")},
                                         {"name": "tiny-reranker", "base_path": str(root / "tiny-reranker")}]}
+    if minilm is not None:
+        config["mediapipe_config_list"].append({"name": "minilm", "base_path": str(root / "minilm")})
     path = root / "config.json"
     path.write_text(json.dumps(config))
     return path
@@ -79,7 +83,11 @@ def write_config(root: pathlib.Path, *, max_num_seqs: int = 8) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def genai_server(tmp_path_factory):
-    with ThreadedServer(config_path=write_config(tmp_path_factory.mktemp("genai"))) as running:
+    from tests.genai.minilm import write_minilm_ir
+
+    root = tmp_path_factory.mktemp("genai")
+    minilm = write_minilm_ir(root / "minilm-ir")
+    with ThreadedServer(config_path=write_config(root, minilm=minilm)) as running:
         yield running
 
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import requests
 
-from tests.genai.conftest import EMBEDDER_DIR, RERANKER_DIR
+from tests.genai.conftest import EMBEDDER_DIR, FIXTURES, RERANKER_DIR
 
 
 def test_embeddings_match_the_torch_reference(client):
@@ -17,6 +17,16 @@ def test_embeddings_match_the_torch_reference(client):
     assert np.allclose((got * want).sum(axis=1), 1.0, atol=1e-5)
     assert [d.index for d in response.data] == list(range(len(reference["sentences"])))
     assert response.usage.prompt_tokens == sum(reference["token_counts"])
+
+
+def test_minilm_embeddings_match_sentence_transformers(client):
+    """Real all-MiniLM-L6-v2 weights, served with the graph's MEAN pooling, against sentence-transformers."""
+    reference = json.loads((FIXTURES / "minilm-reference.json").read_text())
+    response = client.embeddings.create(model="minilm", input=reference["sentences"], encoding_format="float")
+    got = np.array([d.embedding for d in response.data])
+    cosine = (got * np.array(reference["embeddings"])).sum(axis=1)
+    assert got.shape == (len(reference["sentences"]), 384)
+    assert cosine.min() > 0.9999, cosine
 
 
 def test_embeddings_base64_equals_float(client):
