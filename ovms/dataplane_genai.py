@@ -36,7 +36,8 @@ class GenAIDataPlane:
         self._loaded_at: dict[str, int] = {}
 
     def _count(self, method: str, name: str, ok: bool) -> None:
-        self.dataplane._count("OpenAI", "REST", method, name, 1, ok)
+        # OVMS counts /v3 requests as api="V3", method="Unary" (or "Stream" for SSE answers)
+        self.dataplane._count("V3", "REST", method, name, "", ok)
 
     @contextlib.asynccontextmanager
     async def _hold(self, name: str, capability: type, method: str, what: str):
@@ -59,10 +60,10 @@ class GenAIDataPlane:
     @contextlib.asynccontextmanager
     async def generation(self, name: str, params: SamplingParams, *, messages: list[ChatMessage] | None = None,
                          prompt: str | None = None, tools: list | None = None,
-                         template_kwargs: dict | None = None) -> AsyncIterator[Generation]:
+                         template_kwargs: dict | None = None, stream: bool = False) -> AsyncIterator[Generation]:
         """Render the prompt (chat template for messages), start generating, and abort on early exit."""
-        async with self._hold(name, GenerativeServable, "chat/completions" if messages is not None else
-                              "completions", "text generation (/v3/chat/completions, /v3/completions)") as servable:
+        async with self._hold(name, GenerativeServable, "Stream" if stream else "Unary",
+                              "text generation (/v3/chat/completions, /v3/completions)") as servable:
             if messages is not None:
                 prompt = servable.apply_chat_template(messages, tools=tools, template_kwargs=template_kwargs)
             stream = await servable.generate(GenerationRequest(name, prompt or "", params))
@@ -70,17 +71,27 @@ class GenAIDataPlane:
                 yield Generation(stream, servable.info, prompt or "")
             finally:
                 stream.abort()  # no-op when it finished; frees the sequence when the client went away
+                self._observe(name, stream)
+
+    def _observe(self, name: str, stream: GenerationStream) -> None:
+        metrics = self.dataplane.metrics
+        if metrics is None:
+            return
+        if stream.ttft_us is not None:
+            metrics.observe("ovms_llm_time_to_first_token_us", (name, "1", "REST"), stream.ttft_us)
+        if stream.tpot_us is not None:
+            metrics.observe("ovms_llm_time_per_output_token_us", (name, "1", "REST"), stream.tpot_us)
 
     async def embed(self, name: str, inputs) -> EmbeddingResult:
-        async with self._hold(name, EmbeddingServable, "embeddings", "embeddings (/v3/embeddings)") as servable:
+        async with self._hold(name, EmbeddingServable, "Unary", "embeddings (/v3/embeddings)") as servable:
             return await servable.embed(inputs)
 
     async def rerank(self, name: str, query: str, documents: list[str]) -> RerankResult:
-        async with self._hold(name, RerankServable, "rerank", "rerank (/v3/rerank)") as servable:
+        async with self._hold(name, RerankServable, "Unary", "rerank (/v3/rerank)") as servable:
             return await servable.rerank(query, documents)
 
     async def tokenize(self, name: str, text: str) -> list[int]:
-        async with self._hold(name, GenerativeServable, "tokenize", "tokenization (/v3/tokenize)") as servable:
+        async with self._hold(name, GenerativeServable, "Unary", "tokenization (/v3/tokenize)") as servable:
             return await servable.tokenize(text)
 
     def _created(self, name: str) -> int:

@@ -69,6 +69,9 @@ class GenerationStream(abc.ABC):
     """A started generation: its prompt length, its final text pieces, and ``abort`` to cancel it."""
 
     prompt_tokens: int = 0
+    generated_tokens: int = 0
+    ttft_us: float | None = None  # time to first token, once known
+    tpot_us: float | None = None  # mean time per output token after the first, once finished
 
     @abc.abstractmethod
     def __aiter__(self) -> AsyncIterator["TextChunk"]: ...

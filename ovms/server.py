@@ -107,6 +107,10 @@ class Server:
             for family, attribute in (("ovms_streams", "streams"), ("ovms_infer_req_queue_size", "nireq"),
                                       ("ovms_infer_req_active", "active")):
                 yield family, model.name, {str(e.version): getattr(e.servable, attribute, 0) for e in live}
+            for family, attribute in (("ovms_llm_kv_cache_usage", "kv_cache_usage"),
+                                      ("ovms_llm_generated_tokens", "generated_tokens")):  # GenAI servables
+                if any(hasattr(e.servable, attribute) for e in live):
+                    yield family, model.name, {str(e.version): getattr(e.servable, attribute, 0) for e in live}
 
     def _models_changed(self) -> None:
         if self._grpc is not None:

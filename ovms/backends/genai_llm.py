@@ -179,8 +179,6 @@ class LLMServable(GenerativeServable):
         self._loop: asyncio.AbstractEventLoop | None = None
         # metrics (read by the data plane)
         self.in_flight = 0
-        self.ttft_ns: list[int] = []
-        self.tpot_ns: list[float] = []
         self.generated_tokens = 0
         self.cancelled_requests = 0
         self.kv_cache_usage = 0.0
@@ -284,11 +282,11 @@ class LLMServable(GenerativeServable):
 
     def _record(self, stream: _Stream) -> None:
         self.generated_tokens += stream.generated
+        stream.generated_tokens = stream.generated
         if stream.first_token_ns is not None:
-            self.ttft_ns.append(stream.first_token_ns - stream.started_ns)
+            stream.ttft_us = (stream.first_token_ns - stream.started_ns) / 1000
             if stream.generated > 1:
-                self.tpot_ns.append((time.perf_counter_ns() - stream.first_token_ns) / (stream.generated - 1))
-        del self.ttft_ns[:-10000], self.tpot_ns[:-10000]
+                stream.tpot_us = (time.perf_counter_ns() - stream.first_token_ns) / 1000 / (stream.generated - 1)
 
     # ---- the stepping thread -----------------------------------------------------------------------------
 

@@ -105,7 +105,11 @@ def test_client_disconnect_cancels_generation(genai_server):
 def guarded_server(tmp_path_factory):
     from ovms.transport.openai_rest import OpenAISettings
 
-    running = ThreadedServer(config_path=write_config(tmp_path_factory.mktemp("guarded"), max_num_seqs=1))
+    families = frozenset({"ovms_requests_success", "ovms_requests_fail", "ovms_llm_time_to_first_token_us",
+                          "ovms_llm_time_per_output_token_us", "ovms_llm_kv_cache_usage",
+                          "ovms_llm_generated_tokens"})
+    running = ThreadedServer(config_path=write_config(tmp_path_factory.mktemp("guarded"), max_num_seqs=1),
+                             metrics_families=families)
     running.server.dataplane.openai_settings = OpenAISettings(api_key="s3cret", allowed_origins="http://ui.local",
                                                               allow_credentials=True)
     with running:
@@ -145,3 +149,18 @@ def test_busy_beyond_the_queue(guarded_server):
     assert 200 in codes and 503 in codes, codes
     busy = next(r for r in statuses if r.status_code == 503)
     assert "Server busy" in busy.json()["error"]
+
+
+def test_genai_metrics(guarded_server):
+    headers = {"Authorization": "Bearer s3cret"}
+    assert post(guarded_server, "chat/completions", {**HELLO, "max_tokens": 5}, headers=headers).status_code == 200
+    assert post(guarded_server, "chat/completions", {**HELLO, "max_tokens": 5, "stream": True},
+                headers=headers).status_code == 200
+    text = requests.get(guarded_server.replace("/v3", "/metrics"), timeout=10).text
+    assert 'ovms_requests_success{api="V3",interface="REST",method="Unary",name="tiny-llm"}' in text
+    assert 'ovms_requests_success{api="V3",interface="REST",method="Stream",name="tiny-llm"}' in text
+    assert re.search(r'ovms_llm_time_to_first_token_us_count\{interface="REST",name="tiny-llm",version="1"\} '
+                     r'[1-9]', text), text
+    assert 'ovms_llm_time_per_output_token_us_bucket' in text
+    assert re.search(r'ovms_llm_generated_tokens\{name="tiny-llm",version="1"\} [1-9]', text)
+    assert 'ovms_llm_kv_cache_usage{name="tiny-llm",version="1"}' in text
