@@ -112,7 +112,7 @@ async def _stream(request: web.Request, call: codec.GenerateCall, generation, re
     await response.prepare(request)
     buffer_tools = bool(call.chat and call.tools and generation.info.tool_parser)
     held: dict[int, list[str]] = {}
-    pending: dict = {}
+    encoder = codec.ChunkEncoder(call, response_id, created)
     completion_tokens = 0
     try:
         if call.chat:
@@ -139,18 +139,10 @@ async def _stream(request: web.Request, call: codec.GenerateCall, generation, re
                 continue
             if not chunk.text and chunk.finish_reason is None:
                 continue
-            # One text piece is held back so the finish reason rides on the last content chunk (the EOS token
-            # comes one step after the last text); it costs one token of latency per piece, not more.
-            previous = pending.pop(chunk.index, None)
-            if chunk.finish_reason is not None and not chunk.text and previous is not None:
-                previous.finish_reason = chunk.finish_reason
-                chunk = previous
-            elif previous is not None:
-                await response.write(_chunk_sse(call, response_id, created, previous))
-            if chunk.finish_reason is None:
-                pending[chunk.index] = chunk
-                continue
-            await response.write(_chunk_sse(call, response_id, created, chunk))
+            # The finish reason rides on the chunk that ends the sequence; when the end (EOS) comes one step
+            # after the last text, that chunk has empty content, as OpenAI's and vLLM's final chunks do. Holding
+            # text back to merge them would add a flush interval to the time to first token.
+            await response.write(encoder.text(chunk.index, chunk.text, chunk.finish_reason))
         if call.include_usage:
             usage = Usage(generation.stream.prompt_tokens, completion_tokens)
             await response.write(codec.sse(codec.usage_chunk_json(call, response_id, created, usage)))
@@ -162,11 +154,6 @@ async def _stream(request: web.Request, call: codec.GenerateCall, generation, re
     except (ConnectionResetError, ConnectionError):
         log.info("client of %s went away; generation cancelled", response_id)
     return response
-
-
-def _chunk_sse(call, response_id: str, created: int, chunk) -> bytes:
-    return codec.sse(codec.chunk_json(call, response_id, created, chunk.index, text=chunk.text,
-                                      finish_reason=chunk.finish_reason))
 
 
 async def embeddings(request: web.Request) -> web.Response:

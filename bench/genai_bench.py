@@ -1,0 +1,220 @@
+"""Text generation: ovms over HTTP/SSE vs the same ContinuousBatchingPipeline driven in-process.
+
+    .venv/bin/python bench/genai_bench.py [--streams 1 8 16] [--max-tokens 256] [--rounds 3]
+
+Both sides use the fixture LLM (tests/fixtures/genai/tiny-llm), the same SchedulerConfig (cache_size 1,
+max_num_seqs 256, no prefix caching), the same chat-templated prompt and greedy decoding with ignore_eos, so
+each request generates exactly --max-tokens tokens. For N concurrent streams, N requests start together and
+the point's aggregate tokens/s is (N * max_tokens) / (wall time of the round); TTFT is request start to first
+token (in-process: add_request to the first token read from the handle; ovms: POST sent to the first SSE
+content chunk received), TPOT is (last token - first token) / (tokens - 1) per request. ovms runs as its own
+process (python -m ovms) so the client does not share its GIL. Results also go to bench/results/genai.json.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+LLM_DIR = ROOT / "tests" / "fixtures" / "genai" / "tiny-llm"
+GRAPH = """node: {{
+  calculator: "HttpLLMCalculator"
+  node_options: {{
+    [type.googleapis.com / mediapipe.LLMCalculatorOptions]: {{
+      models_path: "{path}", cache_size: 1, max_num_seqs: 256, enable_prefix_caching: false, device: "CPU"
+    }}
+  }}
+}}
+"""
+MESSAGES = [{"role": "user", "content": "Hello"}]
+sys.path.insert(0, str(ROOT))
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    index = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
+    return values[index]
+
+
+def summarize(walls: list[float], ttfts: list[float], tpots: list[float], tokens: int) -> dict:
+    return {"tokens_per_s": tokens / sum(walls), "ttft_p50_ms": percentile(ttfts, 50) * 1e3,
+            "ttft_p99_ms": percentile(ttfts, 99) * 1e3, "tpot_p50_ms": percentile(tpots, 50) * 1e3,
+            "tpot_p99_ms": percentile(tpots, 99) * 1e3}
+
+
+# ---- in-process ----------------------------------------------------------------------------------------------
+
+def in_process(streams: int, max_tokens: int, rounds: int) -> dict:
+    import openvino_genai as ov_genai
+
+    from ovms import chat_template
+
+    scheduler = ov_genai.SchedulerConfig()
+    scheduler.cache_size, scheduler.max_num_seqs, scheduler.enable_prefix_caching = 1, 256, False
+    pipe = ov_genai.ContinuousBatchingPipeline(str(LLM_DIR), scheduler, "CPU", {})
+    tokenizer = ov_genai.Tokenizer(str(LLM_DIR))
+    prompt = chat_template.render(chat_template.find_template(LLM_DIR), MESSAGES)
+    config = pipe.get_config()
+    config.max_new_tokens, config.ignore_eos = max_tokens, True
+    walls, ttfts, tpots, total = [], [], [], 0
+    request_id = 0
+    for round_index in range(rounds + 1):  # round 0 warms up
+        started = time.perf_counter()
+        handles = []
+        for _ in range(streams):
+            request_id += 1
+            ids = tokenizer.encode(prompt, add_special_tokens=False).input_ids
+            handles.append([pipe.add_request(request_id, ids, config), time.perf_counter(), None, None, 0])
+        while pipe.has_non_finished_requests():
+            pipe.step()
+            now = time.perf_counter()
+            for item in handles:
+                handle = item[0]
+                while handle.can_read():
+                    for output in handle.read().values():
+                        if output.generated_ids:
+                            if item[2] is None:
+                                item[2] = now
+                            item[3] = now
+                            item[4] += len(output.generated_ids)
+        for item in handles:  # tokens left unread at the end
+            while item[0].can_read():
+                for output in item[0].read().values():
+                    item[4] += len(output.generated_ids)
+        wall = time.perf_counter() - started
+        if round_index == 0:
+            continue
+        walls.append(wall)
+        for _, start, first, last, count in handles:
+            ttfts.append(first - start)
+            tpots.append((last - first) / max(1, count - 1))
+            total += count
+    return summarize(walls, ttfts, tpots, total)
+
+
+# ---- ovms over HTTP/SSE ------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ovms(workdir: pathlib.Path) -> tuple[subprocess.Popen, int]:
+    graph_dir = workdir / "tiny-llm"
+    graph_dir.mkdir()
+    (graph_dir / "graph.pbtxt").write_text(GRAPH.format(path=LLM_DIR))
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "ovms", "--model_name", "tiny-llm", "--model_path",
+                                str(graph_dir), "--rest_port", str(port), "--rest_bind_address", "127.0.0.1",
+                                "--log_level", "WARNING"], cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            time.sleep(0.1)
+    import urllib.request
+
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status == 200:
+                return process, port
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("ovms did not become ready in 60 s")
+
+
+async def ovms_round(session, url: str, streams: int, max_tokens: int):
+    body = json.dumps({"model": "tiny-llm", "messages": MESSAGES, "stream": True, "ignore_eos": True,
+                       "max_tokens": max_tokens, "stream_options": {"include_usage": True}})
+
+    async def one():
+        start = time.perf_counter()
+        first = last = None
+        tokens = 0
+        async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+            async for line in response.content:  # kept cheap: the client shares the 2 cores with ovms
+                if b'"delta": {"content": "' in line and b'"content": ""' not in line:
+                    last = time.perf_counter()
+                    first = first or last
+                elif line.startswith(b'data: {') and b'"usage"' in line:
+                    tokens = json.loads(line[6:])["usage"]["completion_tokens"]
+        return start, first, last, tokens
+
+    started = time.perf_counter()
+    results = await asyncio.gather(*[one() for _ in range(streams)])
+    return time.perf_counter() - started, results
+
+
+def over_http(port: int, streams: int, max_tokens: int, rounds: int) -> dict:
+    import aiohttp
+
+    async def main():
+        url = f"http://127.0.0.1:{port}/v3/chat/completions"
+        walls, ttfts, tpots, total = [], [], [], 0
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for round_index in range(rounds + 1):
+                wall, results = await ovms_round(session, url, streams, max_tokens)
+                if round_index == 0:
+                    continue
+                walls.append(wall)
+                for start, first, last, count in results:
+                    ttfts.append(first - start)
+                    tpots.append((last - first) / max(1, count - 1))
+                    total += count
+        return summarize(walls, ttfts, tpots, total)
+
+    return asyncio.run(main())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 16])
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        process, port = start_ovms(pathlib.Path(workdir))
+        try:
+            for streams in args.streams:  # alternate sides per point so drift hits both
+                local = in_process(streams, args.max_tokens, args.rounds)
+                remote = over_http(port, streams, args.max_tokens, args.rounds)
+                results[streams] = {"in_process": local, "ovms": remote,
+                                    "ratio": remote["tokens_per_s"] / local["tokens_per_s"],
+                                    "ttft_overhead_p50_ms": remote["ttft_p50_ms"] - local["ttft_p50_ms"]}
+        finally:
+            process.terminate()
+            process.wait(10)
+    print(f"{'streams':>7} {'in-proc tok/s':>13} {'ovms tok/s':>11} {'ratio':>6} {'TTFT p50/p99 ms (in / ovms)':>30} "
+          f"{'TPOT p50/p99 ms (in / ovms)':>30}")
+    for streams, r in results.items():
+        a, b = r["in_process"], r["ovms"]
+        print(f"{streams:>7} {a['tokens_per_s']:>13,.0f} {b['tokens_per_s']:>11,.0f} {r['ratio']:>6.2f} "
+              f"{a['ttft_p50_ms']:>7.2f}/{a['ttft_p99_ms']:<6.2f} {b['ttft_p50_ms']:>7.2f}/{b['ttft_p99_ms']:<6.2f} "
+              f"{a['tpot_p50_ms']:>7.3f}/{a['tpot_p99_ms']:<6.3f} {b['tpot_p50_ms']:>7.3f}/{b['tpot_p99_ms']:<6.3f}")
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "genai.json").write_text(json.dumps({"args": vars(args), "cpus": os.cpu_count(), "results": results},
+                                               indent=1))
+
+
+if __name__ == "__main__":
+    main()
