@@ -172,13 +172,18 @@ class LLMServable(GenerativeServable):
         scheduler.dynamic_split_fuse = bool(options.dynamic_split_fuse)
         if options.max_num_batched_tokens:
             scheduler.max_num_batched_tokens = int(options.max_num_batched_tokens)
+        self._lm = options.pipeline_type == "LM"  # OVMS: LLMPipeline, one request at a time
         try:
             self.tokenizer = ov_genai.Tokenizer(str(path))
-            self._pipe = ov_genai.ContinuousBatchingPipeline(str(path), scheduler, options.device,
-                                                             options.plugin_config)
+            if self._lm:
+                self._pipe = ov_genai.LLMPipeline(str(path), options.device, **options.plugin_config)
+                self._base_config = self._pipe.get_generation_config
+            else:
+                self._pipe = ov_genai.ContinuousBatchingPipeline(str(path), scheduler, options.device,
+                                                                 options.plugin_config)
+                self._base_config = self._pipe.get_config
         except RuntimeError as exc:
             raise ModelLoadError(f"{path}: openvino_genai could not load the model: {exc}") from None
-        self._defaults = self._pipe.get_config()
         vocab_size = model_config.get("vocab_size") or len(self.tokenizer.get_vocab())
         self.token_bytes = token_byte_table(path, int(vocab_size))
         self._detokenizer_module = load_native("detokenize")
@@ -200,7 +205,8 @@ class LLMServable(GenerativeServable):
         self.generated_tokens = 0
         self.cancelled_requests = 0
         self.kv_cache_usage = 0.0
-        self._thread = threading.Thread(target=self._run, name=f"ovms-genai-{name}", daemon=True)
+        self._thread = threading.Thread(target=self._run_lm if self._lm else self._run, name=f"ovms-genai-{name}",
+                                        daemon=True)
         self._thread.start()
 
     @property
@@ -233,7 +239,7 @@ class LLMServable(GenerativeServable):
         return self._encode(text).data[0].tolist()
 
     def _config(self, params: SamplingParams, prompt_tokens: int):
-        config = self._pipe.get_config()  # a copy of the defaults (generation_config.json)
+        config = self._base_config()  # a copy of the defaults (generation_config.json)
         room = (self.context_length - prompt_tokens) if self.context_length else None
         if room is not None and room <= 0:
             raise ServingError(Kind.GENAI_INVALID_REQUEST, f"prompt is {prompt_tokens} tokens; the model's context "
@@ -294,6 +300,11 @@ class LLMServable(GenerativeServable):
         return stream
 
     def _cancel(self, sequence: _Sequence) -> None:
+        if self._lm:  # read by the streamer, which answers CANCEL
+            if not sequence.cancelled:
+                sequence.cancelled = True
+                self.cancelled_requests += 1
+            return
         with self._lock:
             self._cancels.append(sequence)
             self._lock.notify()
@@ -399,6 +410,43 @@ class LLMServable(GenerativeServable):
             # step amortizes that hand-over and the per-chunk work; first tokens and finished requests flush at
             # once.
             handed.wait(HANDOVER_TIMEOUT)
+
+    def _run_lm(self) -> None:
+        """pipeline_type LM: LLMPipeline.generate with a streamer, one request after another."""
+        while True:
+            with self._lock:
+                while not self._closed and not self._inbox:
+                    self._lock.wait()
+                if self._closed:
+                    break
+                sequence = self._inbox.pop(0)
+                self._active.append(sequence)
+            loop = self._loop
+            streamed = [0]
+
+            class _Streamer(ov_genai.StreamerBase):
+                def write(self, token):
+                    ids = list(token) if isinstance(token, (list, tuple)) else [int(token)]
+                    streamed[0] += len(ids)
+                    loop.call_soon_threadsafe(_deliver, [(sequence, [(0, ids, None, None)])], threading.Event())
+                    return ov_genai.StreamingStatus.CANCEL if sequence.cancelled else ov_genai.StreamingStatus.RUNNING
+
+                def end(self):
+                    pass
+
+            try:
+                self._pipe.generate(sequence.input_ids, sequence.config, _Streamer())
+                finish = "length" if streamed[0] >= sequence.config.max_new_tokens else "stop"
+                items = [(sequence, [(0, [], finish, None)]), (sequence, _DONE)]
+            except Exception as exc:  # noqa: BLE001 - handed to the request
+                items = [(sequence, ServingError(Kind.GENAI_INVALID_REQUEST, str(exc).splitlines()[0]))]
+            with self._lock:
+                self._active.remove(sequence)
+                self.in_flight -= 1
+            try:
+                loop.call_soon_threadsafe(_deliver, items, threading.Event())
+            except RuntimeError:
+                pass
 
     @staticmethod
     def _output(sequence_id: int, output, final: bool, want_logprobs: int):

@@ -107,3 +107,27 @@ def test_task_without_graph_uses_the_template_in_the_tokenizer_ir(tmp_path):
             response = client.chat.completions.create(model="cli-llm", max_tokens=30,
                                                       messages=[{"role": "user", "content": "Hello"}])
         assert response.choices[0].message.content == HELLO_ANSWER
+
+
+def test_pipeline_type_lm_serves_on_llmpipeline(tmp_path):
+    from tests.genai.conftest import LLM_GRAPH
+
+    graph_dir = tmp_path / "lm"
+    graph_dir.mkdir()
+    (graph_dir / "graph.pbtxt").write_text(LLM_GRAPH.format(path=LLM_DIR, max_num_seqs=4).replace(
+        'device: "CPU",', 'device: "CPU", pipeline_type: LM,'))
+    config = graph_config("lm", graph_dir, where="test")
+    with ThreadedServer(models=[config]) as running:
+        import openai
+
+        servable = running.server.registry.resolve("lm")
+        assert type(servable._pipe).__name__ == "LLMPipeline"
+        with openai.OpenAI(base_url=f"http://{running.rest_url}/v3", api_key="x", max_retries=0) as client:
+            hello = [{"role": "user", "content": "Hello"}]
+            assert client.chat.completions.create(model="lm", messages=hello).choices[0].message.content == \
+                HELLO_ANSWER
+            chunks = list(client.chat.completions.create(model="lm", messages=hello, stream=True))
+            assert "".join(c.choices[0].delta.content or "" for c in chunks) == HELLO_ANSWER
+            assert chunks[-1].choices[0].finish_reason == "stop"
+            short = client.chat.completions.create(model="lm", messages=hello, max_tokens=2)
+            assert short.choices[0].finish_reason == "length"
