@@ -74,3 +74,14 @@ def parse_tool_calls(parser: str | None, text: str) -> tuple[str, list[ToolCall]
     if function is None:
         return text, []
     return function(text)
+
+
+def split_reasoning(parser: str | None, text: str) -> tuple[str | None, str]:
+    """(reasoning, content) for models that think in ``<think>...</think>`` (qwen3, deepseek-r1 style).
+
+    Qwen3's template opens ``<think>`` in the prompt, so the output may hold only the closing tag.
+    """
+    if parser not in ("qwen3", "deepseek_r1") or "</think>" not in text:
+        return None, text
+    reasoning, content = text.split("</think>", 1)
+    return reasoning.replace("<think>", "", 1).strip(), content.lstrip()

@@ -317,13 +317,16 @@ class Choice:
     finish_reason: str | None
     tool_calls: list[ToolCall] = dataclasses.field(default_factory=list)
     logprobs: list[float] | None = None
+    reasoning: str | None = None
 
 
 def response_json(call: GenerateCall, response_id: str, created: int, choices: list[Choice], usage: Usage) -> dict:
     if call.chat:
         body_choices = []
         for c in choices:
-            message: dict[str, Any] = {"role": "assistant", "content": c.text}
+            message: dict[str, Any] = {"role": "assistant", "content": c.text or (None if c.tool_calls else "")}
+            if c.reasoning is not None:
+                message["reasoning_content"] = c.reasoning
             if c.tool_calls:
                 message["tool_calls"] = tool_calls_json(c.tool_calls)
             body_choices.append({"index": c.index, "message": message, "finish_reason": c.finish_reason,

@@ -17,7 +17,7 @@ from ovms.dataplane_genai import GenAIDataPlane
 from ovms.errors import Kind, ServingError
 from ovms.genai_types import Usage
 from ovms.protocol import openai as codec
-from ovms.tool_parsers import parse_tool_calls
+from ovms.tool_parsers import parse_tool_calls, split_reasoning
 
 log = logging.getLogger("ovms.openai")
 
@@ -95,6 +95,9 @@ async def _generate(request: web.Request, call: codec.GenerateCall) -> web.Strea
         for index in sorted(texts):
             text = "".join(texts[index])
             choice = codec.Choice(index, text, finish.get(index, "stop"), logprobs=logprobs.get(index))
+            if call.chat:
+                choice.reasoning, choice.text = split_reasoning(generation.info.reasoning_parser, text)
+                text = choice.text
             if call.chat and call.tools:
                 choice.text, choice.tool_calls = parse_tool_calls(generation.info.tool_parser, text)
                 if choice.tool_calls:

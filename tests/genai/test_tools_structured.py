@@ -75,3 +75,11 @@ def test_parsers_unit():
     assert parse_tool_calls("llama3", "plain answer") == ("plain answer", [])
     assert parse_tool_calls("hermes3", "<tool_call>not json</tool_call>")[1] == []
     assert parse_tool_calls(None, "<tool_call>{}</tool_call>")[1] == []
+
+
+def test_reasoning_split():
+    from ovms.tool_parsers import split_reasoning
+
+    assert split_reasoning("qwen3", "<think>\nhmm\n</think>\n\nAnswer") == ("hmm", "Answer")
+    assert split_reasoning("qwen3", "hmm</think>Answer") == ("hmm", "Answer")
+    assert split_reasoning(None, "<think>x</think>y") == (None, "<think>x</think>y")
