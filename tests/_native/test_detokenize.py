@@ -1,13 +1,31 @@
-"""Incremental detokenization: concatenated deltas == full decode, for both twins."""
+"""Incremental detokenization: concatenated deltas == full decode, for both twins; the native build guard."""
 from __future__ import annotations
+
+import os
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ovms._native import load
+from ovms._native import is_native, load
 
-TWINS = [pytest.param(True, id="pure"), pytest.param(False, id="native")]
+try:
+    load("detokenize", pure=False)
+    HAVE_NATIVE = True
+except ImportError:
+    HAVE_NATIVE = False
+NATIVE_ONLY = pytest.mark.skipif(not HAVE_NATIVE and os.environ.get("OVMS_NO_EXTENSIONS") == "1",
+                                 reason="pure build (OVMS_NO_EXTENSIONS=1)")
+TWINS = [pytest.param(True, id="pure"), pytest.param(False, id="native", marks=NATIVE_ONLY)]
+
+
+def test_native_build_loaded():
+    """A build with extensions must use them; only OVMS_NO_EXTENSIONS=1 allows the pure twin."""
+    if os.environ.get("OVMS_NO_EXTENSIONS") == "1":
+        assert not is_native("detokenize")
+    else:
+        assert HAVE_NATIVE, "ovms._native.detokenize_c did not import: run `make build`"
+        assert is_native("detokenize")
 
 
 def byte_fallback_vocab(texts: list[str]) -> list[bytes]:
@@ -88,6 +106,7 @@ def test_concatenated_deltas_equal_full_decode(pure, ids, stop, include):
     assert stream(module.Detokenizer(VOCAB, stop, include_stop=include), ids) == full_decode(ids, stop, include)
 
 
+@NATIVE_ONLY
 @settings(max_examples=200, deadline=None)
 @given(text=st.text(alphabet=st.sampled_from(list("aé日本語👋 EN D")), max_size=40))
 def test_native_equals_pure_on_text(text):
