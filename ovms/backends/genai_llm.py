@@ -20,6 +20,7 @@ from typing import AsyncIterator
 import numpy as np
 import openvino as ov
 import openvino_genai as ov_genai
+import openvino_tokenizers  # noqa: F401 - registers the tokenizer ops (VocabDecoder, ...) with ov.Core
 
 from ovms import chat_template
 from ovms._native import load as load_native
