@@ -58,13 +58,6 @@ def check_free_space(model_dir: pathlib.Path, files: list[RemoteFile]) -> None:
                    "(bytes already downloaded are kept).")
 
 
-def _remove_model(paths: ModelPaths) -> None:
-    if paths.model_dir.exists():
-        log.info("Removing %s (--overwrite_models)", paths.model_dir)
-        shutil.rmtree(paths.model_dir)
-    paths.marker.unlink(missing_ok=True)
-
-
 def pull_repository(paths: ModelPaths, settings: PullSettings, *, revision: str = "main",
                     select: Callable[[list[RemoteFile]], list[RemoteFile]] | None = None,
                     wanted_in_record: Callable[[dict], bool] | None = None,
@@ -76,37 +69,44 @@ def pull_repository(paths: ModelPaths, settings: PullSettings, *, revision: str 
     covers this request (default: any record of this repository does).
     """
     model_dir = paths.model_dir
-    if overwrite:
-        _remove_model(paths)
-    record = state.read_record(paths.record)
-    if not paths.marker.exists():
-        if record is not None and record.get("source_model") == paths.source_model and (
-                wanted_in_record is None or wanted_in_record(record)):
-            log.info("Model %s is already pulled to %s (commit %s); nothing to download. Use --overwrite_models "
-                     "to download it again.", paths.source_model, model_dir, record.get("commit"))
-            return PullResult(model_dir, False, record.get("commit"), [])
-        if record is None and model_dir.is_dir() and wanted_in_record is None:
-            # OVMS's rule (libgit2.cpp): an existing directory is the user's; never touch it without overwrite.
-            log.info("Path already exists on local filesystem. Skipping download to path: %s", model_dir)
-            return PullResult(model_dir, False, None, [])
-    log_settings(settings)
+    marker_fd = None
     own_hub = hub is None
-    hub = hub or HubClient(settings)
     try:
+        if overwrite:
+            # Lock first: never delete a directory another pull is writing into.
+            marker_fd = state.hold_marker(paths.marker, paths.source_model, revision)
+            if model_dir.exists():
+                log.info("Removing %s (--overwrite_models)", model_dir)
+                shutil.rmtree(model_dir)
+        record = state.read_record(paths.record)
+        if marker_fd is None and not paths.marker.exists():
+            if record is not None and record.get("source_model") == paths.source_model and (
+                    wanted_in_record is None or wanted_in_record(record)):
+                log.info("Model %s is already pulled to %s (commit %s); nothing to download. Use "
+                         "--overwrite_models to download it again.", paths.source_model, model_dir,
+                         record.get("commit"))
+                return PullResult(model_dir, False, record.get("commit"), [])
+            if record is None and model_dir.is_dir() and wanted_in_record is None:
+                # OVMS's rule (libgit2.cpp): an existing directory is the user's; never touch it without
+                # --overwrite_models.
+                log.info("Path already exists on local filesystem. Skipping download to path: %s", model_dir)
+                return PullResult(model_dir, False, None, [])
+        log_settings(settings)
+        hub = hub or HubClient(settings)
         commit = hub.commit_sha(paths.source_model, revision)
         files = hub.list_files(paths.source_model, commit)
         if select is not None:
             files = select(files)
         finals = [safe_join(model_dir, f.path) for f in files]  # refuse names escaping model_dir, before any write
         check_free_space(model_dir, files)
-        marker_fd = state.hold_marker(paths.marker, paths.source_model, revision)
-        try:
-            return _download(paths, settings, hub, revision, commit, files, finals, record, stop_requested,
-                             progress_stream)
-        finally:
-            os.close(marker_fd)
+        if marker_fd is None:
+            marker_fd = state.hold_marker(paths.marker, paths.source_model, revision)
+        return _download(paths, settings, hub, revision, commit, files, finals, record, stop_requested,
+                         progress_stream)
     finally:
-        if own_hub:
+        if marker_fd is not None:
+            os.close(marker_fd)
+        if own_hub and hub is not None:
             hub.close()
 
 

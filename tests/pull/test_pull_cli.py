@@ -232,12 +232,17 @@ def test_second_pull_of_the_same_model_is_refused_while_one_runs(pull, hub, llm_
     fd = os.open(marker, os.O_RDWR | os.O_CREAT)
     os.write(fd, b'{"pid": 4242}')
     fcntl.flock(fd, fcntl.LOCK_EX)  # as a running pull holds it
+    (model_dir(pull) / "precious.txt").parent.mkdir(parents=True)
+    (model_dir(pull) / "precious.txt").write_text("being written by the other pull")
     try:
         run = pull(REPO, "--task", "text_generation")
+        overwrite = pull(REPO, "--task", "text_generation", "--overwrite_models")
     finally:
         os.close(fd)
     assert run.code == 1
     assert "Another pull (pid 4242) is downloading OpenVINO/tiny-llm-ov into this directory now." in run.stderr
+    assert overwrite.code == 1 and "Another pull (pid 4242)" in overwrite.stderr
+    assert (model_dir(pull) / "precious.txt").exists()  # --overwrite_models did not delete under its feet
     assert pull(REPO, "--task", "text_generation").code == 0  # the lock is gone: the marker is taken over
 
 
