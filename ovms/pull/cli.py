@@ -13,6 +13,7 @@ import pathlib
 import shutil
 import signal
 import sys
+import textwrap
 import threading
 
 from ovms.pull import config_edit, convert, gguf, graph, tasks
@@ -35,17 +36,22 @@ def _add(group, *names: str, **kwargs) -> None:
     group.add_argument(*names, **kwargs)
 
 
+def _wrap(text: str) -> str:
+    """Pre-wrapped, for the core's RawDescriptionHelpFormatter (which prints descriptions as they are)."""
+    return textwrap.fill(text, width=100, initial_indent="  ", subsequent_indent="  ")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """All pull-mode flags (not --model_name/--target_device/--config_path/--log_level: the core adds those)."""
     g = parser.add_argument_group(
-        "pull mode", "Download a model from Hugging Face (HF_ENDPOINT, HF_TOKEN, https_proxy are honoured) "
+        "pull mode", _wrap("Download a model from Hugging Face (HF_ENDPOINT, HF_TOKEN, https_proxy are honoured) "
                      "into MODEL_REPOSITORY_PATH/ORG/NAME, every file checked against the hub's sha256 / git "
                      "sha1. With --pull ovms exits after the download; without it, it serves the model. An "
                      "interrupted pull (Ctrl+C, kill, power cut) resumes when the same command is run again. "
                      "Environment: GIT_LFS_RESUME_ATTEMPTS (retries per file, default 5, 0 = no resume), "
                      "GIT_LFS_RESUME_INTERVAL_SECONDS (default 10), OVMS_PULL_CONNECTIONS (default 8), "
                      "OVMS_PULL_STALL_SECONDS (abort a silent transfer, default 30), OVMS_PULL_SYNC=0 (skip "
-                     "fdatasync; faster, not power-cut safe).")
+                     "fdatasync; faster, not power-cut safe)."))
     _add(g, "--pull", action="store_true", help="Pull the model and exit (no serving).")
     _add(g, "--source_model", metavar="ORG/NAME", help="Hugging Face repository to pull, e.g. "
                                                        "OpenVINO/Qwen3-8B-int4-ov.")
