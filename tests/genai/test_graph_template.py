@@ -131,3 +131,9 @@ def test_pipeline_type_lm_serves_on_llmpipeline(tmp_path):
             assert chunks[-1].choices[0].finish_reason == "stop"
             short = client.chat.completions.create(model="lm", messages=hello, max_tokens=2)
             assert short.choices[0].finish_reason == "length"
+
+
+def test_chat_template_kwargs_reach_the_template():
+    source = "{% if enable_thinking is defined and not enable_thinking %}/no_think {% endif %}{{ messages[0].content }}"
+    assert chat_template.render(source, [{"role": "user", "content": "hi"}],
+                                template_kwargs={"enable_thinking": False}) == "/no_think hi"

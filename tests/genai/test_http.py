@@ -186,3 +186,22 @@ def test_genai_metrics(guarded_server):
     assert 'ovms_llm_time_per_output_token_us_bucket' in text
     assert re.search(r'ovms_llm_generated_tokens\{name="tiny-llm",version="1"\} [1-9]', text)
     assert 'ovms_llm_kv_cache_usage{name="tiny-llm",version="1"}' in text
+
+
+def test_status_readiness_config_and_metadata_cover_graphs(genai_server, base_url):
+    root = base_url.removesuffix("/v3")
+    config = requests.get(f"{root}/v1/config", timeout=10).json()
+    for name in ("tiny-llm", "tiny-embedder", "tiny-reranker", "minilm"):
+        assert config[name]["model_version_status"][0]["state"] == "AVAILABLE"
+        assert requests.get(f"{root}/v2/models/{name}/ready", timeout=10).status_code == 200
+    metadata = requests.get(f"{root}/v2/models/tiny-llm", timeout=10).json()
+    assert metadata["versions"] == ["1"] and metadata["inputs"] == [] and metadata["platform"] == "OpenVINO GenAI"
+    # the OVMS /v1 alias of the OpenAI endpoints, next to TensorFlow Serving's /v1/models/{name}
+    assert post(root + "/v1", "chat/completions", {**HELLO, "max_tokens": 2}).status_code == 200
+    assert requests.get(f"{root}/v1/models/tiny-llm", timeout=10).json()["model_version_status"]
+
+
+def test_body_limit(guarded_server):
+    response = requests.post(f"{guarded_server}/chat/completions", data=b"x" * (65 << 20), timeout=60,
+                             headers={"Authorization": "Bearer s3cret", "Content-Type": "application/json"})
+    assert response.status_code == 400 and "limit" in response.json()["error"]
