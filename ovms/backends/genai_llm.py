@@ -329,6 +329,7 @@ class LLMServable(GenerativeServable):
                 while not self._closed and not self._inbox and not self._cancels and not self._active:
                     self._lock.wait()
                 if self._closed:
+                    self._drop_all(pipe)
                     break
                 inbox, self._inbox = self._inbox, []
                 cancels, self._cancels = self._cancels, []
@@ -411,6 +412,18 @@ class LLMServable(GenerativeServable):
             # step amortizes that hand-over and the per-chunk work; first tokens and finished requests flush at
             # once.
             handed.wait(HANDOVER_TIMEOUT)
+
+    def _drop_all(self, pipe) -> None:
+        """Closing: cancel what still runs and step once so the scheduler frees its KV-cache blocks."""
+        for sequence in self._active:
+            if sequence.handle is not None:
+                sequence.handle.cancel()
+        self._active = []
+        try:
+            if pipe.has_non_finished_requests():
+                pipe.step()
+        except Exception:  # noqa: BLE001 - closing anyway
+            log.debug("final step on close failed", exc_info=True)
 
     def _run_lm(self) -> None:
         """pipeline_type LM: LLMPipeline.generate with a streamer, one request after another."""
