@@ -260,7 +260,8 @@ def _edit(args: argparse.Namespace) -> None:
     if getattr(args, "list_models", False):
         _require(args, "--list_models", "model_repository_path")
         names = config_edit.list_servables(pathlib.Path(args.model_repository_path))
-        print("Available servables to serve:")
+        # OVMS's words (src/servables_config_manager_module)
+        print(f"Available servables to serve from path: {args.model_repository_path} are: ")
         for name in names:
             print(name)
         return

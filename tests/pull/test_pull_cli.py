@@ -202,7 +202,8 @@ def test_model_repository_edits(pull, hub, llm_repo, tmp_path):
     assert pull(REPO, "--task", "text_generation").code == 0
     env = pull_env(hub)
     run = run_ovms(["--list_models", "--model_repository_path", str(pull.models)], env)
-    assert run.code == 0 and run.stdout.splitlines() == ["Available servables to serve:", REPO], run.output
+    assert run.code == 0 and run.stdout.splitlines() == [
+        f"Available servables to serve from path: {pull.models} are: ", REPO], run.output
     cfg = tmp_path / "config.json"
     run = run_ovms(["--add_to_config", "--config_path", str(cfg), "--model_name", REPO,
                     "--model_repository_path", str(pull.models)], env)
