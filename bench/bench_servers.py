@@ -148,6 +148,7 @@ def wait_all_idle(servers, *, below: float = 0.05, timeout: float = 30) -> float
 class Ovms(Server):
     name = "ovms"
     cwd = REPO  # this checkout, whether or not the .venv has it installed
+    grpc_workers = 1
 
     def prepare(self) -> None:
         models = self.workdir / "models"
@@ -158,7 +159,7 @@ class Ovms(Server):
     def command(self):
         return ([str(OVMS_PYTHON), "-m", "ovms", "--config_path", str(self.config), "--port", str(self.grpc_port),
                  "--rest_port", str(self.http_port), "--grpc_bind_address", HOST, "--rest_bind_address", HOST,
-                 "--log_level", "WARNING"], dict(os.environ))
+                 "--log_level", "WARNING", "--grpc_workers", str(self.grpc_workers)], dict(os.environ))
 
 
 TRITON_MODEL_PY = '''\

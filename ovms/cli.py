@@ -217,8 +217,6 @@ def serve(args: argparse.Namespace) -> int:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    if os.environ.get("OVMS_SWITCH_INTERVAL"):
-        sys.setswitchinterval(float(os.environ["OVMS_SWITCH_INTERVAL"]))
     index, children = workers.fork(settings.grpc_workers if settings.grpc_port else 1)
     if settings.grpc_workers > 1:
         settings.reuse_port = True
