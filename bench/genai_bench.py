@@ -18,11 +18,9 @@ import json
 import os
 import pathlib
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ import numpy as np
 
 from ovms._native.codec_errors import CodecError
 from ovms.errors import Kind, ServingError
-from ovms.types import InferRequest, InferResponse, Tensor, TensorSpec
+from ovms.types import InferRequest, InferResponse, TensorSpec
 
 if TYPE_CHECKING:
     from ovms.genai_types import (ChatMessage, EmbeddingResult, GenerationRequest, GenerativeInfo, RerankResult,
@@ -134,18 +134,3 @@ def validate_inputs(servable: Servable, request: InferRequest) -> dict[str, np.n
         except CodecError as exc:
             raise ServingError(Kind.INVALID_CONTENT_SIZE, f"{exc}; input name: {spec.name}") from None
     return arrays
-
-
-def select_outputs(servable: Servable, produced: dict[str, np.ndarray], requested: list[str] | None) -> list[Tensor]:
-    """The output tensors to return: all in the model's order, or those requested, in request order."""
-    if not requested:
-        return [Tensor(spec.name, spec.datatype, produced[spec.name].shape, array=produced[spec.name])
-                for spec in servable.outputs]
-    datatypes = {spec.name: spec.datatype for spec in servable.outputs}
-    tensors = []
-    for name in requested:
-        if name not in produced:
-            raise ServingError(Kind.INVALID_MISSING_OUTPUT, f"Unknown output: {name}; model outputs: "
-                                                            f"{', '.join(datatypes)}")
-        tensors.append(Tensor(name, datatypes[name], produced[name].shape, array=produced[name]))
-    return tensors

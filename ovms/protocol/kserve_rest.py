@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from ovms._native import load
 from ovms._native.codec_errors import CodecError
 from ovms.dataplane import ServerMetadata
@@ -17,6 +19,17 @@ from ovms.errors import Kind, ServingError
 from ovms.types import NUMPY_DTYPE, InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec
 
 _codec = load("tensorcodec")
+
+
+def parse_json(body) -> object:
+    """orjson (about 2.5x json's speed on large data arrays); json for the NaN/Infinity literals it refuses."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(bytes(body))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ServingError(Kind.JSON_INVALID, f"request body is not valid JSON ({exc})") from None
 
 
 def _bad(details: str) -> ServingError:
@@ -39,10 +52,7 @@ def decode_infer_request(body: bytes, header_length: int | None, model_name: str
         header_bytes, binary = view[:header_length], view[header_length:]
     else:
         header_bytes, binary = view, view[0:0]
-    try:
-        document = json.loads(bytes(header_bytes))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ServingError(Kind.JSON_INVALID, f"request body is not valid JSON ({exc})") from None
+    document = parse_json(header_bytes)
     if not isinstance(document, dict):
         raise ServingError(Kind.REST_BODY_IS_NOT_AN_OBJECT)
     raw_inputs = document.get("inputs")

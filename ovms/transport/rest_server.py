@@ -130,10 +130,7 @@ async def tfs_predict(request: web.Request) -> web.Response:
     dp = request.app[DATAPLANE]
     name, version = request.match_info["model"], _version(request)
     servable = dp.servable(name, version)
-    try:
-        document = json.loads(await request.read())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ServingError(Kind.JSON_INVALID, f"request body is not valid JSON ({exc})") from None
+    document = codec.parse_json(await request.read())
     infer_request, form = tfs.decode_rest_predict(document, name, version, servable.inputs)
     response = await dp.infer(infer_request, api="TensorFlowServing", interface="REST", method="Predict")
     return _json(tfs.encode_rest_predict(response, form))
