@@ -45,7 +45,19 @@ class InferServable(Servable):
     async def infer(self, request: InferRequest) -> InferResponse: ...
 
 
-class GenerativeServable(Servable):
+class TextServable(Servable):
+    """A servable of the OpenAI / Cohere endpoints: it has no KServe tensor inputs or outputs."""
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return []
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return []
+
+
+class GenerativeServable(TextServable):
     """A text generation servable (LLM): chat template, tokenizer and a streaming ``generate``."""
 
     @property
@@ -81,14 +93,14 @@ class GenerationStream(abc.ABC):
         """Cancel the generation and free its sequence (client gone, deadline); safe to call twice."""
 
 
-class EmbeddingServable(Servable):
+class EmbeddingServable(TextServable):
     """Text embeddings (pooling and normalization as configured in the graph)."""
 
     @abc.abstractmethod
     async def embed(self, texts: list[str] | list[list[int]]) -> "EmbeddingResult": ...
 
 
-class RerankServable(Servable):
+class RerankServable(TextServable):
     """Relevance scores of documents for a query (cross-encoder)."""
 
     @abc.abstractmethod

@@ -59,14 +59,6 @@ class EmbeddingsServable(EmbeddingServable):
             raise ModelLoadError(f"{path}: openvino_genai could not load the embeddings model: {exc}") from None
         self._lock = threading.Lock()  # one embed at a time per pipeline (it owns one infer request)
 
-    @property
-    def inputs(self):
-        return []
-
-    @property
-    def outputs(self):
-        return []
-
     def _embed(self, texts: list[str]) -> EmbeddingResult:
         with self._lock:
             vectors = self._pipe.embed_documents(texts)
@@ -95,14 +87,6 @@ class RerankPipelineServable(RerankServable):
         except RuntimeError as exc:
             raise ModelLoadError(f"{path}: openvino_genai could not load the rerank model: {exc}") from None
         self._lock = threading.Lock()
-
-    @property
-    def inputs(self):
-        return []
-
-    @property
-    def outputs(self):
-        return []
 
     def _rerank(self, query: str, documents: list[str]) -> RerankResult:
         if len(documents) > int(self.options.max_allowed_chunks):

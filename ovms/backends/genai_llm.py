@@ -211,14 +211,6 @@ class LLMServable(GenerativeServable):
         self._thread.start()
 
     @property
-    def inputs(self):
-        return []
-
-    @property
-    def outputs(self):
-        return []
-
-    @property
     def info(self) -> GenerativeInfo:
         return self._info
 
