@@ -75,3 +75,24 @@ def test_many_concurrent_requests_and_close(model_repo):
             run(servable, Tensor("b", "FP32", (1, 9), array=np.zeros((1, 9), np.float32)))
     finally:
         servable.close()
+
+
+def test_onnx_model_served(tmp_path):
+    """An ONNX file in a version directory is read by OpenVINO's ONNX frontend (model built with onnx.helper)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "one"], ["y"])], "add_one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])])
+    (tmp_path / "1").mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "1/model.onnx"))
+    servable = load_servable(ModelConfig("onnx", tmp_path), 1)
+    try:
+        assert [(s.name, s.datatype, s.shape) for s in servable.inputs] == [("x", "FP32", (1, 4))]
+        x = np.arange(4, dtype=np.float32).reshape(1, 4)
+        assert np.array_equal(run(servable, Tensor("x", "FP32", (1, 4), array=x)).outputs[0].as_array(), x + 1)
+    finally:
+        servable.close()
