@@ -183,3 +183,20 @@ def test_grpc_workers_share_the_port_and_stop_together(model_repo, tmp_path):
         stop(process)
     for pid in pids:
         assert not pathlib.Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the server"
+
+
+def test_debug_log_names_refused_requests_with_an_id(model_repo, tmp_path):
+    process, grpc_port, rest_port = serve("--model_name", "dummy", "--model_path", str(model_repo / "dummy"),
+                                          "--log_level", "DEBUG", log_path=tmp_path / "ovms.log")
+    try:
+        wait_ready(rest_port, process)
+        request = urllib.request.Request(f"http://127.0.0.1:{rest_port}/v2/models/dummy/infer", method="POST",
+                                         data=b'{"inputs":[{"name":"b","datatype":"FP32","shape":[1,9],'
+                                              b'"data":[1,2,3,4,5,6,7,8,9]}]}')
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(request, timeout=10)
+    finally:
+        stop(process)
+    lines = [line for line in (tmp_path / "ovms.log").read_text().splitlines() if "refused" in line]
+    assert len(lines) == 1 and "[DEBUG]" in lines[0]
+    assert "request " in lines[0] and "POST /v2/models/dummy/infer refused: Invalid input shape" in lines[0]

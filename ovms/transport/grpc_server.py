@@ -60,6 +60,8 @@ def mapped_errors(method, message_module=pb):
             return await method(self, _parse(message_type, request), context)
         except ServingError as exc:
             error = exc
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("request %s: %s refused: %s", uuid.uuid4().hex[:12], method.__name__, exc.message)
         except Exception as exc:
             error = _unexpected(exc, method.__name__)
         await context.abort(grpc.StatusCode[error.grpc_code], error.message)
@@ -119,6 +121,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return pb.ModelStreamInferResponse(infer_response=codec.encode_infer_response(response))
         except ServingError as exc:
             error = exc
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("request %s (id %r): ModelStreamInfer refused: %s", uuid.uuid4().hex[:12], request.id,
+                          exc.message)
         except Exception as exc:
             error = _unexpected(exc, "ModelStreamInfer")
         return pb.ModelStreamInferResponse(

@@ -33,6 +33,9 @@ async def error_middleware(request: web.Request, handler):
     try:
         return await handler(request)
     except ServingError as exc:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request %s: %s %s refused: %s", uuid.uuid4().hex[:12], request.method, request.path,
+                      exc.message)
         return _error_response(exc)
     except web.HTTPMethodNotAllowed:
         return _error_response(ServingError(Kind.REST_UNSUPPORTED_METHOD))
