@@ -144,10 +144,6 @@ class Registry:
 
     # ---- changes -------------------------------------------------------------------------------------------
 
-    async def load(self, configs: list[ModelConfig]) -> None:
-        """Initial load (same as apply)."""
-        await self.apply(configs)
-
     async def apply(self, configs: list[ModelConfig]) -> bool:
         """Move to ``configs``; return whether anything was loaded, reloaded or unloaded.
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from ovms._native import load
-from ovms._native.codec_errors import CodecError
 from ovms._proto.kserve import grpc_predict_v2_pb2 as pb
 from ovms.dataplane import ServerMetadata, parse_version
 from ovms.errors import Kind, ServingError
@@ -54,9 +53,7 @@ def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
             shape = tuple(item.shape)
             try:
                 array = _codec.contents_to_array(getattr(item.contents, field), item.datatype, shape)
-            except CodecError as exc:
-                raise ServingError(Kind.INVALID_VALUE_COUNT, f"{exc}; input name: {item.name}") from None
-            except (OverflowError, ValueError) as exc:
+            except (OverflowError, ValueError) as exc:  # CodecError is a ValueError
                 raise ServingError(Kind.INVALID_VALUE_COUNT, f"{exc}; input name: {item.name}") from None
             inputs.append(Tensor(item.name, item.datatype, shape, array=array))
     requested = [out.name for out in message.outputs] or None

@@ -65,9 +65,7 @@ def tensor_from_proto(name: str, proto: tensor_pb2.TensorProto) -> Tensor:
             array = halves.astype("<u2").view("<f2").reshape(shape)
         else:
             array = _codec.contents_to_array(getattr(proto, VAL_FIELD[datatype]), datatype, shape)
-    except CodecError as exc:
-        raise ServingError(Kind.INVALID_VALUE_COUNT, f"{exc}; input name: {name}") from None
-    except (OverflowError, ValueError) as exc:
+    except (OverflowError, ValueError) as exc:  # CodecError is a ValueError
         raise ServingError(Kind.INVALID_VALUE_COUNT, f"{exc}; input name: {name}") from None
     return Tensor(name, datatype, shape, array=array)
 
