@@ -119,7 +119,12 @@ def test_versions_and_config_change_under_load(live_repo):
         with pytest.raises(InferenceServerException) as info:
             client.get_model_metadata("passthrough")
         assert info.value.message() == "Model with requested name is not found"
-        # an invalid file changes nothing and the reload endpoint says why
+        # an invalid file changes nothing and the reload endpoint says why (once the reloads above settled)
+        def settled():
+            states = {v["state"] for m in rest(server.rest_url, "GET", "/v1/config")[1].values()
+                      for v in m["model_version_status"]}
+            return states <= {"AVAILABLE", "END"}
+        wait_for(settled, what="reloads to settle")
         before = rest(server.rest_url, "GET", "/v1/config")[1]
         config_path.write_text('{"model_config_list": [{"config": {"name": "x", "base_path": "x", "oops": 1}}]}')
         status, body = rest(server.rest_url, "POST", "/v1/config/reload")
