@@ -1,10 +1,15 @@
 """Text generation on openvino_genai's ContinuousBatchingPipeline (or LLMPipeline for ``pipeline_type: LM``).
 
-One stepping thread per pipeline calls ``step()`` while requests are added and cancelled through a locked
-inbox; after each step it reads every handle and hands the new token ids of all requests to the event loop in
-ONE ``call_soon_threadsafe`` (a wake-up per step, not per token per stream). Detokenization happens on the event
-loop with the incremental detokenizer (``ovms._native.detokenize``), bytes per token taken from the
-detokenizer IR with its UTF8Validate node bypassed, so partial UTF-8 pieces keep their raw bytes.
+The ContinuousBatchingPipeline runs in a generation worker process (``ovms.backends.genai_worker``: its
+``step()`` holds the GIL, which in the server would stop the event loop for every step). This side tokenizes,
+checks the request, sends it to the worker and reads one frame per step with the new token ids of every running
+request, on the event loop (``add_reader``: no thread hand-over). Detokenization happens here with the
+incremental detokenizer (``ovms._native.detokenize``), bytes per token taken from the detokenizer IR with its
+UTF8Validate node bypassed, so partial UTF-8 pieces keep their raw bytes. If the worker dies, its requests fail
+with a clear error and the next request starts a new one.
+
+``pipeline_type: LM`` keeps OVMS's one-request-at-a-time LLMPipeline in a thread of this process (its
+``generate`` releases the GIL).
 """
 from __future__ import annotations
 
@@ -12,7 +17,11 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import pathlib
+import socket
+import subprocess
+import sys
 import threading
 import time
 from typing import AsyncIterator
@@ -24,6 +33,7 @@ import openvino_tokenizers  # noqa: F401 - registers the tokenizer ops (VocabDec
 
 from ovms import chat_template
 from ovms._native import load as load_native
+from ovms.backends import genai_worker as wire
 from ovms.errors import Kind, ModelLoadError, ServingError
 from ovms.genai_types import ChatMessage, GenerationRequest, GenerativeInfo, SamplingParams, TextChunk
 from ovms.graph import GenAINodeOptions
@@ -35,8 +45,8 @@ _FINISH = {"STOP": "stop", "LENGTH": "length", "TOOL_CALL": "tool_calls"}
 _FINISH_BY_ENUM = {getattr(ov_genai.GenerationFinishReason, name): text for name, text in _FINISH.items()}
 _RUNNING = ov_genai.GenerationStatus.RUNNING
 _DONE = object()
-FLUSH_SECONDS = 0.002
-HANDOVER_TIMEOUT = 0.005
+FLUSH_SECONDS = float(os.environ.get("OVMS_GENAI_FLUSH_MS", "2")) / 1000  # see genai_worker: frames per flush
+WORKER_START_SECONDS = 300  # a big model takes a while to compile; a wedged worker must not hang the server
 
 
 def token_byte_table(models_path: pathlib.Path, vocab_size: int) -> list[bytes]:
@@ -58,18 +68,16 @@ def token_byte_table(models_path: pathlib.Path, vocab_size: int) -> list[bytes]:
 
 
 class _Sequence:
-    """One request as the stepping thread sees it."""
+    """One request as the servable tracks it until its end arrives."""
 
-    __slots__ = ("request_id", "input_ids", "config", "stream", "handle", "cancelled", "started")
+    __slots__ = ("request_id", "input_ids", "config", "stream", "cancelled")
 
     def __init__(self, request_id: int, input_ids: ov.Tensor, config, stream: "_Stream") -> None:
         self.request_id = request_id
         self.input_ids = input_ids
-        self.config = config
+        self.config = config  # LM: the GenerationConfig; worker: None (sent as overrides)
         self.stream = stream
-        self.handle = None
         self.cancelled = False
-        self.started = False  # its first tokens were handed to the event loop
 
 
 class _Stream(GenerationStream):
@@ -148,8 +156,12 @@ class _Stream(GenerationStream):
             servable._record(self)
 
 
+class _WorkerLost(ServingError):
+    pass
+
+
 class LLMServable(GenerativeServable):
-    """A text generation model served on a continuous batching pipeline."""
+    """A text generation model served on a continuous batching pipeline (in a worker process)."""
 
     platform = "OpenVINO GenAI"
 
@@ -166,27 +178,41 @@ class LLMServable(GenerativeServable):
                                  "tokenizer with openvino_tokenizers (optimum-cli ... --convert-tokenizer)")
         model_config = _read_json(path / "config.json")
         self.context_length = model_config.get("max_position_embeddings") or model_config.get("max_seq_len")
-        scheduler = ov_genai.SchedulerConfig()
-        scheduler.max_num_seqs = int(options.max_num_seqs)
-        scheduler.cache_size = int(options.cache_size) or 1
-        scheduler.enable_prefix_caching = bool(options.enable_prefix_caching)
-        scheduler.dynamic_split_fuse = bool(options.dynamic_split_fuse)
-        if options.max_num_batched_tokens:
-            scheduler.max_num_batched_tokens = int(options.max_num_batched_tokens)
         self._lm = options.pipeline_type == "LM"  # OVMS: LLMPipeline, one request at a time
+        self._ids = itertools.count(1)
+        self._lock = threading.Condition()
+        self._inbox: list[_Sequence] = []  # LM only
+        self._active: dict[int, _Sequence] = {}  # request id -> sequence, until its end arrives
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._worker: subprocess.Popen | None = None
+        self._sock: socket.socket | None = None
+        self._send_lock = threading.Lock()
+        self._rbuf = bytearray()
+        self._base_fields: dict = {}
+        self._restart: asyncio.Lock | None = None
+        # metrics (read by the data plane)
+        self.in_flight = 0
+        self.generated_tokens = 0
+        self.cancelled_requests = 0
+        self.kv_cache_usage = 0.0
+        if not self._lm:
+            self._spawn_worker()  # loads while this process prepares the tokenizer side
         try:
-            self.tokenizer = ov_genai.Tokenizer(str(path))
+            # One inference thread: a prompt encodes in a fraction of a millisecond, and OpenVINO's idle thread
+            # pool would otherwise spin on the cores the worker's pipeline and the event loop need (measured:
+            # 0.8 core busy at 2 ms between requests, 0.25 with one thread).
+            self.tokenizer = ov_genai.Tokenizer(str(path), INFERENCE_NUM_THREADS=1)
             if self._lm:
                 self._pipe = ov_genai.LLMPipeline(str(path), options.device, **options.plugin_config)
                 self._base_config = self._pipe.get_generation_config
-            else:
-                self._pipe = ov_genai.ContinuousBatchingPipeline(str(path), scheduler, options.device,
-                                                                 options.plugin_config)
-                self._base_config = self._pipe.get_config
+            vocab_size = model_config.get("vocab_size") or len(self.tokenizer.get_vocab())
+            self.token_bytes = token_byte_table(path, int(vocab_size))
         except RuntimeError as exc:
+            self._stop_worker()
             raise ModelLoadError(f"{path}: openvino_genai could not load the model: {exc}") from None
-        vocab_size = model_config.get("vocab_size") or len(self.tokenizer.get_vocab())
-        self.token_bytes = token_byte_table(path, int(vocab_size))
+        if not self._lm:
+            self._await_worker_ready()
         self._detokenizer_module = load_native("detokenize")
         self.template = chat_template.find_template(path) or self.tokenizer.get_original_chat_template() or None
         tool_parser = options.tool_parser or chat_template.detect_tool_parser(self.template)
@@ -194,25 +220,208 @@ class LLMServable(GenerativeServable):
                                     max_num_seqs=int(options.max_num_seqs), context_length=self.context_length)
         self._eos = self.tokenizer.get_eos_token()
         self._bos = self.tokenizer.get_bos_token()
-        self._ids = itertools.count(1)
-        self._lock = threading.Condition()
-        self._inbox: list[_Sequence] = []
-        self._cancels: list[_Sequence] = []
-        self._active: list[_Sequence] = []
-        self._closed = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        # metrics (read by the data plane)
-        self.in_flight = 0
-        self.generated_tokens = 0
-        self.cancelled_requests = 0
-        self.kv_cache_usage = 0.0
-        self._thread = threading.Thread(target=self._run_lm if self._lm else self._run, name=f"ovms-genai-{name}",
-                                        daemon=True)
-        self._thread.start()
+        if self._lm:
+            self._thread = threading.Thread(target=self._run_lm, name=f"ovms-genai-{name}", daemon=True)
+            self._thread.start()
 
     @property
     def info(self) -> GenerativeInfo:
         return self._info
+
+    # ---- the worker process ------------------------------------------------------------------------------
+
+    def _spawn_worker(self) -> None:
+        options = self.options
+        scheduler = {"max_num_seqs": int(options.max_num_seqs), "cache_size": int(options.cache_size) or 1,
+                     "enable_prefix_caching": bool(options.enable_prefix_caching),
+                     "dynamic_split_fuse": bool(options.dynamic_split_fuse)}
+        if options.max_num_batched_tokens:
+            scheduler["max_num_batched_tokens"] = int(options.max_num_batched_tokens)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        package_root = str(pathlib.Path(__file__).resolve().parents[2])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        level = logging.getLevelName(logging.getLogger("ovms").getEffectiveLevel())
+        try:
+            self._worker = subprocess.Popen(
+                [sys.executable, "-m", "ovms.backends.genai_worker", "--fd", str(theirs.fileno()),
+                 "--log-level", level if isinstance(level, str) else "WARNING"],
+                pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            ours.close()
+            raise ModelLoadError(f"{self.name}: could not start the generation worker process: {exc}") from None
+        finally:
+            theirs.close()
+        self._sock = ours
+        self._rbuf = bytearray()
+        self._send({"models_path": str(options.models_path), "scheduler": scheduler, "device": options.device,
+                    "plugin_config": dict(options.plugin_config), "flush_seconds": FLUSH_SECONDS})
+        log.info("%s: generation worker started (pid %d)", self.name, self._worker.pid)
+
+    def _await_worker_ready(self) -> None:
+        """Block until the worker has loaded the pipeline (it answers ready or load_error)."""
+        sock = self._sock
+        sock.settimeout(WORKER_START_SECONDS)
+        try:
+            while True:
+                messages = wire.unframe(self._rbuf)
+                if messages:
+                    break
+                data = sock.recv(1 << 16)
+                if not data:
+                    code = self._worker.wait(5)
+                    raise ModelLoadError(f"{self.options.models_path}: the generation worker exited with code "
+                                         f"{code} while loading the model; see its log lines above")
+                self._rbuf += data
+        except (TimeoutError, socket.timeout):
+            self._stop_worker()
+            raise ModelLoadError(f"{self.options.models_path}: the generation worker did not load the model in "
+                                 f"{WORKER_START_SECONDS} s") from None
+        finally:
+            if self._sock is not None:
+                self._sock.settimeout(None)
+        kind, data = messages[0]
+        if kind == "load_error":
+            self._stop_worker()
+            raise ModelLoadError(f"{self.options.models_path}: openvino_genai could not load the model: {data}")
+        self._base_fields = data
+        # Any frames after "ready" belong to the reader (none yet: nothing was sent).
+
+    def _send(self, message) -> None:
+        data = wire.frame(message)
+        with self._send_lock:
+            if self._sock is None:
+                raise _WorkerLost(Kind.OV_INTERNAL_INFERENCE_ERROR, f"the generation worker of {self.name} is not "
+                                                                    "running; retry the request")
+            try:
+                self._sock.sendall(data)
+            except OSError as exc:
+                raise _WorkerLost(Kind.OV_INTERNAL_INFERENCE_ERROR, f"the generation worker of {self.name} is "
+                                                                    f"gone ({exc}); retry the request") from None
+
+    def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read the worker's frames on this event loop."""
+        if self._loop is loop:
+            return
+        self._detach()
+        self._loop = loop
+        self._restart = asyncio.Lock()
+        loop.add_reader(self._sock.fileno(), self._on_readable)
+
+    def _detach(self) -> None:
+        """Stop reading the worker's frames on the loop they were read on (from any thread)."""
+        loop, sock = self._loop, self._sock
+        if loop is None or sock is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            loop.remove_reader(sock.fileno())
+            return
+        done = threading.Event()
+
+        def remove() -> None:
+            loop.remove_reader(sock.fileno())
+            done.set()
+
+        try:
+            loop.call_soon_threadsafe(remove)
+        except RuntimeError:  # the loop closed meanwhile
+            return
+        done.wait(5)  # the socket must not close (and its fd be reused) while the loop still watches it
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            data = sock.recv(1 << 20, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._worker_lost()
+            return
+        self._rbuf += data
+        for message in wire.unframe(self._rbuf):
+            if message[0] == "out":
+                self._dispatch(message[1], message[2])
+
+    def _dispatch(self, items: list, usage: float | None) -> None:
+        active = self._active
+        for request_id, kind, data in items:
+            sequence = active.get(request_id)
+            if sequence is None:
+                continue  # ended already (cancelled here while its tokens were on the way)
+            if kind == wire.OUTPUTS:
+                if not sequence.cancelled:
+                    sequence.stream.deliver(data)
+                continue
+            del active[request_id]
+            self.in_flight -= 1
+            if kind == wire.CANCELLED:
+                self.cancelled_requests += 1
+                sequence.stream.deliver(_DONE)
+            elif kind == wire.DONE:
+                sequence.stream.deliver(_DONE)
+            else:
+                kind_name, text = data
+                sequence.stream.deliver(ServingError(Kind[kind_name], text))
+        if usage is not None:
+            self.kv_cache_usage = usage
+
+    def _worker_lost(self) -> None:
+        """The worker closed its socket: it crashed or was killed. Fail its requests; the next one restarts it."""
+        self._detach()
+        code = self._stop_worker()
+        if self._closed:
+            return
+        log.error("%s: the generation worker exited unexpectedly (exit code %s) with %d requests running; they "
+                  "fail, and the next request starts a new worker. Look above for its last log lines; a "
+                  "negative code is the signal that killed it (-9: killed, often out of memory).",
+                  self.name, code, len(self._active))
+        error = ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, f"the generation worker of {self.name} exited "
+                                                               f"(code {code}) during generation; retry the request")
+        for sequence in self._active.values():
+            sequence.stream.deliver(error)
+        self.in_flight -= len(self._active)
+        self._active.clear()
+        self._loop = None
+
+    def _stop_worker(self) -> int | None:
+        sock, self._sock = self._sock, None
+        worker, self._worker = self._worker, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+        if worker is None:
+            return None
+        try:
+            return worker.wait(10)
+        except subprocess.TimeoutExpired:
+            log.warning("%s: the generation worker did not stop in 10 s; killing it", self.name)
+            worker.kill()
+            return worker.wait()
+
+    async def _ensure_worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._sock is None:
+            if self._restart is None or self._loop is not loop:
+                self._restart = asyncio.Lock()
+            async with self._restart:
+                if self._sock is None:
+                    log.warning("%s: starting a new generation worker", self.name)
+                    await asyncio.to_thread(self._restart_worker)
+        self._attach(loop)
+
+    def _restart_worker(self) -> None:
+        self._spawn_worker()
+        self._await_worker_ready()
 
     # ---- requests ----------------------------------------------------------------------------------------
 
@@ -231,76 +440,104 @@ class LLMServable(GenerativeServable):
     async def tokenize(self, text: str) -> list[int]:
         return self._encode(text).data[0].tolist()
 
+    def _base(self):
+        if self._lm:
+            return self._base_config()  # a copy of the defaults (generation_config.json)
+        config = ov_genai.GenerationConfig()
+        wire.apply_fields(config, self._base_fields)
+        return config
+
     def _config(self, params: SamplingParams, prompt_tokens: int):
-        config = self._base_config()  # a copy of the defaults (generation_config.json)
+        """(GenerationConfig checked with validate(), the fields changed from the defaults)."""
+        config = self._base()
+        overrides: dict = {}
+
+        def put(field: str, value) -> None:
+            setattr(config, field, value)
+            overrides[field] = value
+
         room = (self.context_length - prompt_tokens) if self.context_length else None
         if room is not None and room <= 0:
             raise ServingError(Kind.GENAI_INVALID_REQUEST, f"prompt is {prompt_tokens} tokens; the model's context "
                                                            f"is {self.context_length}")
         if params.max_new_tokens is not None:
-            config.max_new_tokens = params.max_new_tokens
+            put("max_new_tokens", params.max_new_tokens)
         elif room is not None:
-            config.max_new_tokens = min(config.max_new_tokens, room)
+            put("max_new_tokens", min(config.max_new_tokens, room))
         if self.options.max_tokens_limit and config.max_new_tokens > self.options.max_tokens_limit:
             raise ServingError(Kind.GENAI_INVALID_REQUEST, "max_tokens exceeds limit provided in graph config: "
                                                            f"{self.options.max_tokens_limit}")
         if params.temperature is not None:
-            config.temperature = params.temperature
-            config.do_sample = params.temperature > 0
+            put("temperature", params.temperature)
+            put("do_sample", params.temperature > 0)
         for name in ("top_p", "top_k", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty"):
             value = getattr(params, name)
             if value is not None:
-                setattr(config, name, value)
+                put(name, value)
         if params.seed is not None:
-            config.rng_seed = params.seed
+            put("rng_seed", params.seed)
         if params.stop:
-            config.stop_strings = set(params.stop)
-            config.include_stop_str_in_output = params.include_stop_str_in_output
-        config.ignore_eos = params.ignore_eos
+            put("stop_strings", set(params.stop))
+            put("include_stop_str_in_output", params.include_stop_str_in_output)
+        put("ignore_eos", params.ignore_eos)
         if params.best_of is not None and params.best_of > 1:
-            config.num_beams = params.best_of
-            config.num_return_sequences = params.n
-            config.do_sample = False
+            put("num_beams", params.best_of)
+            put("num_return_sequences", params.n)
+            put("do_sample", False)
         elif params.n > 1:
-            config.num_return_sequences = params.n
+            put("num_return_sequences", params.n)
         if params.logprobs is not None:
-            config.logprobs = max(1, params.logprobs)
+            put("logprobs", max(1, params.logprobs))
         if params.json_schema is not None:
             config.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=params.json_schema)
         try:
             config.validate()
         except (RuntimeError, ValueError) as exc:
             raise ServingError(Kind.GENAI_INVALID_REQUEST, str(exc).splitlines()[0]) from None
-        return config
+        return config, overrides
 
     async def generate(self, request: GenerationRequest) -> GenerationStream:
-        with self._lock:
-            queued = len(self._inbox) + len(self._active)
+        if self._closed:
+            raise ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, f"{self.name} is unloading; retry the request")
+        queued = len(self._active) + len(self._inbox)
         if queued >= 2 * self._info.max_num_seqs:
             raise ServingError(Kind.SERVER_BUSY, f"{queued} requests in flight on {self.name}; max_num_seqs is "
                                                  f"{self._info.max_num_seqs}")
         input_ids = self._encode(request.prompt)
         prompt_tokens = int(input_ids.get_shape()[1])
-        config = self._config(request.params, prompt_tokens)
+        config, overrides = self._config(request.params, prompt_tokens)
         stream = _Stream(self, request.params, prompt_tokens)
-        sequence = _Sequence(next(self._ids), input_ids, config, stream)
+        request_id = next(self._ids)
+        if self._lm:
+            sequence = _Sequence(request_id, input_ids, config, stream)
+            stream._sequence = sequence
+            self._loop = asyncio.get_running_loop()
+            with self._lock:
+                self._inbox.append(sequence)
+                self.in_flight += 1
+                self._lock.notify()
+            return stream
+        await self._ensure_worker()
+        sequence = _Sequence(request_id, None, None, stream)
         stream._sequence = sequence
-        self._loop = asyncio.get_running_loop()
-        with self._lock:
-            self._inbox.append(sequence)
-            self.in_flight += 1
-            self._lock.notify()
+        ids = input_ids.data.astype("int64", copy=False).tobytes()
+        self._send(("add", request_id, ids, overrides, request.params.json_schema))
+        self._active[request_id] = sequence
+        self.in_flight += 1
         return stream
 
     def _cancel(self, sequence: _Sequence) -> None:
-        if self._lm:  # read by the streamer, which answers CANCEL
-            if not sequence.cancelled:
-                sequence.cancelled = True
-                self.cancelled_requests += 1
+        if sequence.cancelled:
             return
-        with self._lock:
-            self._cancels.append(sequence)
-            self._lock.notify()
+        sequence.cancelled = True
+        if self._lm:  # read by the streamer, which answers CANCEL
+            self.cancelled_requests += 1
+            return
+        if sequence.request_id in self._active:
+            try:
+                self._send(("cancel", sequence.request_id))
+            except _WorkerLost:
+                pass  # the worker is gone, and with it the sequence
 
     def _record(self, stream: _Stream) -> None:
         self.generated_tokens += stream.generated
@@ -310,115 +547,10 @@ class LLMServable(GenerativeServable):
             if stream.generated > 1:
                 stream.tpot_us = (time.perf_counter_ns() - stream.first_token_ns) / 1000 / (stream.generated - 1)
 
-    # ---- the stepping thread -----------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        pipe = self._pipe
-        deliveries: list = []
-        last_flush = time.perf_counter()
-        while True:
-            with self._lock:
-                while not self._closed and not self._inbox and not self._cancels and not self._active:
-                    self._lock.wait()
-                if self._closed:
-                    self._drop_all(pipe)
-                    break
-                inbox, self._inbox = self._inbox, []
-                cancels, self._cancels = self._cancels, []
-            urgent = bool(inbox or cancels)
-            for sequence in inbox:
-                try:
-                    sequence.handle = pipe.add_request(sequence.request_id, sequence.input_ids, sequence.config)
-                    self._active.append(sequence)
-                except Exception as exc:  # noqa: BLE001 - handed to the request, not the thread
-                    deliveries.append((sequence, ServingError(Kind.GENAI_INVALID_REQUEST, str(exc).splitlines()[0])))
-            for sequence in cancels:
-                if sequence.handle is not None and not sequence.cancelled:
-                    sequence.cancelled = True
-                    sequence.handle.cancel()
-                    self.cancelled_requests += 1
-            try:
-                if pipe.has_non_finished_requests():
-                    pipe.step()
-            except Exception as exc:  # noqa: BLE001
-                log.exception("generation step failed on %s", self.name)
-                for sequence in self._active:
-                    deliveries.append((sequence, ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, str(exc))))
-                self._active = []
-            still = []
-            for sequence in self._active:
-                if sequence.cancelled:
-                    deliveries.append((sequence, _DONE))
-                    continue
-                handle = sequence.handle
-                outputs = []
-                finished = False
-                if sequence.config.num_beams > 1:  # beam search: results only at the end
-                    if handle.get_status() != _RUNNING:
-                        for sequence_id, output in enumerate(handle.read_all()):
-                            outputs.append(self._output(sequence_id, output, True, sequence.config.logprobs))
-                        finished = True
-                else:
-                    # Finish reasons tell when a sequence ends, so get_status() is only asked when nothing was
-                    # read (measured: about 20 us per sequence per step with it on every step).
-                    while handle.can_read():
-                        for sequence_id, output in handle.read().items():
-                            outputs.append(self._output(sequence_id, output, False, sequence.config.logprobs))
-                    if not outputs or outputs[-1][2] is not None:
-                        finished = handle.get_status() != _RUNNING
-                if outputs:
-                    deliveries.append((sequence, outputs))
-                    if not sequence.started:
-                        sequence.started = urgent = True
-                if not finished:
-                    still.append(sequence)
-                elif handle.get_status() == ov_genai.GenerationStatus.IGNORED:
-                    deliveries.append((sequence, ServingError(Kind.SERVER_BUSY, "the request does not fit the KV "
-                                                                                "cache (cache_size)")))
-                else:
-                    deliveries.append((sequence, _DONE))
-            self._active = still
-            now = time.perf_counter()
-            if not deliveries or self._loop is None:
-                continue
-            if not urgent and still and now - last_flush < FLUSH_SECONDS:
-                continue  # keep stepping; these tokens leave with the next flush
-            done = sum(1 for _, item in deliveries if item is _DONE or isinstance(item, BaseException))
-            if done:
-                with self._lock:
-                    self.in_flight -= done
-                try:
-                    self.kv_cache_usage = float(pipe.get_metrics().cache_usage)
-                except Exception:  # noqa: BLE001 - a metric only
-                    pass
-            handed = threading.Event()
-            try:
-                self._loop.call_soon_threadsafe(_deliver, deliveries, handed)
-            except RuntimeError:  # the loop closed (server stopping)
-                handed.set()
-            deliveries = []
-            last_flush = now
-            # step() holds the GIL (measured: a 1 ms sleep on another thread overshoots by 5.6 ms at p50, the
-            # interpreter's switch interval), so the event loop runs only when this thread lets it: wait (GIL
-            # released) until the loop has taken these tokens. Flushing every FLUSH_SECONDS rather than every
-            # step amortizes that hand-over and the per-chunk work; first tokens and finished requests flush at
-            # once.
-            handed.wait(HANDOVER_TIMEOUT)
-
-    def _drop_all(self, pipe) -> None:
-        """Closing: cancel what still runs and step once so the scheduler frees its KV-cache blocks."""
-        for sequence in self._active:
-            if sequence.handle is not None:
-                sequence.handle.cancel()
-        self._active = []
-        try:
-            if pipe.has_non_finished_requests():
-                pipe.step()
-        except Exception:  # noqa: BLE001 - closing anyway
-            log.debug("final step on close failed", exc_info=True)
+    # ---- pipeline_type LM --------------------------------------------------------------------------------
 
     def _run_lm(self) -> None:
-        """pipeline_type LM: LLMPipeline.generate with a streamer, one request after another."""
+        """LLMPipeline.generate with a streamer, one request after another."""
         while True:
             with self._lock:
                 while not self._closed and not self._inbox:
@@ -426,7 +558,7 @@ class LLMServable(GenerativeServable):
                 if self._closed:
                     break
                 sequence = self._inbox.pop(0)
-                self._active.append(sequence)
+                self._active[sequence.request_id] = sequence
             loop = self._loop
             streamed = [0]
 
@@ -434,7 +566,7 @@ class LLMServable(GenerativeServable):
                 def write(self, token):
                     ids = list(token) if isinstance(token, (list, tuple)) else [int(token)]
                     streamed[0] += len(ids)
-                    loop.call_soon_threadsafe(_deliver, [(sequence, [(0, ids, None, None)])], threading.Event())
+                    loop.call_soon_threadsafe(_deliver, [(sequence, [(0, ids, None, None)])])
                     return ov_genai.StreamingStatus.CANCEL if sequence.cancelled else ov_genai.StreamingStatus.RUNNING
 
                 def end(self):
@@ -447,26 +579,26 @@ class LLMServable(GenerativeServable):
             except Exception as exc:  # noqa: BLE001 - handed to the request
                 items = [(sequence, ServingError(Kind.GENAI_INVALID_REQUEST, str(exc).splitlines()[0]))]
             with self._lock:
-                self._active.remove(sequence)
+                self._active.pop(sequence.request_id, None)
                 self.in_flight -= 1
             try:
-                loop.call_soon_threadsafe(_deliver, items, threading.Event())
+                loop.call_soon_threadsafe(_deliver, items)
             except RuntimeError:
                 pass
-
-    @staticmethod
-    def _output(sequence_id: int, output, final: bool, want_logprobs: int):
-        finish = _FINISH_BY_ENUM.get(output.finish_reason)
-        logprobs = list(output.generated_log_probs) if want_logprobs else None
-        if final and finish is None:
-            finish = "stop"
-        return sequence_id, list(output.generated_ids), finish, logprobs
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             self._lock.notify()
-        self._thread.join(10)
+        if self._lm:
+            self._thread.join(10)
+            return
+        self._detach()
+        try:
+            self._send(("close",))
+        except _WorkerLost:
+            pass
+        self._stop_worker()
 
 
 def _merge(outputs: list) -> list:
@@ -484,8 +616,7 @@ def _merge(outputs: list) -> list:
     return [tuple(entry) for entry in merged.values()]
 
 
-def _deliver(deliveries, handed: threading.Event) -> None:
-    handed.set()
+def _deliver(deliveries) -> None:
     for sequence, item in deliveries:
         sequence.stream.deliver(item)
 
