@@ -54,27 +54,32 @@ def summarize(walls: list[float], ttfts: list[float], tpots: list[float], tokens
 
 # ---- in-process ----------------------------------------------------------------------------------------------
 
-def in_process(streams: int, max_tokens: int, rounds: int) -> dict:
-    import openvino_genai as ov_genai
+class InProcess:
+    """The pipeline ovms wraps, driven directly: add_request, step() in a loop, read every handle after a step."""
 
-    from ovms import chat_template
+    def __init__(self) -> None:
+        import openvino_genai as ov_genai
 
-    scheduler = ov_genai.SchedulerConfig()
-    scheduler.cache_size, scheduler.max_num_seqs, scheduler.enable_prefix_caching = 1, 256, False
-    pipe = ov_genai.ContinuousBatchingPipeline(str(LLM_DIR), scheduler, "CPU", {})
-    tokenizer = ov_genai.Tokenizer(str(LLM_DIR))
-    prompt = chat_template.render(chat_template.find_template(LLM_DIR), MESSAGES)
-    config = pipe.get_config()
-    config.max_new_tokens, config.ignore_eos = max_tokens, True
-    walls, ttfts, tpots, total = [], [], [], 0
-    request_id = 0
-    for round_index in range(rounds + 1):  # round 0 warms up
+        from ovms import chat_template
+
+        scheduler = ov_genai.SchedulerConfig()
+        scheduler.cache_size, scheduler.max_num_seqs, scheduler.enable_prefix_caching = 1, 256, False
+        self.pipe = ov_genai.ContinuousBatchingPipeline(str(LLM_DIR), scheduler, "CPU", {})
+        self.tokenizer = ov_genai.Tokenizer(str(LLM_DIR))
+        self.prompt = chat_template.render(chat_template.find_template(LLM_DIR), MESSAGES)
+        self.request_id = 0
+
+    def round(self, streams: int, max_tokens: int):
+        """One round of ``streams`` concurrent requests: (wall seconds, [(start, first, last, tokens)])."""
+        pipe = self.pipe
+        config = pipe.get_config()
+        config.max_new_tokens, config.ignore_eos = max_tokens, True
         started = time.perf_counter()
         handles = []
         for _ in range(streams):
-            request_id += 1
-            ids = tokenizer.encode(prompt, add_special_tokens=False).input_ids
-            handles.append([pipe.add_request(request_id, ids, config), time.perf_counter(), None, None, 0])
+            self.request_id += 1
+            ids = self.tokenizer.encode(self.prompt, add_special_tokens=False).input_ids
+            handles.append([pipe.add_request(self.request_id, ids, config), time.perf_counter(), None, None, 0])
         while pipe.has_non_finished_requests():
             pipe.step()
             now = time.perf_counter()
@@ -91,15 +96,7 @@ def in_process(streams: int, max_tokens: int, rounds: int) -> dict:
             while item[0].can_read():
                 for output in item[0].read().values():
                     item[4] += len(output.generated_ids)
-        wall = time.perf_counter() - started
-        if round_index == 0:
-            continue
-        walls.append(wall)
-        for _, start, first, last, count in handles:
-            ttfts.append(first - start)
-            tpots.append((last - first) / max(1, count - 1))
-            total += count
-    return summarize(walls, ttfts, tpots, total)
+        return time.perf_counter() - started, [(start, first, last, count) for _, start, first, last, count in handles]
 
 
 # ---- ovms over HTTP/SSE ------------------------------------------------------------------------------------
@@ -160,45 +157,63 @@ async def ovms_round(session, url: str, streams: int, max_tokens: int):
     return time.perf_counter() - started, results
 
 
-def over_http(port: int, streams: int, max_tokens: int, rounds: int) -> dict:
-    import aiohttp
+class OverHttp:
+    def __init__(self, port: int) -> None:
+        import aiohttp
 
-    async def main():
-        url = f"http://127.0.0.1:{port}/v3/chat/completions"
-        walls, ttfts, tpots, total = [], [], [], 0
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            for round_index in range(rounds + 1):
-                wall, results = await ovms_round(session, url, streams, max_tokens)
-                if round_index == 0:
-                    continue
-                walls.append(wall)
-                for start, first, last, count in results:
-                    ttfts.append(first - start)
-                    tpots.append((last - first) / max(1, count - 1))
-                    total += count
-        return summarize(walls, ttfts, tpots, total)
+        self.url = f"http://127.0.0.1:{port}/v3/chat/completions"
+        self.loop = asyncio.new_event_loop()
+        self.session = self.loop.run_until_complete(self._session(aiohttp))
 
-    return asyncio.run(main())
+    @staticmethod
+    async def _session(aiohttp):
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    def round(self, streams: int, max_tokens: int):
+        return self.loop.run_until_complete(ovms_round(self.session, self.url, streams, max_tokens))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.session.close())
+        self.loop.close()
+
+
+def collect(rounds: list) -> dict:
+    walls, ttfts, tpots, total = [], [], [], 0
+    for wall, results in rounds:
+        walls.append(wall)
+        for start, first, last, count in results:
+            ttfts.append(first - start)
+            tpots.append((last - first) / max(1, count - 1))
+            total += count
+    return summarize(walls, ttfts, tpots, total)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 16])
     parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
     results = {}
+    local = InProcess()
     with tempfile.TemporaryDirectory() as workdir:
         process, port = start_ovms(pathlib.Path(workdir))
+        remote = OverHttp(port)
         try:
-            for streams in args.streams:  # alternate sides per point so drift hits both
-                local = in_process(streams, args.max_tokens, args.rounds)
-                remote = over_http(port, streams, args.max_tokens, args.rounds)
-                results[streams] = {"in_process": local, "ovms": remote,
-                                    "ratio": remote["tokens_per_s"] / local["tokens_per_s"],
-                                    "ttft_overhead_p50_ms": remote["ttft_p50_ms"] - local["ttft_p50_ms"]}
+            for streams in args.streams:
+                # Rounds alternate (in-process, ovms, in-process, ...) so the drift of a shared VM hits both sides
+                # alike; the first round of each side warms up and is dropped.
+                local.round(streams, args.max_tokens)
+                remote.round(streams, args.max_tokens)
+                mine, theirs = [], []
+                for _ in range(args.rounds):
+                    mine.append(local.round(streams, args.max_tokens))
+                    theirs.append(remote.round(streams, args.max_tokens))
+                a, b = collect(mine), collect(theirs)
+                results[streams] = {"in_process": a, "ovms": b, "ratio": b["tokens_per_s"] / a["tokens_per_s"],
+                                    "ttft_overhead_p50_ms": b["ttft_p50_ms"] - a["ttft_p50_ms"]}
         finally:
+            remote.close()
             process.terminate()
             process.wait(10)
     print(f"{'streams':>7} {'in-proc tok/s':>13} {'ovms tok/s':>11} {'ratio':>6} {'TTFT p50/p99 ms (in / ovms)':>30} "

@@ -70,7 +70,7 @@ def token_byte_table(models_path: pathlib.Path, vocab_size: int) -> list[bytes]:
 class _Sequence:
     """One request as the servable tracks it until its end arrives."""
 
-    __slots__ = ("request_id", "input_ids", "config", "stream", "cancelled")
+    __slots__ = ("request_id", "input_ids", "config", "stream", "cancelled", "accepted")
 
     def __init__(self, request_id: int, input_ids: ov.Tensor, config, stream: "_Stream") -> None:
         self.request_id = request_id
@@ -78,6 +78,7 @@ class _Sequence:
         self.config = config  # LM: the GenerationConfig; worker: None (sent as overrides)
         self.stream = stream
         self.cancelled = False
+        self.accepted: asyncio.Future | None = None  # worker: resolves to the prompt's token count
 
 
 class _Stream(GenerationStream):
@@ -255,7 +256,8 @@ class LLMServable(GenerativeServable):
         self._sock = ours
         self._rbuf = bytearray()
         self._send({"models_path": str(options.models_path), "scheduler": scheduler, "device": options.device,
-                    "plugin_config": dict(options.plugin_config), "flush_seconds": FLUSH_SECONDS})
+                    "plugin_config": dict(options.plugin_config), "flush_seconds": FLUSH_SECONDS,
+                    "context_length": self.context_length, "max_tokens_limit": options.max_tokens_limit})
         log.info("%s: generation worker started (pid %d)", self.name, self._worker.pid)
 
     def _await_worker_ready(self) -> None:
@@ -360,8 +362,18 @@ class LLMServable(GenerativeServable):
                 if not sequence.cancelled:
                     sequence.stream.deliver(data)
                 continue
+            if kind == wire.ACCEPTED:
+                if not sequence.accepted.done():
+                    sequence.accepted.set_result(data)
+                continue
             del active[request_id]
             self.in_flight -= 1
+            if sequence.accepted is not None and not sequence.accepted.done():  # refused before it started
+                kind_name, text = data if kind == wire.ERROR else ("OV_INTERNAL_INFERENCE_ERROR", "cancelled")
+                sequence.accepted.set_exception(ServingError(Kind[kind_name], text))
+                if kind == wire.CANCELLED:
+                    self.cancelled_requests += 1
+                continue
             if kind == wire.CANCELLED:
                 self.cancelled_requests += 1
                 sequence.stream.deliver(_DONE)
@@ -386,7 +398,10 @@ class LLMServable(GenerativeServable):
         error = ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, f"the generation worker of {self.name} exited "
                                                                f"(code {code}) during generation; retry the request")
         for sequence in self._active.values():
-            sequence.stream.deliver(error)
+            if sequence.accepted is not None and not sequence.accepted.done():
+                sequence.accepted.set_exception(error)
+            else:
+                sequence.stream.deliver(error)
         self.in_flight -= len(self._active)
         self._active.clear()
         self._loop = None
@@ -440,61 +455,46 @@ class LLMServable(GenerativeServable):
     async def tokenize(self, text: str) -> list[int]:
         return self._encode(text).data[0].tolist()
 
-    def _base(self):
-        if self._lm:
-            return self._base_config()  # a copy of the defaults (generation_config.json)
-        config = ov_genai.GenerationConfig()
-        wire.apply_fields(config, self._base_fields)
-        return config
-
-    def _config(self, params: SamplingParams, prompt_tokens: int):
-        """(GenerationConfig checked with validate(), the fields changed from the defaults)."""
-        config = self._base()
+    def _overrides(self, params: SamplingParams) -> dict:
+        """The GenerationConfig fields this request changes from the model's defaults (generation_config.json)."""
         overrides: dict = {}
-
-        def put(field: str, value) -> None:
-            setattr(config, field, value)
-            overrides[field] = value
-
-        room = (self.context_length - prompt_tokens) if self.context_length else None
-        if room is not None and room <= 0:
-            raise ServingError(Kind.GENAI_INVALID_REQUEST, f"prompt is {prompt_tokens} tokens; the model's context "
-                                                           f"is {self.context_length}")
         if params.max_new_tokens is not None:
-            put("max_new_tokens", params.max_new_tokens)
-        elif room is not None:
-            put("max_new_tokens", min(config.max_new_tokens, room))
-        if self.options.max_tokens_limit and config.max_new_tokens > self.options.max_tokens_limit:
-            raise ServingError(Kind.GENAI_INVALID_REQUEST, "max_tokens exceeds limit provided in graph config: "
-                                                           f"{self.options.max_tokens_limit}")
+            if self.options.max_tokens_limit and params.max_new_tokens > self.options.max_tokens_limit:
+                raise ServingError(Kind.GENAI_INVALID_REQUEST, "max_tokens exceeds limit provided in graph config: "
+                                                               f"{self.options.max_tokens_limit}")
+            overrides["max_new_tokens"] = params.max_new_tokens
         if params.temperature is not None:
-            put("temperature", params.temperature)
-            put("do_sample", params.temperature > 0)
+            overrides["temperature"] = params.temperature
+            overrides["do_sample"] = params.temperature > 0
         for name in ("top_p", "top_k", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty"):
             value = getattr(params, name)
             if value is not None:
-                put(name, value)
+                overrides[name] = value
         if params.seed is not None:
-            put("rng_seed", params.seed)
+            overrides["rng_seed"] = params.seed
         if params.stop:
-            put("stop_strings", set(params.stop))
-            put("include_stop_str_in_output", params.include_stop_str_in_output)
-        put("ignore_eos", params.ignore_eos)
+            overrides["stop_strings"] = set(params.stop)
+            overrides["include_stop_str_in_output"] = params.include_stop_str_in_output
+        overrides["ignore_eos"] = params.ignore_eos
         if params.best_of is not None and params.best_of > 1:
-            put("num_beams", params.best_of)
-            put("num_return_sequences", params.n)
-            put("do_sample", False)
+            overrides["num_beams"] = params.best_of
+            overrides["num_return_sequences"] = params.n
+            overrides["do_sample"] = False
         elif params.n > 1:
-            put("num_return_sequences", params.n)
+            overrides["num_return_sequences"] = params.n
         if params.logprobs is not None:
-            put("logprobs", max(1, params.logprobs))
-        if params.json_schema is not None:
-            config.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=params.json_schema)
+            overrides["logprobs"] = max(1, params.logprobs)
+        return overrides
+
+    def _config(self, params: SamplingParams, prompt_tokens: int):
+        """LM: the request's GenerationConfig, checked (the worker does the same in its process)."""
+        config = self._base_config()  # a copy of the defaults (generation_config.json)
         try:
-            config.validate()
-        except (RuntimeError, ValueError) as exc:
+            wire.complete_config(config, self._overrides(params), params.json_schema, prompt_tokens,
+                                 self.context_length, self.options.max_tokens_limit, ov_genai)
+        except ValueError as exc:
             raise ServingError(Kind.GENAI_INVALID_REQUEST, str(exc).splitlines()[0]) from None
-        return config, overrides
+        return config
 
     async def generate(self, request: GenerationRequest) -> GenerationStream:
         if self._closed:
@@ -503,12 +503,12 @@ class LLMServable(GenerativeServable):
         if queued >= 2 * self._info.max_num_seqs:
             raise ServingError(Kind.SERVER_BUSY, f"{queued} requests in flight on {self.name}; max_num_seqs is "
                                                  f"{self._info.max_num_seqs}")
-        input_ids = self._encode(request.prompt)
-        prompt_tokens = int(input_ids.get_shape()[1])
-        config, overrides = self._config(request.params, prompt_tokens)
-        stream = _Stream(self, request.params, prompt_tokens)
         request_id = next(self._ids)
         if self._lm:
+            input_ids = self._encode(request.prompt)
+            prompt_tokens = int(input_ids.get_shape()[1])
+            config = self._config(request.params, prompt_tokens)
+            stream = _Stream(self, request.params, prompt_tokens)
             sequence = _Sequence(request_id, input_ids, config, stream)
             stream._sequence = sequence
             self._loop = asyncio.get_running_loop()
@@ -517,13 +517,22 @@ class LLMServable(GenerativeServable):
                 self.in_flight += 1
                 self._lock.notify()
             return stream
+        # The worker tokenizes (as a caller of the pipeline in its own process would) and answers ACCEPTED with
+        # the prompt's token count, or ERROR (prompt longer than the context, ...): errors stay HTTP errors.
+        overrides = self._overrides(request.params)
         await self._ensure_worker()
+        stream = _Stream(self, request.params, 0)
         sequence = _Sequence(request_id, None, None, stream)
+        sequence.accepted = asyncio.get_running_loop().create_future()
         stream._sequence = sequence
-        ids = input_ids.data.astype("int64", copy=False).tobytes()
-        self._send(("add", request_id, ids, overrides, request.params.json_schema))
+        self._send(("add", request_id, request.prompt, overrides, request.params.json_schema))
         self._active[request_id] = sequence
         self.in_flight += 1
+        try:
+            stream.prompt_tokens = await sequence.accepted
+        except asyncio.CancelledError:  # the client left before the worker took the request
+            self._cancel(sequence)
+            raise
         return stream
 
     def _cancel(self, sequence: _Sequence) -> None:
