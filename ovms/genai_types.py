@@ -78,6 +78,17 @@ class ToolCall:
 
 
 @dataclasses.dataclass(slots=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call: the first piece of call ``index`` names it (``id``, ``name``, empty
+    ``arguments``); the next ones carry only more ``arguments`` text, to be appended."""
+
+    index: int
+    arguments: str = ""
+    id: str | None = None
+    name: str | None = None
+
+
+@dataclasses.dataclass(slots=True)
 class EmbeddingResult:
     vectors: list[list[float]]
     prompt_tokens: int

@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 from ovms.errors import Kind, ServingError
-from ovms.genai_types import ChatMessage, SamplingParams, ToolCall, Usage
+from ovms.genai_types import ChatMessage, SamplingParams, ToolCall, ToolCallDelta, Usage
 
 log = logging.getLogger("ovms.openai")
 
@@ -301,6 +301,14 @@ def tool_calls_json(calls: list[ToolCall]) -> list[dict]:
     return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
 
 
+def tool_call_delta_json(delta: ToolCallDelta) -> dict:
+    """A ``delta.tool_calls`` item: the first of a call has its id, type and name, the next ones only arguments."""
+    if delta.id is None:
+        return {"index": delta.index, "function": {"arguments": delta.arguments}}
+    return {"index": delta.index, "id": delta.id, "type": "function",
+            "function": {"name": delta.name, "arguments": delta.arguments}}
+
+
 def _logprobs_json(chat: bool, logprobs: list[float] | None, tokens: list[str] | None = None):
     if logprobs is None:
         return None
@@ -341,7 +349,8 @@ def response_json(call: GenerateCall, response_id: str, created: int, choices: l
 
 
 def chunk_json(call: GenerateCall, response_id: str, created: int, index: int, *, text: str | None = None,
-               role: bool = False, finish_reason: str | None = None, tool_calls: list[ToolCall] | None = None) -> dict:
+               role: bool = False, finish_reason: str | None = None,
+               tool_calls: list[ToolCallDelta] | None = None) -> dict:
     if call.chat:
         delta: dict[str, Any] = {}
         if role:
@@ -349,7 +358,7 @@ def chunk_json(call: GenerateCall, response_id: str, created: int, index: int, *
         if text is not None:
             delta["content"] = text
         if tool_calls:
-            delta["tool_calls"] = [{"index": i, **t} for i, t in enumerate(tool_calls_json(tool_calls))]
+            delta["tool_calls"] = [tool_call_delta_json(t) for t in tool_calls]
         choice = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
         obj = "chat.completion.chunk"
     else:
@@ -381,6 +390,21 @@ class ChunkEncoder:
             body = f'{index}, "delta": {{"content": {quoted}}}, "finish_reason": {finish}, "logprobs": null}}]}}\n\n'
         else:
             body = f'{index}, "text": {quoted}, "finish_reason": {finish}, "logprobs": null}}]}}\n\n'
+        return (self._head + body).encode()
+
+    def tool_call(self, index: int, delta: ToolCallDelta) -> bytes:
+        """A chat chunk whose delta is one tool-call piece (``sse(chunk_json(..., tool_calls=[delta]))``)."""
+        item = json.dumps(tool_call_delta_json(delta), ensure_ascii=False)
+        body = f'{index}, "delta": {{"tool_calls": [{item}]}}, "finish_reason": null, "logprobs": null}}]}}\n\n'
+        return (self._head + body).encode()
+
+    def finish(self, index: int, finish_reason: str | None) -> bytes:
+        """The closing chunk of a choice, with no text (``sse(chunk_json(..., finish_reason=...))``)."""
+        finish = "null" if finish_reason is None else json.dumps(finish_reason)
+        if self._chat:
+            body = f'{index}, "delta": {{}}, "finish_reason": {finish}, "logprobs": null}}]}}\n\n'
+        else:
+            body = f'{index}, "text": "", "finish_reason": {finish}, "logprobs": null}}]}}\n\n'
         return (self._head + body).encode()
 
 

@@ -15,9 +15,9 @@ from aiohttp import web
 from ovms.dataplane import DataPlane
 from ovms.dataplane_genai import GenAIDataPlane
 from ovms.errors import Kind, ServingError
-from ovms.genai_types import Usage
+from ovms.genai_types import TextChunk, Usage
 from ovms.protocol import openai as codec
-from ovms.tool_parsers import parse_tool_calls, split_reasoning
+from ovms.tool_parsers import STREAM_SYNTAXES, ToolCallStream, parse_tool_calls, split_reasoning, tool_call_stream
 
 log = logging.getLogger("ovms.openai")
 
@@ -113,8 +113,8 @@ async def _stream(request: web.Request, call: codec.GenerateCall, generation, re
                   created: int) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
-    buffer_tools = bool(call.chat and call.tools and generation.info.tool_parser)
-    held: dict[int, list[str]] = {}
+    parse_tools = bool(call.chat and call.tools and generation.info.tool_parser in STREAM_SYNTAXES)
+    tool_streams: dict[int, ToolCallStream] = {}
     encoder = codec.ChunkEncoder(call, response_id, created)
     completion_tokens = 0
     try:
@@ -128,17 +128,13 @@ async def _stream(request: web.Request, call: codec.GenerateCall, generation, re
                                                                 text=generation.prompt)))
         async for chunk in generation.stream:
             completion_tokens += chunk.token_count
-            if buffer_tools:  # tool calls are parsed from the whole text, then sent in the last chunk
-                held.setdefault(chunk.index, []).append(chunk.text)
-                if chunk.finish_reason is None:
-                    continue
-                content, calls = parse_tool_calls(generation.info.tool_parser, "".join(held.pop(chunk.index)))
-                finish = "tool_calls" if calls else chunk.finish_reason
-                if content:
-                    await response.write(codec.sse(codec.chunk_json(call, response_id, created, chunk.index,
-                                                                    text=content)))
-                await response.write(codec.sse(codec.chunk_json(call, response_id, created, chunk.index,
-                                                                finish_reason=finish, tool_calls=calls)))
+            if parse_tools:
+                tool_stream = tool_streams.get(chunk.index)
+                if tool_stream is None:
+                    tool_stream = tool_streams[chunk.index] = tool_call_stream(
+                        generation.info.tool_parser, label=f"{response_id} choice {chunk.index}")
+                for data in _tool_call_chunks(encoder, tool_stream, chunk):
+                    await response.write(data)
                 continue
             if not chunk.text and chunk.finish_reason is None:
                 continue
@@ -157,6 +153,18 @@ async def _stream(request: web.Request, call: codec.GenerateCall, generation, re
     except (ConnectionResetError, ConnectionError):
         log.info("client of %s went away; generation cancelled", response_id)
     return response
+
+
+def _tool_call_chunks(encoder: codec.ChunkEncoder, tool_stream: ToolCallStream, chunk: TextChunk) -> list[bytes]:
+    """SSE chunks of what ``chunk`` settles: content and tool-call pieces in text order, then the finish."""
+    pieces = tool_stream.feed(chunk.text)
+    if chunk.finish_reason is not None:
+        pieces += tool_stream.finish()
+    chunks = [encoder.text(chunk.index, p) if isinstance(p, str) else encoder.tool_call(chunk.index, p)
+              for p in pieces]
+    if chunk.finish_reason is not None:
+        chunks.append(encoder.finish(chunk.index, tool_stream.finish_reason(chunk.finish_reason)))
+    return chunks
 
 
 async def embeddings(request: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ovms.errors import ServingError
+from ovms.genai_types import ToolCallDelta
 from ovms.protocol import openai as codec
 
 
@@ -16,6 +17,31 @@ def test_chunk_encoder_equals_chunk_json(chat, text, index, finish, model):
     call = codec.GenerateCall(model=model, params=codec.SamplingParams(), chat=chat)
     fast = codec.ChunkEncoder(call, "chatcmpl-1", 7).text(index, text, finish)
     assert fast == codec.sse(codec.chunk_json(call, "chatcmpl-1", 7, index, text=text, finish_reason=finish))
+
+
+tool_call_deltas = st.builds(ToolCallDelta, index=st.integers(0, 3), arguments=st.text(max_size=20)) | st.builds(
+    ToolCallDelta, index=st.integers(0, 3), arguments=st.just(""), id=st.just("call_1"), name=st.text(max_size=8))
+
+
+@given(delta=tool_call_deltas, index=st.integers(0, 3), model=st.text(min_size=1, max_size=8))
+def test_chunk_encoder_tool_call_equals_chunk_json(delta, index, model):
+    call = codec.GenerateCall(model=model, params=codec.SamplingParams(), chat=True)
+    fast = codec.ChunkEncoder(call, "chatcmpl-1", 7).tool_call(index, delta)
+    assert fast == codec.sse(codec.chunk_json(call, "chatcmpl-1", 7, index, tool_calls=[delta]))
+
+
+@pytest.mark.parametrize("chat", [True, False])
+@pytest.mark.parametrize("finish", [None, "stop", "tool_calls", "length"])
+def test_chunk_encoder_finish_equals_chunk_json(chat, finish):
+    call = codec.GenerateCall(model="m", params=codec.SamplingParams(), chat=chat)
+    fast = codec.ChunkEncoder(call, "chatcmpl-1", 7).finish(2, finish)
+    assert fast == codec.sse(codec.chunk_json(call, "chatcmpl-1", 7, 2, finish_reason=finish))
+
+
+def test_tool_call_delta_json_is_openai_shaped():
+    first = codec.tool_call_delta_json(ToolCallDelta(1, "", id="call_x", name="f"))
+    assert first == {"index": 1, "id": "call_x", "type": "function", "function": {"name": "f", "arguments": ""}}
+    assert codec.tool_call_delta_json(ToolCallDelta(1, '{"a"')) == {"index": 1, "function": {"arguments": '{"a"'}}
 
 
 def test_decode_generate_defaults_and_fields():

@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 
 import pydantic
+import pytest
 
 from ovms.tool_parsers import parse_tool_calls
+from tests.conftest import ThreadedServer
 from tests.fixtures.genai.dialogues import DIALOGUES, TOOLS
+from tests.genai.conftest import LLM_DIR, LLM_GRAPH
 
 MODEL = "tiny-llm"
 WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -23,12 +26,92 @@ def test_tool_call_parsed_from_the_model_output(client):
     assert call.id.startswith("call_")
 
 
+def accumulate(stream) -> tuple[dict[int, dict], list[str], str, str | None]:
+    """Tool calls by index, argument fragments, content and finish reason of a stream, the way openai users
+    accumulate ``delta.tool_calls``."""
+    calls: dict[int, dict] = {}
+    fragments, content, finish = [], "", None
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        content += delta.content or ""
+        for piece in delta.tool_calls or []:
+            call = calls.setdefault(piece.index, {"id": None, "name": "", "arguments": ""})
+            call["id"] = piece.id or call["id"]
+            call["name"] += piece.function.name or ""
+            call["arguments"] += piece.function.arguments or ""
+            fragments.append(piece.function.arguments or "")
+        finish = chunk.choices[0].finish_reason or finish
+    return calls, fragments, content, finish
+
+
 def test_tool_call_streamed(client):
-    chunks = list(client.chat.completions.create(model=MODEL, messages=WEATHER, tools=TOOLS, stream=True))
-    calls = [t for c in chunks if c.choices for t in (c.choices[0].delta.tool_calls or [])]
-    assert [c.function.name for c in calls] == ["get_weather"]
-    assert json.loads(calls[0].function.arguments) == {"city": "Paris"}
-    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    calls, fragments, content, finish = accumulate(
+        client.chat.completions.create(model=MODEL, messages=WEATHER, tools=TOOLS, stream=True))
+    assert list(calls) == [0] and calls[0]["id"].startswith("call_") and calls[0]["name"] == "get_weather"
+    assert fragments[0] == "", "the first delta names the call, with empty arguments"
+    whole = client.chat.completions.create(model=MODEL, messages=WEATHER, tools=TOOLS).choices[0].message
+    assert calls[0]["arguments"] == whole.tool_calls[0].function.arguments == '{"city": "Paris"}'
+    assert content == "" and finish == "tool_calls"
+
+
+# A call long enough to stream in pieces, from real parts: the fixture model behind a graph that sets the llama3
+# parser, forced by a JSON schema to write a bare {"name", "parameters"} object with a long argument. (The hermes
+# call above is six tokens; the worker sends the tokens of each 2 ms in one frame, so they may arrive together.)
+LONG_CALL_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["name", "parameters"], "properties": {
+    "name": {"const": "get_weather"},
+    "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
+                   "properties": {"city": {"type": "string", "minLength": 120, "maxLength": 160}}}}}
+LONG_CALL = {"model": "tiny-llm-llama3", "messages": WEATHER, "tools": TOOLS, "max_tokens": 400,
+             "response_format": {"type": "json_schema", "json_schema": {"name": "call", "schema": LONG_CALL_SCHEMA}}}
+
+
+@pytest.fixture(scope="module")
+def llama3_client(tmp_path_factory):
+    import openai
+
+    root = tmp_path_factory.mktemp("llama3")
+    graph = LLM_GRAPH.format(path=LLM_DIR, max_num_seqs=2).replace('device: "CPU",',
+                                                                   'device: "CPU",\n      tool_parser: "llama3",')
+    (root / "tiny-llm-llama3").mkdir()
+    (root / "tiny-llm-llama3" / "graph.pbtxt").write_text(graph)
+    (root / "config.json").write_text(json.dumps({"model_config_list": [
+        {"config": {"name": "tiny-llm-llama3", "base_path": str(root / "tiny-llm-llama3")}}]}))
+    with ThreadedServer(config_path=root / "config.json") as running:
+        with openai.OpenAI(base_url=f"http://{running.rest_url}/v3", api_key="unused", max_retries=0,
+                           timeout=60) as client:
+            yield client
+
+
+def test_long_tool_call_arguments_stream_in_pieces(llama3_client):
+    calls, fragments, content, finish = accumulate(llama3_client.chat.completions.create(**LONG_CALL, stream=True))
+    (call,) = calls.values()
+    whole = llama3_client.chat.completions.create(**LONG_CALL).choices[0].message.tool_calls[0]
+    assert call["name"] == whole.function.name == "get_weather"
+    assert call["arguments"] == whole.function.arguments  # the fragments add up to the non-streamed string
+    assert len(json.loads(call["arguments"])["city"]) >= 120
+    partial = [f for f in fragments if f and f != call["arguments"]]
+    assert len(partial) >= 2, f"the arguments did not arrive in pieces: {fragments}"
+    assert content == "" and finish == "tool_calls"
+
+
+def test_tool_call_stream_helper_of_the_openai_client(client):
+    with client.chat.completions.stream(model=MODEL, messages=WEATHER, tools=TOOLS) as stream:
+        completion = stream.get_final_completion()
+    (call,) = completion.choices[0].message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    assert completion.choices[0].finish_reason == "tool_calls"
+
+
+def test_tools_offered_but_not_called_stream_as_content(client):
+    """Untrained with tools, the model babbles markup ('</tool_call>\n<tool_call>\n<tool_call>\nIt is sunny...'):
+    no valid call, so streamed or not, every character is content."""
+    request = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "tools": TOOLS, "max_tokens": 30}
+    calls, _, content, finish = accumulate(client.chat.completions.create(**request, stream=True))
+    whole = client.chat.completions.create(**request).choices[0]
+    assert "<tool_call>" in content and calls == {} and whole.message.tool_calls is None
+    assert (content, finish) == (whole.message.content, whole.finish_reason)
 
 
 def test_tool_result_round_trip(client):
