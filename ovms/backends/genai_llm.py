@@ -191,7 +191,8 @@ class LLMServable(GenerativeServable):
         self._send_lock = threading.Lock()
         self._rbuf = bytearray()
         self._base_fields: dict = {}
-        self._restart: asyncio.Lock | None = None
+        self._restart: asyncio.Lock | None = None  # held while a new worker starts
+        self._restart_loop: asyncio.AbstractEventLoop | None = None
         # metrics (read by the data plane)
         self.in_flight = 0
         self.generated_tokens = 0
@@ -307,7 +308,6 @@ class LLMServable(GenerativeServable):
             return
         self._detach()
         self._loop = loop
-        self._restart = asyncio.Lock()
         loop.add_reader(self._sock.fileno(), self._on_readable)
 
     def _detach(self) -> None:
@@ -425,10 +425,16 @@ class LLMServable(GenerativeServable):
 
     async def _ensure_worker(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._sock is None:
-            if self._restart is None or self._loop is not loop:
-                self._restart = asyncio.Lock()
-            async with self._restart:
+        # One lock per loop, not per worker: after a crash self._loop is None, and concurrent requests each made
+        # a lock of their own and started a worker each. _sock is set before the new worker is ready, so while
+        # the lock is held, requests wait for it instead of reading (and stealing "ready") from that socket.
+        if self._restart is None or self._restart_loop is not loop:
+            self._restart, self._restart_loop = asyncio.Lock(), loop
+        restart = self._restart
+        if self._sock is None or restart.locked() or self._worker.poll() is not None:
+            async with restart:
+                if self._worker is not None and self._worker.poll() is not None:
+                    self._worker_lost()  # it died while no reader watched its socket (no request since it started)
                 if self._sock is None:
                     log.warning("%s: starting a new generation worker", self.name)
                     await asyncio.to_thread(self._restart_worker)
