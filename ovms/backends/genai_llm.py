@@ -45,7 +45,7 @@ _FINISH = {"STOP": "stop", "LENGTH": "length", "TOOL_CALL": "tool_calls"}
 _FINISH_BY_ENUM = {getattr(ov_genai.GenerationFinishReason, name): text for name, text in _FINISH.items()}
 _RUNNING = ov_genai.GenerationStatus.RUNNING
 _DONE = object()
-FLUSH_SECONDS = float(os.environ.get("OVMS_GENAI_FLUSH_MS", "2")) / 1000  # see genai_worker: frames per flush
+FLUSH_SECONDS = float(os.environ.get("OVMS_GENAI_FLUSH_MS", "10")) / 1000  # see genai_worker: frames per flush
 WORKER_START_SECONDS = 300  # a big model takes a while to compile; a wedged worker must not hang the server
 
 
@@ -272,7 +272,7 @@ class LLMServable(GenerativeServable):
                     break
                 data = sock.recv(1 << 16)
                 if not data:
-                    code = self._worker.wait(5)
+                    code = self._stop_worker()
                     raise ModelLoadError(f"{self.options.models_path}: the generation worker exited with code "
                                          f"{code} while loading the model; see its log lines above")
                 self._rbuf += data

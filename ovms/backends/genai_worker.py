@@ -176,92 +176,95 @@ class _Worker:
         urgent = False
         last_flush = time.perf_counter()
         while True:
-            with self.lock:
-                while not self.closed and not self.inbox and not active:
-                    self.lock.wait()
-                if self.closed:
-                    break
-                inbox, self.inbox = self.inbox, []
-            out = []
-            for message in inbox:
-                if message[0] == "add":
-                    _, request_id, prompt, overrides, json_schema = message
-                    try:
-                        ids = tokenizer.encode(prompt, add_special_tokens=False).input_ids
-                        prompt_tokens = int(ids.get_shape()[1])
-                        config = pipe.get_config()
-                        complete_config(config, overrides, json_schema, prompt_tokens, context_length,
-                                        max_tokens_limit, ov_genai)
-                        handle = pipe.add_request(request_id, ids, config)
-                        active[request_id] = [handle, config.num_beams > 1, config.logprobs]
-                        out.append((request_id, ACCEPTED, prompt_tokens))
-                    except Exception as exc:  # noqa: BLE001 - this request's error, not the worker's
-                        out.append((request_id, ERROR, ("GENAI_INVALID_REQUEST", str(exc).splitlines()[0])))
-                elif message[0] == "cancel":
-                    entry = active.pop(message[1], None)
-                    if entry is not None:
-                        entry[0].cancel()
-                        out.append((message[1], CANCELLED, None))
+            if self.inbox or self.closed or not active:  # unlocked reads are safe (GIL); the lock only to swap
+                with self.lock:
+                    while not self.closed and not self.inbox and not active:
+                        self.lock.wait()
+                    if self.closed:
+                        break
+                    inbox, self.inbox = self.inbox, []
+                for message in inbox:
+                    if message[0] == "add":
+                        _, request_id, prompt, overrides, json_schema = message
+                        try:
+                            ids = tokenizer.encode(prompt, add_special_tokens=False).input_ids
+                            prompt_tokens = int(ids.get_shape()[1])
+                            config = pipe.get_config()
+                            complete_config(config, overrides, json_schema, prompt_tokens, context_length,
+                                            max_tokens_limit, ov_genai)
+                            handle = pipe.add_request(request_id, ids, config)
+                            active[request_id] = [handle, config.num_beams > 1, config.logprobs]
+                            accepts.append((request_id, ACCEPTED, prompt_tokens))
+                        except Exception as exc:  # noqa: BLE001 - this request's error, not the worker's
+                            ends.append((request_id, ERROR, ("GENAI_INVALID_REQUEST", str(exc).splitlines()[0])))
+                        urgent = True
+                    elif message[0] == "cancel":
+                        entry = active.pop(message[1], None)
+                        if entry is not None:
+                            entry[0].cancel()
+                            ends.append((message[1], CANCELLED, None))
+                            started.discard(message[1])
+                            urgent = True
             try:
                 if pipe.has_non_finished_requests():
                     pipe.step()
             except Exception as exc:  # noqa: BLE001 - every running request fails, the worker goes on
                 log.exception("generation step failed")
                 for request_id in active:
-                    out.append((request_id, ERROR, ("OV_INTERNAL_INFERENCE_ERROR", str(exc).splitlines()[0])))
+                    ends.append((request_id, ERROR, ("OV_INTERNAL_INFERENCE_ERROR", str(exc).splitlines()[0])))
                 active.clear()
-            finished = []
+                urgent = True
+            finished = None
             for request_id, (handle, beams, logprobs) in active.items():
-                outputs = []
+                outputs = None
                 done = False
                 if beams:  # beam search: results only at the end
                     if handle.get_status() != running:
-                        for sequence_id, output in enumerate(handle.read_all()):
-                            outputs.append((sequence_id, list(output.generated_ids),
-                                            finish_names.get(output.finish_reason, "stop"),
-                                            list(output.generated_log_probs) if logprobs else None))
+                        outputs = [(sequence_id, list(output.generated_ids),
+                                    finish_names.get(output.finish_reason, "stop"),
+                                    list(output.generated_log_probs) if logprobs else None)
+                                   for sequence_id, output in enumerate(handle.read_all())]
                         done = True
                 else:
                     # A finish reason tells when a sequence ends, so get_status() is only asked when nothing
                     # was read (about 20 us per sequence per step otherwise).
                     while handle.can_read():
                         for sequence_id, output in handle.read().items():
-                            outputs.append((sequence_id, list(output.generated_ids),
-                                            finish_names.get(output.finish_reason),
-                                            list(output.generated_log_probs) if logprobs else None))
-                    if not outputs or outputs[-1][2] is not None:
+                            item = (sequence_id, list(output.generated_ids), finish_names.get(output.finish_reason),
+                                    list(output.generated_log_probs) if logprobs else None)
+                            if outputs is None:
+                                outputs = [item]
+                            else:
+                                outputs.append(item)
+                    if outputs is None or outputs[-1][2] is not None:
                         done = handle.get_status() != running
-                if outputs:
-                    out.append((request_id, OUTPUTS, outputs))
-                if done:
-                    finished.append(request_id)
-                    if handle.get_status() == ignored:
-                        out.append((request_id, ERROR, ("SERVER_BUSY", "the request does not fit the KV cache "
-                                                                       "(cache_size)")))
-                    else:
-                        out.append((request_id, DONE, None))
-            for request_id in finished:
-                del active[request_id]
-            for item in out:
-                request_id, kind, data = item
-                if kind == ACCEPTED:
-                    accepts.append(item)
-                    urgent = True
-                elif kind == OUTPUTS:
+                if outputs is not None:
                     held = pending.get(request_id)
                     if held is None:
-                        pending[request_id] = data
+                        pending[request_id] = outputs
+                        if request_id not in started:
+                            started.add(request_id)
+                            urgent = True  # a first token leaves at once (time to first token)
                     else:
-                        held.extend(data)
-                    if request_id not in started:
-                        started.add(request_id)
-                        urgent = True  # a first token leaves at once (time to first token)
-                else:
-                    ends.append(item)
+                        held.extend(outputs)
+                if done:
+                    if finished is None:
+                        finished = []
+                    finished.append(request_id)
                     started.discard(request_id)
                     urgent = True
+                    if handle.get_status() == ignored:
+                        ends.append((request_id, ERROR, ("SERVER_BUSY", "the request does not fit the KV cache "
+                                                                        "(cache_size)")))
+                    else:
+                        ends.append((request_id, DONE, None))
+            if finished:
+                for request_id in finished:
+                    del active[request_id]
+            if not (pending or ends or accepts):
+                continue
             now = time.perf_counter()
-            if (pending or ends or accepts) and (urgent or not active or now - last_flush >= flush_seconds):
+            if urgent or not active or now - last_flush >= flush_seconds:
                 usage = None
                 if ends:
                     try:

@@ -84,7 +84,14 @@ async def _generate(request: web.Request, call: codec.GenerateCall) -> web.Strea
         finish: dict[int, str | None] = {}
         logprobs: dict[int, list[float]] = {}
         completion_tokens = 0
+        transport = request.transport
         async for chunk in generation.stream:
+            if transport is None or transport.is_closing():
+                # The client left (aiohttp does not cancel handlers): cancel the generation and free its
+                # sequence, as a disconnect does for a streamed answer.
+                generation.stream.abort()
+                log.info("client of %s went away; generation cancelled", response_id)
+                break
             texts.setdefault(chunk.index, []).append(chunk.text)
             completion_tokens += chunk.token_count
             if chunk.logprobs is not None and call.params.logprobs:
@@ -112,7 +119,11 @@ async def _generate(request: web.Request, call: codec.GenerateCall) -> web.Strea
 async def _stream(request: web.Request, call: codec.GenerateCall, generation, response_id: str,
                   created: int) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await response.prepare(request)
+    try:
+        await response.prepare(request)
+    except (ConnectionResetError, ConnectionError):
+        log.info("client of %s went away before the answer started; generation cancelled", response_id)
+        return response
     parse_tools = bool(call.chat and call.tools and generation.info.tool_parser in STREAM_SYNTAXES)
     tool_streams: dict[int, ToolCallStream] = {}
     encoder = codec.ChunkEncoder(call, response_id, created)
