@@ -27,22 +27,15 @@ cdef inline int _incomplete_tail(const unsigned char* data, Py_ssize_t n) noexce
     return 0
 
 
-cdef class Detokenizer:
-    """Streaming detokenizer of one sequence."""
+cdef class Vocabulary:
+    """The raw bytes of every token id in one buffer with offsets; built once per tokenizer, shared by streams."""
 
-    cdef bytes _blob
+    cdef readonly bytes blob
     cdef object _offsets_obj
-    cdef const long long[:] _offsets
-    cdef Py_ssize_t _vocab
-    cdef tuple _stops
-    cdef bint _include_stop
-    cdef unsigned char _pending[64]
-    cdef Py_ssize_t _npending
-    cdef bytearray _overflow
-    cdef str _held
-    cdef public bint stopped
+    cdef const long long[:] offsets
+    cdef readonly Py_ssize_t size
 
-    def __init__(self, token_bytes, stop=(), *, bint include_stop=False):
+    def __init__(self, token_bytes):
         import array
         offsets = array.array("q", [0])
         parts = []
@@ -52,10 +45,34 @@ cdef class Detokenizer:
             parts.append(piece)
             total += len(piece)
             offsets.append(total)
-        self._blob = b"".join(parts)
+        self.blob = b"".join(parts)
         self._offsets_obj = offsets
-        self._offsets = offsets
-        self._vocab = len(parts)
+        self.offsets = offsets
+        self.size = len(parts)
+
+    def __len__(self):
+        return self.size
+
+
+cdef class Detokenizer:
+    """Streaming detokenizer of one sequence."""
+
+    cdef Vocabulary _v
+    cdef bytes _blob
+    cdef Py_ssize_t _vocab
+    cdef tuple _stops
+    cdef bint _include_stop
+    cdef unsigned char _pending[64]
+    cdef Py_ssize_t _npending
+    cdef bytearray _overflow
+    cdef str _held
+    cdef public bint stopped
+
+    def __init__(self, vocabulary, stop=(), *, bint include_stop=False):
+        """``vocabulary``: a ``Vocabulary`` (shared, no per-stream cost) or the token bytes themselves."""
+        self._v = vocabulary if isinstance(vocabulary, Vocabulary) else Vocabulary(vocabulary)
+        self._blob = self._v.blob
+        self._vocab = self._v.size
         self._stops = tuple(s for s in stop if s)
         self._include_stop = include_stop
         self._npending = 0
@@ -69,8 +86,8 @@ cdef class Detokenizer:
             return ""
         if token_id < 0 or token_id >= self._vocab:
             raise ValueError(f"token id {token_id} is outside the vocabulary (size {self._vocab})")
-        cdef long long start = self._offsets[token_id]
-        cdef long long length = self._offsets[token_id + 1] - start
+        cdef long long start = self._v.offsets[token_id]
+        cdef long long length = self._v.offsets[token_id + 1] - start
         cdef const unsigned char* src = <const unsigned char*> (<char*> self._blob) + start
         cdef bytearray buf
         cdef Py_ssize_t cut, n

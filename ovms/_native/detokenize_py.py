@@ -30,14 +30,27 @@ def _incomplete_tail(data: bytes | bytearray) -> int:
     return 0
 
 
+class Vocabulary:
+    """The raw bytes of every token id; built once per tokenizer, shared by every stream."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, token_bytes: Sequence[bytes]) -> None:
+        self.table = tuple(bytes(piece) for piece in token_bytes)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
 class Detokenizer:
     """Streaming detokenizer of one sequence."""
 
     __slots__ = ("_table", "_stops", "_include_stop", "_pending", "_held", "stopped", "_max_stop")
 
-    def __init__(self, token_bytes: Sequence[bytes], stop: Sequence[str] = (), *,
+    def __init__(self, vocabulary: "Vocabulary | Sequence[bytes]", stop: Sequence[str] = (), *,
                  include_stop: bool = False) -> None:
-        self._table = token_bytes
+        """``vocabulary``: a ``Vocabulary`` (shared, no per-stream cost) or the token bytes themselves."""
+        self._table = vocabulary.table if isinstance(vocabulary, Vocabulary) else vocabulary
         self._stops = tuple(s for s in stop if s)
         self._max_stop = max((len(s) for s in self._stops), default=0)
         self._include_stop = include_stop

@@ -205,6 +205,14 @@ class _Worker:
                             ends.append((message[1], CANCELLED, None))
                             started.discard(message[1])
                             urgent = True
+                if accepts:
+                    # Answer before the (prefill) step: the server sets up the response while this process steps.
+                    frame_items = accepts + ends
+                    accepts, ends = [], []
+                    try:
+                        self.send(("out", frame_items, None))
+                    except OSError:
+                        break  # the server is gone
             try:
                 if pipe.has_non_finished_requests():
                     pipe.step()

@@ -106,6 +106,25 @@ def test_concatenated_deltas_equal_full_decode(pure, ids, stop, include):
     assert stream(module.Detokenizer(VOCAB, stop, include_stop=include), ids) == full_decode(ids, stop, include)
 
 
+@pytest.mark.parametrize("pure", TWINS)
+@settings(max_examples=100, deadline=None)
+@given(ids=st.lists(st.lists(st.integers(0, len(VOCAB) - 1), max_size=30), min_size=1, max_size=4),
+       stop=st.lists(st.sampled_from(["END", "日本", "👋"]), max_size=2))
+def test_streams_sharing_one_vocabulary_are_independent(pure, ids, stop):
+    """The servable builds one Vocabulary per model; interleaved streams on it decode as if alone."""
+    module = load("detokenize", pure=pure)
+    vocabulary = module.Vocabulary(VOCAB)
+    assert len(vocabulary) == len(VOCAB)
+    detoks = [module.Detokenizer(vocabulary, stop) for _ in ids]
+    outs = ["" for _ in ids]
+    for step in range(max(len(seq) for seq in ids)):
+        for n, seq in enumerate(ids):
+            if step < len(seq):
+                outs[n] += detoks[n].push(seq[step])
+    outs = [out + detok.finish() for out, detok in zip(outs, detoks)]
+    assert outs == [full_decode(seq, stop, False) for seq in ids]
+
+
 @NATIVE_ONLY
 @settings(max_examples=200, deadline=None)
 @given(text=st.text(alphabet=st.sampled_from(list("aé日本語👋 EN D")), max_size=40))
