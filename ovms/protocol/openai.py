@@ -10,8 +10,9 @@ import dataclasses
 import json
 import logging
 import struct
+import itertools
+import secrets
 import time
-import uuid
 from typing import Any
 
 from ovms.errors import Kind, ServingError
@@ -288,8 +289,12 @@ def _response_format(value) -> str | None:
 
 # ---- responses ---------------------------------------------------------------------------------------------
 
+_ID_BASE = secrets.token_hex(8)  # random per process; a counter after it keeps ids unique without a syscall each
+_ID_COUNTER = itertools.count(1)
+
+
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+    return f"{prefix}-{_ID_BASE}{next(_ID_COUNTER) & 0xFFFFFFFF:08x}"
 
 
 def usage_json(usage: Usage) -> dict:
@@ -511,7 +516,7 @@ def rerank_json(call: RerankCall, scores: list[tuple[int, float]], prompt_tokens
         if call.return_documents:
             item["document"] = {"text": call.documents[index]}
         results.append(item)
-    return {"id": str(uuid.uuid4()), "results": results, "usage": {"prompt_tokens": prompt_tokens,
+    return {"id": new_id("rerank"), "results": results, "usage": {"prompt_tokens": prompt_tokens,
                                                                   "total_tokens": prompt_tokens}}
 
 
