@@ -223,6 +223,9 @@ def serve(args: argparse.Namespace) -> int:
         if index > 0:  # extra workers serve gRPC only
             settings.rest_port = None
             settings.metrics_families = frozenset()
+            # Text generation is served over REST only (worker 0): here an LLM starts its generation worker (and
+            # loads the weights again) only if a request ever needs it, which none will.
+            os.environ["OVMS_GENAI_WORKER_START"] = "lazy"
     try:
         runner(Server(settings, models, config_path=config_path).run_until_signalled())
     except ConfigError as exc:

@@ -189,8 +189,8 @@ class LLMServable(GenerativeServable):
         self._worker: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
+        self._worker_starts = 0
         self._rbuf = bytearray()
-        self._base_fields: dict = {}
         self._restart: asyncio.Lock | None = None  # held while a new worker starts
         self._restart_loop: asyncio.AbstractEventLoop | None = None
         # metrics (read by the data plane)
@@ -198,7 +198,8 @@ class LLMServable(GenerativeServable):
         self.generated_tokens = 0
         self.cancelled_requests = 0
         self.kv_cache_usage = 0.0
-        if not self._lm:
+        eager = not self._lm and os.environ.get("OVMS_GENAI_WORKER_START", "eager") != "lazy"
+        if eager:
             self._spawn_worker()  # loads while this process prepares the tokenizer side
         try:
             # One inference thread: a prompt encodes in a fraction of a millisecond, and OpenVINO's idle thread
@@ -213,7 +214,7 @@ class LLMServable(GenerativeServable):
         except RuntimeError as exc:
             self._stop_worker()
             raise ModelLoadError(f"{path}: openvino_genai could not load the model: {exc}") from None
-        if not self._lm:
+        if eager:
             self._await_worker_ready()
         self._detokenizer_module = load_native("detokenize")
         # Once per model: building it per stream cost O(vocabulary) per request (15 ms for 150k tokens).
@@ -258,6 +259,7 @@ class LLMServable(GenerativeServable):
             theirs.close()
         self._sock = ours
         self._rbuf = bytearray()
+        self._worker_starts += 1
         self._send({"models_path": str(options.models_path), "scheduler": scheduler, "device": options.device,
                     "plugin_config": dict(options.plugin_config), "flush_seconds": FLUSH_SECONDS,
                     "context_length": self.context_length, "max_tokens_limit": options.max_tokens_limit})
@@ -289,7 +291,6 @@ class LLMServable(GenerativeServable):
         if kind == "load_error":
             self._stop_worker()
             raise ModelLoadError(f"{self.options.models_path}: openvino_genai could not load the model: {data}")
-        self._base_fields = data
         # Any frames after "ready" belong to the reader (none yet: nothing was sent).
 
     def _send(self, message) -> None:
@@ -438,8 +439,15 @@ class LLMServable(GenerativeServable):
                 if self._worker is not None and self._worker.poll() is not None:
                     self._worker_lost()  # it died while no reader watched its socket (no request since it started)
                 if self._sock is None:
-                    log.warning("%s: starting a new generation worker", self.name)
-                    await asyncio.to_thread(self._restart_worker)
+                    if self._worker_starts:
+                        log.warning("%s: starting a new generation worker", self.name)
+                    else:
+                        log.info("%s: starting the generation worker (first request)", self.name)
+                    try:
+                        await asyncio.to_thread(self._restart_worker)
+                    except ModelLoadError as exc:
+                        raise ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, f"the generation worker of {self.name} "
+                                                                             f"could not start: {exc}") from None
         self._attach(loop)
 
     def _restart_worker(self) -> None:

@@ -364,6 +364,29 @@ def test_close_ends_the_worker_even_while_generating():
     assert servable._worker is None
 
 
+def test_lazy_start_spawns_the_worker_on_the_first_request(monkeypatch):
+    """gRPC-only worker processes (--grpc_workers > 1) load LLMs lazily: no second copy of the weights."""
+    from ovms.backends.genai_llm import LLMServable
+    from ovms.genai_types import GenerationRequest, SamplingParams
+
+    monkeypatch.setenv("OVMS_GENAI_WORKER_START", "lazy")
+    servable = LLMServable("tiny-llm", _options(LLM_DIR))
+    try:
+        assert servable._worker is None  # loaded (tokenizer, template) but no pipeline process yet
+
+        async def first_request():
+            stream = await servable.generate(GenerationRequest("tiny-llm", "Hello",
+                                                               SamplingParams(max_new_tokens=3, ignore_eos=True)))
+            return [chunk async for chunk in stream]
+
+        chunks = asyncio.run(first_request())
+        assert sum(chunk.token_count for chunk in chunks) == 3
+        assert alive(servable._worker.pid)
+    finally:
+        servable.close()
+    assert servable._worker is None
+
+
 def test_unloading_by_config_reload_ends_the_worker(tmp_path):
     graph_dir = write_graph(tmp_path)
     config = tmp_path / "config.json"
