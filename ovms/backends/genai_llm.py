@@ -45,7 +45,7 @@ _FINISH = {"STOP": "stop", "LENGTH": "length", "TOOL_CALL": "tool_calls"}
 _FINISH_BY_ENUM = {getattr(ov_genai.GenerationFinishReason, name): text for name, text in _FINISH.items()}
 _RUNNING = ov_genai.GenerationStatus.RUNNING
 _DONE = object()
-FLUSH_SECONDS = float(os.environ.get("OVMS_GENAI_FLUSH_MS", "10")) / 1000  # see genai_worker: frames per flush
+FLUSH_MS_DEFAULT = "10"  # OVMS_GENAI_FLUSH_MS: see genai_worker (tokens leave the worker once per interval)
 WORKER_START_SECONDS = 300  # a big model takes a while to compile; a wedged worker must not hang the server
 
 
@@ -237,6 +237,7 @@ class LLMServable(GenerativeServable):
 
     def _spawn_worker(self) -> None:
         options = self.options
+        flush_seconds = _flush_seconds()  # before anything starts: a bad value must not leave a process behind
         scheduler = {"max_num_seqs": int(options.max_num_seqs), "cache_size": int(options.cache_size) or 1,
                      "enable_prefix_caching": bool(options.enable_prefix_caching),
                      "dynamic_split_fuse": bool(options.dynamic_split_fuse)}
@@ -261,7 +262,7 @@ class LLMServable(GenerativeServable):
         self._rbuf = bytearray()
         self._worker_starts += 1
         self._send({"models_path": str(options.models_path), "scheduler": scheduler, "device": options.device,
-                    "plugin_config": dict(options.plugin_config), "flush_seconds": FLUSH_SECONDS,
+                    "plugin_config": dict(options.plugin_config), "flush_seconds": flush_seconds,
                     "context_length": self.context_length, "max_tokens_limit": options.max_tokens_limit})
         log.info("%s: generation worker started (pid %d)", self.name, self._worker.pid)
 
@@ -644,6 +645,18 @@ def _merge(outputs: list) -> list:
 def _deliver(deliveries) -> None:
     for sequence, item in deliveries:
         sequence.stream.deliver(item)
+
+
+def _flush_seconds() -> float:
+    text = os.environ.get("OVMS_GENAI_FLUSH_MS", FLUSH_MS_DEFAULT)
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1000:
+        raise ModelLoadError(f"OVMS_GENAI_FLUSH_MS={text!r}: expected milliseconds between 0 and 1000 "
+                             f"(default {FLUSH_MS_DEFAULT})")
+    return value / 1000
 
 
 def _read_json(path: pathlib.Path) -> dict:

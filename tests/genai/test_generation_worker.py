@@ -401,3 +401,12 @@ def test_unloading_by_config_reload_ends_the_worker(tmp_path):
         assert response.status_code == 201, response.text  # OVMS: 201 when the configuration changed
         wait_for(lambda: not alive(pid), timeout=10, what=f"worker {pid} to exit after the unload")
         assert servable._worker is None
+
+
+def test_a_bad_flush_interval_is_a_load_error_that_says_what_to_set(monkeypatch):
+    from ovms.backends.genai_llm import LLMServable
+    from ovms.errors import ModelLoadError
+
+    monkeypatch.setenv("OVMS_GENAI_FLUSH_MS", "fast")
+    with pytest.raises(ModelLoadError, match=r"OVMS_GENAI_FLUSH_MS='fast': expected milliseconds between 0 and 1000"):
+        LLMServable("tiny-llm", _options(LLM_DIR))

@@ -58,7 +58,8 @@ def test_tool_call_streamed(client):
 
 # A call long enough to stream in pieces, from real parts: the fixture model behind a graph that sets the llama3
 # parser, forced by a JSON schema to write a bare {"name", "parameters"} object with a long argument. (The hermes
-# call above is six tokens; the worker sends the tokens of each 2 ms in one frame, so they may arrive together.)
+# call above is six tokens; the worker sends the tokens of each flush interval in one frame, so they may arrive
+# together. This server flushes every millisecond, so a 40-token argument cannot come in one frame.)
 LONG_CALL_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["name", "parameters"], "properties": {
     "name": {"const": "get_weather"},
     "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
@@ -78,10 +79,12 @@ def llama3_client(tmp_path_factory):
     (root / "tiny-llm-llama3" / "graph.pbtxt").write_text(graph)
     (root / "config.json").write_text(json.dumps({"model_config_list": [
         {"config": {"name": "tiny-llm-llama3", "base_path": str(root / "tiny-llm-llama3")}}]}))
-    with ThreadedServer(config_path=root / "config.json") as running:
-        with openai.OpenAI(base_url=f"http://{running.rest_url}/v3", api_key="unused", max_retries=0,
-                           timeout=60) as client:
-            yield client
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OVMS_GENAI_FLUSH_MS", "1")  # read when the servable starts its generation worker
+        with ThreadedServer(config_path=root / "config.json") as running:
+            with openai.OpenAI(base_url=f"http://{running.rest_url}/v3", api_key="unused", max_retries=0,
+                               timeout=60) as client:
+                yield client
 
 
 def test_long_tool_call_arguments_stream_in_pieces(llama3_client):
