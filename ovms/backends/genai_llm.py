@@ -288,7 +288,7 @@ class LLMServable(GenerativeServable):
         finally:
             if self._sock is not None:
                 self._sock.settimeout(None)
-        kind, data = messages[0]
+        kind, data = messages[0]  # ("ready", None) or ("load_error", message)
         if kind == "load_error":
             self._stop_worker()
             raise ModelLoadError(f"{self.options.models_path}: openvino_genai could not load the model: {data}")

@@ -8,7 +8,7 @@ Unix socket pair with length-prefixed pickles:
 
     server -> worker   ("add", request_id, prompt text, config overrides, json_schema | None)
                        ("cancel", request_id)      ("close",)
-    worker -> server   ("ready", base generation config fields)      ("load_error", message)
+    worker -> server   ("ready", None)      ("load_error", message)
                        ("out", [(request_id, kind, data), ...], kv_cache_usage)
 
 The worker tokenizes the prompt (the server's event loop has better things to do than spend 0.3-0.7 ms per
@@ -35,14 +35,6 @@ import time
 OUTPUTS, DONE, CANCELLED, ERROR, ACCEPTED = 0, 1, 2, 3, 4
 _HEADER = struct.Struct("<I")
 
-# GenerationConfig fields carried between the processes (plain values only; structured output is rebuilt from
-# its JSON schema).
-CONFIG_FIELDS = ("max_new_tokens", "max_length", "min_new_tokens", "ignore_eos", "eos_token_id", "stop_token_ids",
-                 "stop_strings", "include_stop_str_in_output", "echo", "logprobs", "do_sample", "temperature",
-                 "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "rng_seed",
-                 "num_beams", "num_beam_groups", "num_return_sequences", "diversity_penalty", "length_penalty",
-                 "no_repeat_ngram_size", "apply_chat_template")
-
 log = logging.getLogger("ovms.genai.worker")
 
 
@@ -67,19 +59,11 @@ def unframe(buffer: bytearray) -> list:
     return messages
 
 
-def config_fields(config) -> dict:
-    return {name: getattr(config, name) for name in CONFIG_FIELDS}
-
-
-def apply_fields(config, fields: dict) -> None:
-    for name, value in fields.items():
-        setattr(config, name, value)
-
-
 def complete_config(config, overrides: dict, json_schema: str | None, prompt_tokens: int,
                     context_length: int | None, max_tokens_limit: int | None, ov_genai) -> None:
     """Defaults + the request's overrides, checked against the prompt's length; ValueError says what is wrong."""
-    apply_fields(config, overrides)
+    for name, value in overrides.items():
+        setattr(config, name, value)
     if context_length:
         room = context_length - prompt_tokens
         if room <= 0:
@@ -153,13 +137,12 @@ class _Worker:
         except Exception as exc:  # noqa: BLE001 - reported to the server, which names the model
             self.send(("load_error", str(exc)))
             return 1
-        base = config_fields(pipe.get_config())
         # Its own tokenizer on one thread: 0.2-0.4 ms per short prompt against 0.5-1 ms for the pipeline's (whose
         # thread pool then spins on the cores the steps need).
         tokenizer = ov_genai.Tokenizer(spec["models_path"], INFERENCE_NUM_THREADS=1)
         context_length = spec.get("context_length")
         max_tokens_limit = spec.get("max_tokens_limit")
-        self.send(("ready", base))
+        self.send(("ready", None))
         threading.Thread(target=self.read_forever, name="ovms-genai-worker-reader", daemon=True).start()
         finish_names = {ov_genai.GenerationFinishReason.STOP: "stop", ov_genai.GenerationFinishReason.LENGTH: "length"}
         running = ov_genai.GenerationStatus.RUNNING
