@@ -46,7 +46,8 @@ _FINISH_BY_ENUM = {getattr(ov_genai.GenerationFinishReason, name): text for name
 _RUNNING = ov_genai.GenerationStatus.RUNNING
 _DONE = object()
 FLUSH_MS_DEFAULT = "10"  # OVMS_GENAI_FLUSH_MS: see genai_worker (tokens leave the worker once per interval)
-WORKER_START_SECONDS = 300  # a big model takes a while to compile; a wedged worker must not hang the server
+WORKER_START_SECONDS = 300
+RESTART_BACKOFF_SECONDS = 10  # after a failed (re)start, requests fail fast this long instead of each retrying  # a big model takes a while to compile; a wedged worker must not hang the server
 
 
 def token_byte_table(models_path: pathlib.Path, vocab_size: int) -> list[bytes]:
@@ -92,6 +93,7 @@ class _Stream(GenerationStream):
         self._sequence: _Sequence | None = None
         self._detokenizers: dict[int, object] = {}
         self._indices: dict[int, int] = {}
+        self._ended: set[int] = set()  # indices whose finish chunk went out
         self.started_ns = time.perf_counter_ns()
         self.first_token_ns: int | None = None
         self.generated = 0
@@ -132,6 +134,9 @@ class _Stream(GenerationStream):
                     item = _merge(item)
                 for sequence_id, ids, finish, logprobs in item:
                     index = self._index(sequence_id)
+                    if index in self._ended:
+                        continue  # our stop-string check ended it; genai may send a token or two more
+
                     detok = self._detokenizers.get(index)
                     if detok is None:
                         detok = self._detokenizers[index] = servable._detokenizer_module.Detokenizer(
@@ -145,6 +150,7 @@ class _Stream(GenerationStream):
                         finish = "stop"  # our stop-string check fired first; genai stops on the same string
                     if finish is not None:
                         text += detok.finish()
+                        self._ended.add(index)
                     yield TextChunk(index, text, len(ids), finish, logprobs)
                 if end is not None:
                     self._finished = True
@@ -188,11 +194,12 @@ class LLMServable(GenerativeServable):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
-        self._send_lock = threading.Lock()
+        self._wbuf = bytearray()  # frames the worker's socket did not take yet (sent when it is writable)
+        self._kept_sockets: list[socket.socket] = []  # shut down, not closed: their loop did not let go in time
         self._worker_starts = 0
         self._rbuf = bytearray()
-        self._restart: asyncio.Lock | None = None  # held while a new worker starts
-        self._restart_loop: asyncio.AbstractEventLoop | None = None
+        self._restart_task: asyncio.Future | None = None  # a worker (re)start in progress, awaited by requests
+        self._restart_failed: tuple[float, ModelLoadError] | None = None
         # metrics (read by the data plane)
         self.in_flight = 0
         self.generated_tokens = 0
@@ -214,6 +221,9 @@ class LLMServable(GenerativeServable):
         except RuntimeError as exc:
             self._stop_worker()
             raise ModelLoadError(f"{path}: openvino_genai could not load the model: {exc}") from None
+        except BaseException:
+            self._stop_worker()  # no worker left loading a second copy of the model
+            raise
         if eager:
             self._await_worker_ready()
         self._detokenizer_module = load_native("detokenize")
@@ -250,9 +260,12 @@ class LLMServable(GenerativeServable):
         level = logging.getLevelName(logging.getLogger("ovms").getEffectiveLevel())
         try:
             self._worker = subprocess.Popen(
-                [sys.executable, "-m", "ovms.backends.genai_worker", "--fd", str(theirs.fileno()),
+                # -P: the server's working directory is not on the worker's sys.path. A session of its own: a
+                # signal to the server's process group (Ctrl-C, systemd stop) is for the server, which ends the
+                # worker itself once requests have drained (the worker exits when its socket closes).
+                [sys.executable, "-P", "-m", "ovms.backends.genai_worker", "--fd", str(theirs.fileno()),
                  "--log-level", level if isinstance(level, str) else "WARNING"],
-                pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+                pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
             ours.close()
             raise ModelLoadError(f"{self.name}: could not start the generation worker process: {exc}") from None
@@ -260,10 +273,12 @@ class LLMServable(GenerativeServable):
             theirs.close()
         self._sock = ours
         self._rbuf = bytearray()
+        self._wbuf = bytearray()
         self._worker_starts += 1
-        self._send({"models_path": str(options.models_path), "scheduler": scheduler, "device": options.device,
-                    "plugin_config": dict(options.plugin_config), "flush_seconds": flush_seconds,
-                    "context_length": self.context_length, "max_tokens_limit": options.max_tokens_limit})
+        ours.sendall(wire.frame({"models_path": str(options.models_path), "scheduler": scheduler,
+                                 "device": options.device, "plugin_config": dict(options.plugin_config),
+                                 "flush_seconds": flush_seconds, "context_length": self.context_length,
+                                 "max_tokens_limit": options.max_tokens_limit}))
         log.info("%s: generation worker started (pid %d)", self.name, self._worker.pid)
 
     def _await_worker_ready(self) -> None:
@@ -287,7 +302,7 @@ class LLMServable(GenerativeServable):
                                  f"{WORKER_START_SECONDS} s") from None
         finally:
             if self._sock is not None:
-                self._sock.settimeout(None)
+                self._sock.setblocking(False)  # from now on the event loop reads and writes it
         kind, data = messages[0]  # ("ready", None) or ("load_error", message)
         if kind == "load_error":
             self._stop_worker()
@@ -295,16 +310,44 @@ class LLMServable(GenerativeServable):
         # Any frames after "ready" belong to the reader (none yet: nothing was sent).
 
     def _send(self, message) -> None:
+        """Queue a frame for the worker (event loop thread only); never blocks the loop.
+
+        The socket buffer holds about 180 KB; long prompts can exceed it while the worker is inside a step (its
+        reader needs the GIL, which step() holds). What the socket does not take waits in _wbuf for add_writer.
+        """
+        sock = self._sock
+        if sock is None:
+            raise _WorkerLost(Kind.OV_INTERNAL_INFERENCE_ERROR, f"the generation worker of {self.name} is not "
+                                                                "running; retry the request")
         data = wire.frame(message)
-        with self._send_lock:
-            if self._sock is None:
-                raise _WorkerLost(Kind.OV_INTERNAL_INFERENCE_ERROR, f"the generation worker of {self.name} is not "
-                                                                    "running; retry the request")
-            try:
-                self._sock.sendall(data)
-            except OSError as exc:
-                raise _WorkerLost(Kind.OV_INTERNAL_INFERENCE_ERROR, f"the generation worker of {self.name} is "
-                                                                    f"gone ({exc}); retry the request") from None
+        if self._wbuf:  # frames are already waiting: keep the order
+            self._wbuf += data
+            return
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            raise _WorkerLost(Kind.OV_INTERNAL_INFERENCE_ERROR, f"the generation worker of {self.name} is gone "
+                                                                f"({exc}); retry the request") from None
+        if sent < len(data):
+            self._wbuf += memoryview(data)[sent:]
+            self._loop.add_writer(sock.fileno(), self._on_writable)
+
+    def _on_writable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sent = sock.send(self._wbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._worker_lost()
+            return
+        del self._wbuf[:sent]
+        if not self._wbuf:
+            self._loop.remove_writer(sock.fileno())
 
     def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Read the worker's frames on this event loop."""
@@ -314,29 +357,41 @@ class LLMServable(GenerativeServable):
         self._loop = loop
         loop.add_reader(self._sock.fileno(), self._on_readable)
 
-    def _detach(self) -> None:
-        """Stop reading the worker's frames on the loop they were read on (from any thread)."""
+    def _detach(self) -> bool:
+        """Stop watching the worker's socket on its loop (from any thread); False if the loop did not confirm.
+
+        The socket must not be closed while the loop still watches its descriptor: a new connection reusing the
+        number would then never be read.
+        """
         loop, sock = self._loop, self._sock
         if loop is None or sock is None or loop.is_closed():
-            return
+            return True
+        fd = sock.fileno()
+
+        def remove() -> None:
+            loop.remove_reader(fd)
+            loop.remove_writer(fd)
+
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is loop:
-            loop.remove_reader(sock.fileno())
-            return
+            remove()
+            return True
         done = threading.Event()
 
-        def remove() -> None:
-            loop.remove_reader(sock.fileno())
-            done.set()
+        def remove_then_signal() -> None:
+            try:
+                remove()
+            finally:
+                done.set()
 
         try:
-            loop.call_soon_threadsafe(remove)
+            loop.call_soon_threadsafe(remove_then_signal)
         except RuntimeError:  # the loop closed meanwhile
-            return
-        done.wait(5)  # the socket must not close (and its fd be reused) while the loop still watches it
+            return True
+        return done.wait(5)
 
     def _on_readable(self) -> None:
         sock = self._sock
@@ -392,13 +447,14 @@ class LLMServable(GenerativeServable):
     def _worker_lost(self) -> None:
         """The worker closed its socket: it crashed or was killed. Fail its requests; the next one restarts it."""
         self._detach()
-        code = self._stop_worker()
+        code = self._stop_worker(wait=False)
         if self._closed:
             return
         log.error("%s: the generation worker exited unexpectedly (exit code %s) with %d requests running; they "
                   "fail, and the next request starts a new worker. Look above for its last log lines; a "
-                  "negative code is the signal that killed it (-9: killed, often out of memory).",
-                  self.name, code, len(self._active))
+                  "negative code is the signal that killed it (-9: SIGKILL, often the out-of-memory killer; "
+                  "-15: SIGTERM sent to it).", self.name, "not known yet" if code is None else code,
+                  len(self._active))
         error = ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, f"the generation worker of {self.name} exited "
                                                                f"(code {code}) during generation; retry the request")
         for sequence in self._active.values():
@@ -410,50 +466,82 @@ class LLMServable(GenerativeServable):
         self._active.clear()
         self._loop = None
 
-    def _stop_worker(self) -> int | None:
+    def _stop_worker(self, *, wait: bool = True, close_socket: bool = True) -> int | None:
+        """Close the socket (the worker exits when it sees EOF) and reap it; its exit code, if known.
+
+        ``wait=False`` (on the event loop): do not block; a worker still alive is reaped by a thread, and killed
+        if it has not exited 10 s later. ``close_socket=False``: shut the socket down but keep its descriptor
+        (the loop may still watch it).
+        """
         sock, self._sock = self._sock, None
         worker, self._worker = self._worker, None
         if sock is not None:
             try:
-                sock.close()
+                if close_socket:
+                    sock.close()
+                else:
+                    sock.shutdown(socket.SHUT_RDWR)
+                    self._kept_sockets.append(sock)
             except OSError:
                 pass
         if worker is None:
             return None
+        if not wait:
+            code = worker.poll()
+            if code is None:
+                threading.Thread(target=self._reap, args=(worker,), name=f"ovms-genai-reap-{self.name}",
+                                 daemon=True).start()
+            return code
+        return self._reap(worker)
+
+    def _reap(self, worker: subprocess.Popen) -> int:
         try:
             return worker.wait(10)
         except subprocess.TimeoutExpired:
-            log.warning("%s: the generation worker did not stop in 10 s; killing it", self.name)
+            log.warning("%s: the generation worker (pid %d) did not exit within 10 s of its socket closing; "
+                        "ovms kills it (SIGKILL)", self.name, worker.pid)
             worker.kill()
             return worker.wait()
 
     async def _ensure_worker(self) -> None:
+        """A running worker, read on this loop: (re)start it if needed, once for all the requests that wait.
+
+        The start runs in a task that requests await through shield(): a request cancelled meanwhile does not
+        cancel the start, and nobody reads the new worker's socket before its "ready" has arrived.
+        """
         loop = asyncio.get_running_loop()
-        # One lock per loop, not per worker: after a crash self._loop is None, and concurrent requests each made
-        # a lock of their own and started a worker each. _sock is set before the new worker is ready, so while
-        # the lock is held, requests wait for it instead of reading (and stealing "ready") from that socket.
-        if self._restart is None or self._restart_loop is not loop:
-            self._restart, self._restart_loop = asyncio.Lock(), loop
-        restart = self._restart
-        if self._sock is None or restart.locked() or self._worker.poll() is not None:
-            async with restart:
-                if self._worker is not None and self._worker.poll() is not None:
-                    self._worker_lost()  # it died while no reader watched its socket (no request since it started)
-                if self._sock is None:
-                    if self._worker_starts:
-                        log.warning("%s: starting a new generation worker", self.name)
-                    else:
-                        log.info("%s: starting the generation worker (first request)", self.name)
-                    try:
-                        await asyncio.to_thread(self._restart_worker)
-                    except ModelLoadError as exc:
-                        raise ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, f"the generation worker of {self.name} "
-                                                                             f"could not start: {exc}") from None
+        task = self._restart_task
+        if task is None or task.done():
+            task = None
+            if self._worker is not None and self._worker.poll() is not None:
+                self._worker_lost()  # it died while no reader watched its socket (no request since it started)
+            if self._sock is None:
+                failed = self._restart_failed
+                if failed is not None and time.monotonic() - failed[0] < RESTART_BACKOFF_SECONDS:
+                    raise ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, f"the generation worker of {self.name} "
+                                                                         f"could not start: {failed[1]}; next try "
+                                                                         f"within {RESTART_BACKOFF_SECONDS} s")
+                if self._worker_starts:
+                    log.warning("%s: starting a new generation worker", self.name)
+                else:
+                    log.info("%s: starting the generation worker (first request)", self.name)
+                task = self._restart_task = loop.create_task(asyncio.to_thread(self._restart_worker))
+        if task is not None:
+            try:
+                await asyncio.shield(task)
+            except ModelLoadError as exc:
+                raise ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, f"the generation worker of {self.name} "
+                                                                     f"could not start: {exc}") from None
         self._attach(loop)
 
     def _restart_worker(self) -> None:
-        self._spawn_worker()
-        self._await_worker_ready()
+        try:
+            self._spawn_worker()
+            self._await_worker_ready()
+        except ModelLoadError as exc:
+            self._restart_failed = (time.monotonic(), exc)
+            raise
+        self._restart_failed = None
 
     # ---- requests ----------------------------------------------------------------------------------------
 
@@ -510,7 +598,7 @@ class LLMServable(GenerativeServable):
             wire.complete_config(config, self._overrides(params), params.json_schema, prompt_tokens,
                                  self.context_length, self.options.max_tokens_limit, ov_genai)
         except ValueError as exc:
-            raise ServingError(Kind.GENAI_INVALID_REQUEST, str(exc).splitlines()[0]) from None
+            raise ServingError(Kind.GENAI_INVALID_REQUEST, wire.first_line(exc)) from None
         return config
 
     async def generate(self, request: GenerationRequest) -> GenerationStream:
@@ -603,7 +691,7 @@ class LLMServable(GenerativeServable):
                 finish = "length" if streamed[0] >= sequence.config.max_new_tokens else "stop"
                 items = [(sequence, [(0, [], finish, None)]), (sequence, _DONE)]
             except Exception as exc:  # noqa: BLE001 - handed to the request
-                items = [(sequence, ServingError(Kind.GENAI_INVALID_REQUEST, str(exc).splitlines()[0]))]
+                items = [(sequence, ServingError(Kind.GENAI_INVALID_REQUEST, wire.first_line(exc)))]
             with self._lock:
                 self._active.pop(sequence.request_id, None)
                 self.in_flight -= 1
@@ -619,12 +707,8 @@ class LLMServable(GenerativeServable):
         if self._lm:
             self._thread.join(10)
             return
-        self._detach()
-        try:
-            self._send(("close",))
-        except _WorkerLost:
-            pass
-        self._stop_worker()
+        # Closing the socket is the worker's signal to stop (it cancels what runs and exits on EOF).
+        self._stop_worker(close_socket=self._detach())
 
 
 def _merge(outputs: list) -> list:

@@ -33,6 +33,7 @@ import threading
 import time
 
 OUTPUTS, DONE, CANCELLED, ERROR, ACCEPTED = 0, 1, 2, 3, 4
+MAX_STEP_FAILURES = 3  # in a row: the pipeline is in a bad state; exit and let the server start a new worker
 _HEADER = struct.Struct("<I")
 
 log = logging.getLogger("ovms.genai.worker")
@@ -59,6 +60,12 @@ def unframe(buffer: bytearray) -> list:
     return messages
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty (MemoryError())."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def complete_config(config, overrides: dict, json_schema: str | None, prompt_tokens: int,
                     context_length: int | None, max_tokens_limit: int | None, ov_genai) -> None:
     """Defaults + the request's overrides, checked against the prompt's length; ValueError says what is wrong."""
@@ -71,7 +78,9 @@ def complete_config(config, overrides: dict, json_schema: str | None, prompt_tok
         if "max_new_tokens" not in overrides:
             config.max_new_tokens = min(config.max_new_tokens, room)
     if max_tokens_limit and config.max_new_tokens > max_tokens_limit:
-        raise ValueError(f"max_tokens exceeds limit provided in graph config: {max_tokens_limit}")
+        if "max_new_tokens" in overrides:
+            raise ValueError(f"max_tokens exceeds limit provided in graph config: {max_tokens_limit}")
+        config.max_new_tokens = max_tokens_limit  # no max_tokens asked: the graph's limit is the default
     if json_schema is not None:
         config.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=json_schema)
     try:
@@ -142,7 +151,10 @@ class _Worker:
         tokenizer = ov_genai.Tokenizer(spec["models_path"], INFERENCE_NUM_THREADS=1)
         context_length = spec.get("context_length")
         max_tokens_limit = spec.get("max_tokens_limit")
-        self.send(("ready", None))
+        try:
+            self.send(("ready", None))
+        except OSError:  # the server went away while the model loaded
+            return 1
         threading.Thread(target=self.read_forever, name="ovms-genai-worker-reader", daemon=True).start()
         finish_names = {ov_genai.GenerationFinishReason.STOP: "stop", ov_genai.GenerationFinishReason.LENGTH: "length"}
         running = ov_genai.GenerationStatus.RUNNING
@@ -157,6 +169,7 @@ class _Worker:
         accepts: list = []
         started: set[int] = set()
         urgent = False
+        step_failures = 0
         last_flush = time.perf_counter()
         while True:
             if self.inbox or self.closed or not active:  # unlocked reads are safe (GIL); the lock only to swap
@@ -179,7 +192,7 @@ class _Worker:
                             active[request_id] = [handle, config.num_beams > 1, config.logprobs]
                             accepts.append((request_id, ACCEPTED, prompt_tokens))
                         except Exception as exc:  # noqa: BLE001 - this request's error, not the worker's
-                            ends.append((request_id, ERROR, ("GENAI_INVALID_REQUEST", str(exc).splitlines()[0])))
+                            ends.append((request_id, ERROR, ("GENAI_INVALID_REQUEST", first_line(exc))))
                         urgent = True
                     elif message[0] == "cancel":
                         entry = active.pop(message[1], None)
@@ -200,11 +213,24 @@ class _Worker:
                 if pipe.has_non_finished_requests():
                     pipe.step()
             except Exception as exc:  # noqa: BLE001 - every running request fails, the worker goes on
-                log.exception("generation step failed")
-                for request_id in active:
-                    ends.append((request_id, ERROR, ("OV_INTERNAL_INFERENCE_ERROR", str(exc).splitlines()[0])))
+                step_failures += 1
+                log.exception("generation step failed (%d in a row)", step_failures)
+                for request_id, (handle, _, _) in active.items():
+                    handle.cancel()  # out of the pipeline too, or the next step fails on them again
+                    ends.append((request_id, ERROR, ("OV_INTERNAL_INFERENCE_ERROR", first_line(exc))))
+                    started.discard(request_id)
                 active.clear()
                 urgent = True
+                if step_failures >= MAX_STEP_FAILURES:
+                    log.error("%d generation steps failed in a row; the worker exits so that the server starts a "
+                              "clean one", step_failures)
+                    try:
+                        self.send(("out", accepts + ends, None))
+                    except OSError:
+                        pass
+                    return 3
+            else:
+                step_failures = 0
             finished = None
             for request_id, (handle, beams, logprobs) in active.items():
                 outputs = None

@@ -410,3 +410,52 @@ def test_a_bad_flush_interval_is_a_load_error_that_says_what_to_set(monkeypatch)
     monkeypatch.setenv("OVMS_GENAI_FLUSH_MS", "fast")
     with pytest.raises(ModelLoadError, match=r"OVMS_GENAI_FLUSH_MS='fast': expected milliseconds between 0 and 1000"):
         LLMServable("tiny-llm", _options(LLM_DIR))
+
+
+def test_prompts_larger_than_the_socket_buffer_do_not_stall_the_server(llm_server, servable):
+    """Frames the worker's socket cannot take wait in a buffer (add_writer); the event loop keeps serving."""
+    huge = {**HELLO, "messages": [{"role": "user", "content": "word " * 60_000}], "max_tokens": 4}  # 300 KB
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(post, llm_server, "chat/completions", huge) for _ in range(4)]
+        # while the four 300 KB prompts are on their way, the server answers other requests
+        health = requests.get(f"http://{llm_server.rest_url}/v2/health/ready", timeout=5)
+        responses = [future.result() for future in futures]
+    assert health.status_code == 200
+    for response in responses:  # the worker took them whole, tokenized them and refused them by length
+        assert response.status_code == 400, response.text
+        assert "tokens; the model's context is 512" in response.json()["error"], response.text
+    assert not servable._wbuf
+    assert_serves(llm_server, servable)
+
+
+def test_max_tokens_limit_is_the_default_and_a_bound(tmp_path):
+    """OVMS's graph option: a request without max_tokens generates up to the limit; one above it is a 400."""
+    graph_dir = write_graph(tmp_path)
+    graph = graph_dir / "graph.pbtxt"
+    graph.write_text(graph.read_text().replace('device: "CPU",', 'device: "CPU",\n      max_tokens_limit: 6,'))
+    assert "max_tokens_limit: 6" in graph.read_text()
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_config_list": [{"config": {"name": "tiny-llm",
+                                                                    "base_path": str(graph_dir)}}]}))
+    with ThreadedServer(config_path=config) as running:
+        response = post(running, "chat/completions", {**HELLO, "ignore_eos": True})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["usage"]["completion_tokens"] == 6 and body["choices"][0]["finish_reason"] == "length"
+        response = post(running, "chat/completions", {**HELLO, "max_tokens": 7})
+        assert response.status_code == 400
+        assert "max_tokens exceeds limit provided in graph config: 6" in response.json()["error"]
+
+
+def test_a_stop_string_ends_the_choice_once(llm_server, servable):
+    """Our detokenizer may see the stop string a token before genai does: one finish chunk, no text after it."""
+    response = post(llm_server, "chat/completions", {**HELLO, "stream": True, "stop": ["!"], "max_tokens": 40},
+                    stream=True)
+    events = [line[6:] for line in response.iter_lines() if line.startswith(b"data: {")]
+    chunks = [json.loads(event)["choices"][0] for event in events]
+    finishes = [c["finish_reason"] for c in chunks if c["finish_reason"] is not None]
+    assert finishes == ["stop"], finishes
+    assert chunks[-1]["finish_reason"] == "stop"
+    text = "".join(c["delta"].get("content") or "" for c in chunks)
+    assert "!" not in text
+    assert_serves(llm_server, servable)
