@@ -27,6 +27,9 @@ class SamplingParams:
     json_schema: str | None = None  # structured output: a JSON schema text
 
 
+IGNORE_EOS_MAX_TOKENS = 4000  # OVMS's bound (and, without max_tokens, the length) of a generation ignoring EOS
+
+
 @dataclasses.dataclass(slots=True)
 class GenerationRequest:
     """One generation: a rendered prompt (chat template already applied) and its sampling parameters."""

@@ -455,8 +455,9 @@ class LLMServable(GenerativeServable):
                   "negative code is the signal that killed it (-9: SIGKILL, often the out-of-memory killer; "
                   "-15: SIGTERM sent to it).", self.name, "not known yet" if code is None else code,
                   len(self._active))
-        error = ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, f"the generation worker of {self.name} exited "
-                                                               f"(code {code}) during generation; retry the request")
+        how = "exited" if code is None else f"exited (code {code})"
+        error = ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, f"the generation worker of {self.name} {how} "
+                                                               "during generation; retry the request")
         for sequence in self._active.values():
             if sequence.accepted is not None and not sequence.accepted.done():
                 sequence.accepted.set_exception(error)
@@ -487,7 +488,13 @@ class LLMServable(GenerativeServable):
         if worker is None:
             return None
         if not wait:
+            # Its socket closed because it exited (or is exiting): its status is there at once or within a few
+            # milliseconds. Never a long wait here, on the event loop: what is still alive is reaped by a thread.
+            deadline = time.monotonic() + 0.1
             code = worker.poll()
+            while code is None and time.monotonic() < deadline:
+                time.sleep(0.002)
+                code = worker.poll()
             if code is None:
                 threading.Thread(target=self._reap, args=(worker,), name=f"ovms-genai-reap-{self.name}",
                                  daemon=True).start()

@@ -32,6 +32,8 @@ import sys
 import threading
 import time
 
+from ovms.genai_types import IGNORE_EOS_MAX_TOKENS
+
 OUTPUTS, DONE, CANCELLED, ERROR, ACCEPTED = 0, 1, 2, 3, 4
 MAX_STEP_FAILURES = 3  # in a row: the pipeline is in a bad state; exit and let the server start a new worker
 _HEADER = struct.Struct("<I")
@@ -77,6 +79,8 @@ def complete_config(config, overrides: dict, json_schema: str | None, prompt_tok
             raise ValueError(f"prompt is {prompt_tokens} tokens; the model's context is {context_length}")
         if "max_new_tokens" not in overrides:
             config.max_new_tokens = min(config.max_new_tokens, room)
+    if "max_new_tokens" not in overrides and overrides.get("ignore_eos"):
+        config.max_new_tokens = min(config.max_new_tokens, IGNORE_EOS_MAX_TOKENS)
     if max_tokens_limit and config.max_new_tokens > max_tokens_limit:
         if "max_new_tokens" in overrides:
             raise ValueError(f"max_tokens exceeds limit provided in graph config: {max_tokens_limit}")

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from ovms.errors import Kind, ServingError
-from ovms.genai_types import ChatMessage, SamplingParams, ToolCall, ToolCallDelta, Usage
+from ovms.genai_types import IGNORE_EOS_MAX_TOKENS, ChatMessage, SamplingParams, ToolCall, ToolCallDelta, Usage
 
 log = logging.getLogger("ovms.openai")
 
@@ -128,6 +128,10 @@ def _sampling(doc: dict, *, chat: bool) -> SamplingParams:
         raise invalid("stop is not a string or array of strings")
     params.include_stop_str_in_output = _bool(doc, "include_stop_str_in_output")
     params.ignore_eos = _bool(doc, "ignore_eos")
+    if params.ignore_eos and params.max_new_tokens is not None and params.max_new_tokens > IGNORE_EOS_MAX_TOKENS:
+        # OVMS bounds a generation that ignores EOS (without max_tokens the backend stops it there)
+        name = "max_completion_tokens" if chat and doc.get("max_completion_tokens") is not None else "max_tokens"
+        raise invalid(f"when ignore_eos is true {name} can not be greater than {IGNORE_EOS_MAX_TOKENS}")
     n = _uint(doc, "n", positive=True)
     params.n = n or 1
     best_of = _uint(doc, "best_of", positive=True)

@@ -445,6 +445,11 @@ def test_max_tokens_limit_is_the_default_and_a_bound(tmp_path):
         response = post(running, "chat/completions", {**HELLO, "max_tokens": 7})
         assert response.status_code == 400
         assert "max_tokens exceeds limit provided in graph config: 6" in response.json()["error"]
+        # OVMS's bound on generations that ignore EOS comes first (it is checked with the request's fields)
+        response = post(running, "chat/completions", {**HELLO, "ignore_eos": True, "max_completion_tokens": 4001})
+        assert response.status_code == 400
+        assert response.json()["error"].endswith("when ignore_eos is true max_completion_tokens can not be greater "
+                                                 "than 4000"), response.text
 
 
 def test_a_stop_string_ends_the_choice_once(llm_server, servable):
