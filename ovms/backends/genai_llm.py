@@ -1,9 +1,10 @@
 """Text generation on openvino_genai's ContinuousBatchingPipeline (or LLMPipeline for ``pipeline_type: LM``).
 
 The ContinuousBatchingPipeline runs in a generation worker process (``ovms.backends.genai_worker``: its
-``step()`` holds the GIL, which in the server would stop the event loop for every step). This side tokenizes,
-checks the request, sends it to the worker and reads one frame per step with the new token ids of every running
-request, on the event loop (``add_reader``: no thread hand-over). Detokenization happens here with the
+``step()`` holds the GIL, which in the server would stop the event loop for every step). This side renders the
+chat template, turns the sampling parameters into config overrides, sends the request to the worker (which
+tokenizes and checks it) and reads, on the event loop (``add_reader``: no thread hand-over), one frame per flush
+interval with the new token ids of every running request. Detokenization happens here with the
 incremental detokenizer (``ovms._native.detokenize``), bytes per token taken from the detokenizer IR with its
 UTF8Validate node bypassed, so partial UTF-8 pieces keep their raw bytes. If the worker dies, its requests fail
 with a clear error and the next request starts a new one.
@@ -46,8 +47,8 @@ _FINISH_BY_ENUM = {getattr(ov_genai.GenerationFinishReason, name): text for name
 _RUNNING = ov_genai.GenerationStatus.RUNNING
 _DONE = object()
 FLUSH_MS_DEFAULT = "10"  # OVMS_GENAI_FLUSH_MS: see genai_worker (tokens leave the worker once per interval)
-WORKER_START_SECONDS = 300
-RESTART_BACKOFF_SECONDS = 10  # after a failed (re)start, requests fail fast this long instead of each retrying  # a big model takes a while to compile; a wedged worker must not hang the server
+WORKER_START_SECONDS = 300  # a big model takes a while to compile; a wedged worker must not hang the server
+RESTART_BACKOFF_SECONDS = 10  # after a failed (re)start, requests fail fast this long instead of each retrying
 
 
 def token_byte_table(models_path: pathlib.Path, vocab_size: int) -> list[bytes]:
@@ -164,7 +165,7 @@ class _Stream(GenerationStream):
 
 
 class _WorkerLost(ServingError):
-    pass
+    """The worker's socket is gone: the request cannot be sent (the worker died or the model is unloading)."""
 
 
 class LLMServable(GenerativeServable):
