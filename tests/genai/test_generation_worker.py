@@ -464,3 +464,26 @@ def test_a_stop_string_ends_the_choice_once(llm_server, servable):
     text = "".join(c["delta"].get("content") or "" for c in chunks)
     assert "!" not in text
     assert_serves(llm_server, servable)
+
+
+def test_prompts_that_arrive_together_encode_as_they_would_alone():
+    import openvino as ov
+    import openvino_genai as ov_genai
+
+    from ovms.backends.genai_worker import encode_prompts
+
+    tokenizer = ov_genai.Tokenizer(str(LLM_DIR), INFERENCE_NUM_THREADS=1)
+    prompts = ["<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n", "short", "a longer prompt " * 40,
+               "こんにちは 👋", "", "What is the weather in Paris?"]
+    alone = [tokenizer.encode(p, add_special_tokens=False).input_ids.data[0].tolist() for p in prompts]
+    together = [t.data[0].tolist() for t in encode_prompts(tokenizer, prompts, ov)]
+    assert together == alone
+    # one prompt the tokenizer refuses does not fail the others: they are encoded one by one
+    mixed = list(encode_prompts(tokenizer, ["Hello", 42, "Paris"], ov))
+    assert isinstance(mixed[1], Exception)
+    assert [mixed[0].data[0].tolist(), mixed[2].data[0].tolist()] == [alone_of(tokenizer, "Hello"),
+                                                                      alone_of(tokenizer, "Paris")]
+
+
+def alone_of(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False).input_ids.data[0].tolist()
