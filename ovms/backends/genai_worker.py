@@ -22,6 +22,7 @@ decides when the worker stops).
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import pickle
@@ -180,6 +181,7 @@ class _Worker:
         tokenizer = ov_genai.Tokenizer(spec["models_path"], INFERENCE_NUM_THREADS=1)
         context_length = spec.get("context_length")
         max_tokens_limit = spec.get("max_tokens_limit")
+        gc.freeze()  # the loaded pipeline's objects: no full collection walks them between steps
         try:
             self.send(("ready", None))
         except OSError:  # the server went away while the model loaded
