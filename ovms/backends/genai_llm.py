@@ -218,7 +218,7 @@ class LLMServable(GenerativeServable):
                 self._pipe = ov_genai.LLMPipeline(str(path), options.device, **options.plugin_config)
                 self._base_config = self._pipe.get_generation_config
             vocab_size = model_config.get("vocab_size") or len(self.tokenizer.get_vocab())
-            self.token_bytes = token_byte_table(path, int(vocab_size))
+            token_bytes = token_byte_table(path, int(vocab_size))
         except RuntimeError as exc:
             self._stop_worker()
             raise ModelLoadError(f"{path}: openvino_genai could not load the model: {exc}") from None
@@ -229,7 +229,7 @@ class LLMServable(GenerativeServable):
             self._await_worker_ready()
         self._detokenizer_module = load_native("detokenize")
         # Once per model: building it per stream cost O(vocabulary) per request (15 ms for 150k tokens).
-        self.vocabulary = self._detokenizer_module.Vocabulary(self.token_bytes)
+        self.vocabulary = self._detokenizer_module.Vocabulary(token_bytes)
         self.template = chat_template.find_template(path) or self.tokenizer.get_original_chat_template() or None
         tool_parser = options.tool_parser or chat_template.detect_tool_parser(self.template)
         self._info = GenerativeInfo(tool_parser=tool_parser, reasoning_parser=options.reasoning_parser,

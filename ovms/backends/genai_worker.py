@@ -7,17 +7,18 @@ process started by ``LLMServable`` (``python -m ovms.backends.genai_worker --fd 
 Unix socket pair with length-prefixed pickles:
 
     server -> worker   ("add", request_id, prompt text, config overrides, json_schema | None)
-                       ("cancel", request_id)      ("close",)
+                       ("cancel", request_id)
     worker -> server   ("ready", None)      ("load_error", message)
                        ("out", [(request_id, kind, data), ...], kv_cache_usage)
 
 The worker tokenizes the prompt (the server's event loop has better things to do than spend 0.3-0.7 ms per
 request in the tokenizer), checks it against the context length and answers ACCEPTED (data = prompt tokens) or
 ERROR. An ``out`` frame carries, per flush interval, the new token ids of every running request (kind OUTPUTS),
-and the ends: DONE, CANCELLED, ERROR (data = (ovms.errors.Kind name, message)). The worker reads its socket on a thread of
-its own, so it never blocks on the server while the server blocks on it. It exits when the socket closes
-(the server ended, even by SIGKILL) and ignores SIGINT (Ctrl-C reaches the whole process group; the server
-decides when the worker stops).
+and the ends: DONE, CANCELLED, ERROR (data = (ovms.errors.Kind name, message)). The worker reads its socket
+on a thread of its own, so it never blocks on the server while the server blocks on it. It stops when the socket
+closes: the server closes it to unload the model, and the kernel closes it when the server ends, even by
+SIGKILL. It runs in a session of its own (signals to the server's process group are for the server) and
+ignores SIGINT as well.
 """
 from __future__ import annotations
 
@@ -158,7 +159,6 @@ class _Worker:
                     self.closed = True
                 else:
                     self.inbox.extend(messages)
-                    self.closed = self.closed or any(m[0] == "close" for m in messages)
                 self.lock.notify()
             if self.closed:
                 return
