@@ -9,6 +9,7 @@ import signal
 
 from aiohttp import web
 
+from ovms import heap
 from ovms.config import ModelConfig
 from ovms.dataplane import DataPlane
 from ovms.errors import ConfigError
@@ -60,7 +61,7 @@ class Server:
     def __init__(self, settings: ServerSettings, models: list[ModelConfig] | None = None, *,
                  config_path: pathlib.Path | None = None) -> None:
         self.settings = settings
-        self.registry = Registry(_load_servable)
+        self.registry = Registry(_load_servable, on_released=heap.settle)
         self.manager = ConfigManager(self.registry, config_path=config_path, models=models,
                                      on_change=self._models_changed)
         self.metrics = Metrics(settings.metrics_families, gauges=self._gauges)
@@ -94,7 +95,8 @@ class Server:
         result = await self.manager.reload()
         if result.error is not None:
             raise ConfigError(result.error)
-        self._models_changed()
+        if not result.changed:  # else the manager called it
+            self._models_changed()
         if s.poll_seconds > 0:
             self._poller = asyncio.create_task(self.manager.poll(s.poll_seconds), name="ovms-config-poll")
         log.info("Server ready: %d model(s) configured, ready=%s", len(self.registry.models), self.dataplane.ready())
@@ -113,6 +115,7 @@ class Server:
                     yield family, model.name, {str(e.version): getattr(e.servable, attribute, 0) for e in live}
 
     def _models_changed(self) -> None:
+        heap.settle()  # what was loaded goes out of the collector's way (ovms/heap.py)
         if self._grpc is not None:
             asyncio.ensure_future(grpc_server.set_health(self._grpc, self.dataplane.ready()))
 

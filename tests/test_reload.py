@@ -142,3 +142,29 @@ def test_versions_and_config_change_under_load(live_repo):
         assert rest(server.rest_url, "POST", "/v1/config/reload")[0] == 200  # nothing left to change
     assert load.sent > 50, "the load thread barely ran"
     assert load.failures == [], load.failures[:5]
+
+
+def test_heap_is_frozen_after_loads_and_an_unloaded_servable_is_still_freed(live_repo):
+    """ovms/heap.py: full collections skip the loaded models (frozen), yet an unloaded model's cycles go away."""
+    import gc
+    import weakref
+
+    from ovms import heap
+
+    config_path = live_repo / "config.json"
+    with ThreadedServer(config_path=config_path, poll_seconds=0.2) as server:
+        assert gc.get_freeze_count() > 1000  # the loaded servables and everything else alive at start-up
+        servable = server.server.registry.models["passthrough"].versions[1].servable
+        servable._test_cycle = [servable]  # only the cycle collector can free it now
+        gone = weakref.ref(servable)
+        del servable
+        heap.settle()  # as after a load: the cycle is in the permanent generation now
+        gc.collect()
+        assert gone() is not None  # frozen: an ordinary full collection does not free it
+        config = json.loads(config_path.read_text())
+        config["model_config_list"] = [e for e in config["model_config_list"]
+                                       if e["config"]["name"] != "passthrough"]
+        config_path.write_text(json.dumps(config))
+        wait_for(lambda: rest(server.rest_url, "GET", "/v1/models/passthrough")[1]
+                 ["model_version_status"][0]["state"] == "END", what="passthrough END")
+        wait_for(lambda: gone() is None, timeout=5, what="the unloaded servable to be freed")
