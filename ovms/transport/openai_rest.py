@@ -116,27 +116,33 @@ async def _generate(request: web.Request, call: codec.GenerateCall) -> web.Strea
         return _json(codec.response_json(call, response_id, created, choices, usage))
 
 
+class _EventStream(web.StreamResponse):
+    """An SSE answer whose headers leave with its first event, in one write (aiohttp's small-payload path)."""
+
+    _send_headers_immediately = False
+
+
 async def _stream(request: web.Request, call: codec.GenerateCall, generation, response_id: str,
                   created: int) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    try:
-        await response.prepare(request)
-    except (ConnectionResetError, ConnectionError):
-        log.info("client of %s went away before the answer started; generation cancelled", response_id)
-        return response
+    response = _EventStream(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     parse_tools = bool(call.chat and call.tools and generation.info.tool_parser in STREAM_SYNTAXES)
     tool_streams: dict[int, ToolCallStream] = {}
     encoder = codec.ChunkEncoder(call, response_id, created)
     completion_tokens = 0
+    # Chunks that end a choice wait for the next write: the end of the answer (usage, [DONE]) normally follows
+    # in the same frame, and leaves with them in one write instead of three. Every write is a system call and
+    # wakes the client, both taken from the cores the pipeline steps on.
+    held: list[bytes] = []
     try:
+        await response.prepare(request)
         if call.chat:
-            for index in range(call.params.n):
-                await response.write(codec.sse(codec.chunk_json(call, response_id, created, index, role=True,
-                                                                text="")))
+            first = b"".join(codec.sse(codec.chunk_json(call, response_id, created, index, role=True, text=""))
+                             for index in range(call.params.n))
+            await response.write(first)
         elif call.echo:
-            for index in range(call.params.n):
-                await response.write(codec.sse(codec.chunk_json(call, response_id, created, index,
-                                                                text=generation.prompt)))
+            await response.write(b"".join(codec.sse(codec.chunk_json(call, response_id, created, index,
+                                                                     text=generation.prompt))
+                                          for index in range(call.params.n)))
         async for chunk in generation.stream:
             completion_tokens += chunk.token_count
             if parse_tools:
@@ -144,23 +150,32 @@ async def _stream(request: web.Request, call: codec.GenerateCall, generation, re
                 if tool_stream is None:
                     tool_stream = tool_streams[chunk.index] = tool_call_stream(
                         generation.info.tool_parser, label=f"{response_id} choice {chunk.index}")
-                for data in _tool_call_chunks(encoder, tool_stream, chunk):
-                    await response.write(data)
+                data = _tool_call_chunks(encoder, tool_stream, chunk)
+                if data:
+                    await response.write(b"".join(data))
                 continue
             if not chunk.text and chunk.finish_reason is None:
                 continue
             # The finish reason rides on the chunk that ends the sequence; when the end (EOS) comes one step
             # after the last text, that chunk has empty content, as OpenAI's and vLLM's final chunks do. Holding
             # text back to merge them would add a flush interval to the time to first token.
-            await response.write(encoder.text(chunk.index, chunk.text, chunk.finish_reason))
+            data = encoder.text(chunk.index, chunk.text, chunk.finish_reason)
+            if chunk.finish_reason is not None:
+                held.append(data)
+            elif held:
+                held.append(data)
+                await response.write(b"".join(held))
+                held.clear()
+            else:
+                await response.write(data)
         if call.include_usage:
             usage = Usage(generation.stream.prompt_tokens, completion_tokens)
-            await response.write(codec.sse(codec.usage_chunk_json(call, response_id, created, usage)))
-        await response.write(codec.SSE_DONE)
-        await response.write_eof()
+            held.append(codec.sse(codec.usage_chunk_json(call, response_id, created, usage)))
+        held.append(codec.SSE_DONE)
+        await response.write_eof(b"".join(held))
     except ServingError as exc:  # after the headers: report in the stream, as OVMS does
-        await response.write(codec.sse({"error": exc.message}))
-        await response.write(codec.SSE_DONE)
+        held += [codec.sse({"error": exc.message}), codec.SSE_DONE]
+        await response.write(b"".join(held))
     except (ConnectionResetError, ConnectionError):
         log.info("client of %s went away; generation cancelled", response_id)
     return response
