@@ -103,9 +103,8 @@ Loader = Callable[[ModelConfig, int], Servable]
 class Registry:
     """All models the server knows, loaded or not."""
 
-    def __init__(self, loader: Loader, on_released: Callable[[], None] | None = None) -> None:
+    def __init__(self, loader: Loader) -> None:
         self._loader = loader
-        self._on_released = on_released  # after a servable was closed (the server settles its heap)
         self.models: dict[str, Model] = {}
         self._lock = asyncio.Lock()
 
@@ -236,9 +235,6 @@ class Registry:
         if servable is not None:
             await asyncio.to_thread(servable.close)
         entry.set_state(VersionState.END)
-        if servable is not None and self._on_released is not None:
-            del servable
-            self._on_released()
 
     async def close(self) -> None:
         async with self._lock:

@@ -61,7 +61,7 @@ class Server:
     def __init__(self, settings: ServerSettings, models: list[ModelConfig] | None = None, *,
                  config_path: pathlib.Path | None = None) -> None:
         self.settings = settings
-        self.registry = Registry(_load_servable, on_released=heap.settle)
+        self.registry = Registry(_load_servable)
         self.manager = ConfigManager(self.registry, config_path=config_path, models=models,
                                      on_change=self._models_changed)
         self.metrics = Metrics(settings.metrics_families, gauges=self._gauges)
@@ -115,7 +115,9 @@ class Server:
                     yield family, model.name, {str(e.version): getattr(e.servable, attribute, 0) for e in live}
 
     def _models_changed(self) -> None:
-        heap.settle()  # what was loaded goes out of the collector's way (ovms/heap.py)
+        # After a reload's loads and drained unloads (Registry.apply waits for both): what is loaded now goes
+        # out of the collector's way, and what was unloaded is freed (ovms/heap.py).
+        heap.settle()
         if self._grpc is not None:
             asyncio.ensure_future(grpc_server.set_health(self._grpc, self.dataplane.ready()))
 
