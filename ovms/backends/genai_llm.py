@@ -313,8 +313,8 @@ class LLMServable(GenerativeServable):
     def _send(self, message) -> None:
         """Queue a frame for the worker (event loop thread only); never blocks the loop.
 
-        The socket buffer holds about 180 KB; long prompts can exceed it while the worker is inside a step (its
-        reader needs the GIL, which step() holds). What the socket does not take waits in _wbuf for add_writer.
+        The socket buffer holds about 180 KB; long prompts can exceed it while the worker is inside a step (it
+        reads only between steps). What the socket does not take waits in _wbuf for add_writer.
         """
         sock = self._sock
         if sock is None:

@@ -135,13 +135,10 @@ async def _stream(request: web.Request, call: codec.GenerateCall, generation, re
     held: list[bytes] = []
     try:
         await response.prepare(request)
-        if call.chat:
-            first = b"".join(codec.sse(codec.chunk_json(call, response_id, created, index, role=True, text=""))
-                             for index in range(call.params.n))
-            await response.write(first)
-        elif call.echo:
+        if call.chat or call.echo:  # chat: the assistant role first; completions with echo: the prompt first
+            text = "" if call.chat else generation.prompt
             await response.write(b"".join(codec.sse(codec.chunk_json(call, response_id, created, index,
-                                                                     text=generation.prompt))
+                                                                     role=call.chat, text=text))
                                           for index in range(call.params.n)))
         async for chunk in generation.stream:
             completion_tokens += chunk.token_count
