@@ -487,3 +487,81 @@ def test_prompts_that_arrive_together_encode_as_they_would_alone():
 
 def alone_of(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False).input_ids.data[0].tolist()
+
+
+# ---- the two sockets: main (waited on) and bulk (read on a timer) -----------------------------------------------
+
+def run_worker_directly(bulk: bool, max_tokens: int = 200) -> tuple[list[int], list[tuple[str, int]]]:
+    """One greedy request on a real worker started by hand; (token ids in the order a server would read them,
+    [(socket, kind) per item received]). The reader never polls the bulk socket on its own: it drains it only
+    before each main frame, the latest a server may, so the order must hold even then."""
+    from ovms.backends import genai_worker as wire
+
+    main_ours, main_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    bulk_ours, bulk_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    command = [sys.executable, "-P", "-m", "ovms.backends.genai_worker", "--fd", str(main_theirs.fileno())]
+    if bulk:
+        command += ["--bulk-fd", str(bulk_theirs.fileno())]
+    worker = subprocess.Popen(command, pass_fds=(main_theirs.fileno(), bulk_theirs.fileno()),
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    main_theirs.close()
+    bulk_theirs.close()
+    main_buf, bulk_buf = bytearray(), bytearray()
+    ids: list[int] = []
+    seen: list[tuple[str, int]] = []
+    try:
+        main_ours.settimeout(60)
+        main_ours.sendall(wire.frame({"models_path": str(LLM_DIR), "device": "CPU", "plugin_config": {},
+                                      "scheduler": {"cache_size": 1, "max_num_seqs": 4,
+                                                    "enable_prefix_caching": False},
+                                      "flush_seconds": 0.002}))
+
+        def main_frames():
+            while True:
+                messages = wire.unframe(main_buf)
+                if messages:
+                    return messages
+                data = main_ours.recv(1 << 20)
+                assert data, "the worker closed its socket"
+                main_buf.extend(data)
+
+        assert main_frames() == [("ready", None)]
+        main_ours.sendall(wire.frame(("add", 1, "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n",
+                                      {"max_new_tokens": max_tokens, "ignore_eos": True}, None)))
+        bulk_ours.setblocking(False)
+        done = False
+        while not done:
+            messages = main_frames()
+            while True:  # what went on the bulk socket before this main frame
+                try:
+                    data = bulk_ours.recv(1 << 20)
+                except BlockingIOError:
+                    break
+                bulk_buf.extend(data)
+            batches = [("bulk", m) for m in wire.unframe(bulk_buf)] + [("main", m) for m in messages]
+            for where, (_, items, _) in batches:
+                for request_id, kind, data in items:
+                    assert request_id == 1
+                    seen.append((where, kind))
+                    if kind == wire.OUTPUTS:
+                        assert len(data) == 1 and data[0][0] == 0  # one sequence, the steps merged
+                        ids += data[0][1]
+                    elif kind == wire.DONE:
+                        done = True
+                    else:
+                        assert kind == wire.ACCEPTED, (kind, data)
+    finally:
+        main_ours.close()
+        bulk_ours.close()
+        worker.wait(30)
+    return ids, seen
+
+
+def test_tokens_in_mid_answer_go_on_the_bulk_socket_and_arrive_in_order():
+    ids_bulk, seen_bulk = run_worker_directly(bulk=True)
+    ids_main, seen_main = run_worker_directly(bulk=False)
+    assert len(ids_bulk) == 200 and ids_bulk == ids_main  # greedy: the same tokens, in the same order
+    assert ("bulk", 0) in seen_bulk  # tokens between the first one and the end went on the bulk socket
+    assert all(where == "main" for where, kind in seen_bulk if kind != 0)  # acceptance and end: main socket
+    assert seen_bulk[0] == ("main", 4) and seen_bulk[1] == ("main", 0) and seen_bulk[-1] == ("main", 1)
+    assert {where for where, _ in seen_main} == {"main"}  # without --bulk-fd everything goes on the main socket
