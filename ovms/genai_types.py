@@ -49,6 +49,7 @@ class TextChunk:
     token_count: int  # tokens this chunk covers
     finish_reason: str | None = None  # "stop", "length", or None while generating
     logprobs: list[float] | None = None
+    tokens: list[bytes] | None = None  # with logprobs: each token's raw bytes, for the logprobs' token texts
 
 
 @dataclasses.dataclass(slots=True)

@@ -53,6 +53,12 @@ cdef class Vocabulary:
     def __len__(self):
         return self.size
 
+    def token_bytes(self, Py_ssize_t token_id):
+        """The raw bytes of one token (a piece of a UTF-8 character for byte-fallback tokens)."""
+        if not 0 <= token_id < self.size:
+            raise IndexError(f"token id {token_id} is outside the vocabulary (size {self.size})")
+        return self.blob[self.offsets[token_id]:self.offsets[token_id + 1]]
+
 
 cdef class Detokenizer:
     """Streaming detokenizer of one sequence."""

@@ -41,6 +41,12 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.table)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes of one token (a piece of a UTF-8 character for byte-fallback tokens)."""
+        if not 0 <= token_id < len(self.table):
+            raise IndexError(f"token id {token_id} is outside the vocabulary (size {len(self.table)})")
+        return self.table[token_id]
+
 
 class Detokenizer:
     """Streaming detokenizer of one sequence."""

@@ -154,7 +154,8 @@ class _Stream(GenerationStream):
                     if finish is not None:
                         text += detok.finish()
                         self._ended.add(index)
-                    yield TextChunk(index, text, len(ids), finish, logprobs)
+                    tokens = [servable.vocabulary.token_bytes(i) for i in ids] if logprobs else None
+                    yield TextChunk(index, text, len(ids), finish, logprobs, tokens)
                 if end is not None:
                     self._finished = True
                     if end is _DONE:

@@ -318,13 +318,21 @@ def tool_call_delta_json(delta: ToolCallDelta) -> dict:
             "function": {"name": delta.name, "arguments": delta.arguments}}
 
 
-def _logprobs_json(chat: bool, logprobs: list[float] | None, tokens: list[str] | None = None):
+def _logprobs_json(chat: bool, logprobs: list[float] | None, tokens: list[bytes] | None = None,
+                   text_offset: int = 0):
+    """OpenAI's logprobs object; ``tokens``: each token's raw bytes ("bytes" in chat, decoded for "token")."""
     if logprobs is None:
         return None
+    raw = tokens if tokens is not None and len(tokens) == len(logprobs) else [b""] * len(logprobs)
+    texts = [piece.decode("utf-8", "replace") for piece in raw]
     if chat:
-        return {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
-                            for t, lp in zip(tokens or [""] * len(logprobs), logprobs)]}
-    return {"token_logprobs": logprobs, "tokens": tokens or [], "top_logprobs": None, "text_offset": []}
+        return {"content": [{"token": text, "logprob": lp, "bytes": list(piece), "top_logprobs": []}
+                            for text, piece, lp in zip(texts, raw, logprobs)]}
+    offsets = []
+    for text in texts:
+        offsets.append(text_offset)
+        text_offset += len(text)
+    return {"token_logprobs": logprobs, "tokens": texts, "top_logprobs": None, "text_offset": offsets}
 
 
 @dataclasses.dataclass(slots=True)
@@ -335,6 +343,8 @@ class Choice:
     tool_calls: list[ToolCall] = dataclasses.field(default_factory=list)
     logprobs: list[float] | None = None
     reasoning: str | None = None
+    tokens: list[bytes] | None = None  # with logprobs: the raw bytes of each generated token
+    echo_chars: int = 0  # completions with echo: the prompt's length, where the generated text starts
 
 
 def response_json(call: GenerateCall, response_id: str, created: int, choices: list[Choice], usage: Usage) -> dict:
@@ -347,11 +357,11 @@ def response_json(call: GenerateCall, response_id: str, created: int, choices: l
             if c.tool_calls:
                 message["tool_calls"] = tool_calls_json(c.tool_calls)
             body_choices.append({"index": c.index, "message": message, "finish_reason": c.finish_reason,
-                                 "logprobs": _logprobs_json(True, c.logprobs)})
+                                 "logprobs": _logprobs_json(True, c.logprobs, c.tokens)})
         obj = "chat.completion"
     else:
         body_choices = [{"index": c.index, "text": c.text, "finish_reason": c.finish_reason,
-                         "logprobs": _logprobs_json(False, c.logprobs)} for c in choices]
+                         "logprobs": _logprobs_json(False, c.logprobs, c.tokens, c.echo_chars)} for c in choices]
         obj = "text_completion"
     return {"id": response_id, "object": obj, "created": created, "model": call.model, "choices": body_choices,
             "usage": usage_json(usage)}

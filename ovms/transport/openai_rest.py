@@ -83,6 +83,7 @@ async def _generate(request: web.Request, call: codec.GenerateCall) -> web.Strea
         texts: dict[int, list[str]] = {}
         finish: dict[int, str | None] = {}
         logprobs: dict[int, list[float]] = {}
+        tokens: dict[int, list[bytes]] = {}
         completion_tokens = 0
         transport = request.transport
         async for chunk in generation.stream:
@@ -96,12 +97,14 @@ async def _generate(request: web.Request, call: codec.GenerateCall) -> web.Strea
             completion_tokens += chunk.token_count
             if chunk.logprobs is not None and call.params.logprobs:
                 logprobs.setdefault(chunk.index, []).extend(chunk.logprobs)
+                tokens.setdefault(chunk.index, []).extend(chunk.tokens or ())
             if chunk.finish_reason is not None:
                 finish[chunk.index] = chunk.finish_reason
         choices = []
         for index in sorted(texts):
             text = "".join(texts[index])
-            choice = codec.Choice(index, text, finish.get(index, "stop"), logprobs=logprobs.get(index))
+            choice = codec.Choice(index, text, finish.get(index, "stop"), logprobs=logprobs.get(index),
+                                  tokens=tokens.get(index))
             if call.chat:
                 choice.reasoning, choice.text = split_reasoning(generation.info.reasoning_parser, text)
                 text = choice.text
@@ -111,6 +114,7 @@ async def _generate(request: web.Request, call: codec.GenerateCall) -> web.Strea
                     choice.finish_reason = "tool_calls"
             if call.echo:
                 choice.text = generation.prompt + choice.text
+                choice.echo_chars = len(generation.prompt)
             choices.append(choice)
         usage = Usage(generation.stream.prompt_tokens, completion_tokens)
         return _json(codec.response_json(call, response_id, created, choices, usage))

@@ -134,3 +134,14 @@ def test_native_equals_pure_on_text(text):
     native = load("detokenize", pure=False).Detokenizer(VOCAB, ["END"])
     assert [pure.push(i) for i in ids] == [native.push(i) for i in ids]
     assert pure.finish() == native.finish()
+
+
+@pytest.mark.parametrize("pure", TWINS)
+def test_vocabulary_hands_out_each_tokens_raw_bytes(pure):
+    """The logprobs' token texts come from here: every id's own bytes, partial UTF-8 pieces kept raw."""
+    module = load("detokenize", pure=pure)
+    vocabulary = module.Vocabulary(VOCAB)
+    assert [vocabulary.token_bytes(i) for i in range(len(VOCAB))] == [bytes(piece) for piece in VOCAB]
+    for bad in (-1, len(VOCAB)):
+        with pytest.raises(IndexError, match=f"token id {bad} is outside the vocabulary"):
+            vocabulary.token_bytes(bad)

@@ -76,3 +76,48 @@ def test_models_list_and_get(client):
     names = {m.id for m in client.models.list()}
     assert {"tiny-llm", "tiny-embedder", "tiny-reranker"} <= names
     assert client.models.retrieve(MODEL).id == MODEL
+
+
+def test_n_choices_each_with_its_own_index_and_finish(client):
+    response = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello"}], n=2,
+                                              temperature=1.0, seed=7, max_tokens=8)
+    assert [c.index for c in response.choices] == [0, 1]
+    assert all(c.message.content and c.finish_reason == "length" for c in response.choices)
+    assert response.usage.completion_tokens == 16  # both sequences' tokens
+
+    chunks = list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello"}], n=2,
+                                                 temperature=1.0, seed=7, max_tokens=8, stream=True,
+                                                 stream_options={"include_usage": True}))
+    for index in (0, 1):
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == index]
+        assert mine[0].delta.role == "assistant"
+        assert "".join(c.delta.content or "" for c in mine)
+        assert [c.finish_reason for c in mine if c.finish_reason] == ["length"] and mine[-1].finish_reason
+    assert chunks[-1].usage.completion_tokens == 16
+
+
+def test_best_of_runs_beam_search_and_returns_the_best(client):
+    greedy = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello"}],
+                                            max_tokens=20)
+    beams = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello"}],
+                                           max_tokens=20, extra_body={"best_of": 2})
+    assert len(beams.choices) == 1 and beams.choices[0].finish_reason == "stop"
+    assert beams.choices[0].message.content == greedy.choices[0].message.content == HELLO_ANSWER
+
+
+def test_logprobs_name_each_generated_token(client):
+    response = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello"}],
+                                              logprobs=True, max_tokens=6)
+    entries = response.choices[0].logprobs.content
+    assert len(entries) == response.usage.completion_tokens == 6
+    assert "".join(e.token for e in entries) == response.choices[0].message.content
+    assert all(e.logprob <= 0 and bytes(e.bytes).decode() == e.token for e in entries)
+
+    completion = client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=5, logprobs=1,
+                                           echo=True)
+    choice = completion.choices[0]
+    assert "".join(choice.logprobs.tokens) == choice.text[len("The quick brown fox"):]
+    assert choice.logprobs.text_offset[0] == len("The quick brown fox")
+    assert [b - a for a, b in zip(choice.logprobs.text_offset, choice.logprobs.text_offset[1:])] == [
+        len(t) for t in choice.logprobs.tokens[:-1]]
+    assert len(choice.logprobs.token_logprobs) == 5 and all(lp <= 0 for lp in choice.logprobs.token_logprobs)
