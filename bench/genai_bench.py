@@ -83,8 +83,9 @@ class InProcess:
         handles = []
         for _ in range(streams):
             self.request_id += 1
+            submitted = time.perf_counter()  # a request's clock starts with its text, as ovms's does
             ids = self.tokenizer.encode(self.prompt, add_special_tokens=False).input_ids
-            handles.append([pipe.add_request(self.request_id, ids, config), time.perf_counter(), None, None, 0])
+            handles.append([pipe.add_request(self.request_id, ids, config), submitted, None, None, 0])
         while pipe.has_non_finished_requests():
             pipe.step()
             now = time.perf_counter()

@@ -27,7 +27,8 @@ The stepping thread reads the main socket between steps without waiting (a poll,
 there), and waits on it only when nothing runs; the server never blocks on the sockets either way (non-blocking
 writes, reads from its event loop), so neither waits on the other. It stops when the main socket closes: the
 server closes it to unload the model, and the kernel closes it when the server ends, even by SIGKILL. It runs in
-a session of its own (signals to the server's process group are for the server) and ignores SIGINT as well.
+a process group of its own (signals to the server's process group are for the server) and ignores SIGINT as well,
+and SIGTTOU (a background process group writing its log to a terminal set to ``tostop`` would stop otherwise).
 """
 from __future__ import annotations
 
@@ -401,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format=f"%(asctime)s [genai-worker {os.getpid()}] %(levelname)s %(message)s")
     sock = socket.socket(fileno=args.fd)
