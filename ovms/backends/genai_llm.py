@@ -48,7 +48,7 @@ _FINISH = {"STOP": "stop", "LENGTH": "length", "TOOL_CALL": "tool_calls"}
 _FINISH_BY_ENUM = {getattr(ov_genai.GenerationFinishReason, name): text for name, text in _FINISH.items()}
 _RUNNING = ov_genai.GenerationStatus.RUNNING
 _DONE = object()
-FLUSH_MS_DEFAULT = "20"  # OVMS_GENAI_FLUSH_MS: see genai_worker (tokens leave the worker once per interval)
+FLUSH_MS_DEFAULT = "50"  # OVMS_GENAI_FLUSH_MS: see genai_worker (tokens leave the worker once per interval)
 WORKER_START_SECONDS = 300  # a big model takes a while to compile; a wedged worker must not hang the server
 RESTART_BACKOFF_SECONDS = 10  # after a failed (re)start, requests fail fast this long instead of each retrying
 
