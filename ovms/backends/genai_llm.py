@@ -277,7 +277,8 @@ class LLMServable(GenerativeServable):
                 # token p99 100-200 ms here, 8-17 ms in one group).
                 [sys.executable, "-P", "-m", "ovms.backends.genai_worker", "--fd", str(theirs.fileno()),
                  "--bulk-fd", str(bulk_theirs.fileno()),
-                 "--log-level", level if isinstance(level, str) else "WARNING"],
+                 "--log-level", level if isinstance(level, str) else "WARNING"]
+                + (["--sched-batch"] if _sched_batch() else []),
                 pass_fds=(theirs.fileno(), bulk_theirs.fileno()), env=env, stdin=subprocess.DEVNULL,
                 process_group=0)
         except OSError as exc:
@@ -800,6 +801,11 @@ def _merge(outputs: list) -> list:
 def _deliver(deliveries) -> None:
     for sequence, item in deliveries:
         sequence.stream.deliver(item)
+
+
+def _sched_batch() -> bool:
+    """OVMS_GENAI_SCHED_BATCH (default 1): the generation worker runs under SCHED_BATCH (see genai_worker)."""
+    return os.environ.get("OVMS_GENAI_SCHED_BATCH", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _flush_seconds() -> float:

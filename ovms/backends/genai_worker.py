@@ -164,6 +164,22 @@ def drain(handle, pending: dict, request_id: int, logprobs, finish_names: dict |
     return last
 
 
+def batch_scheduling() -> bool:
+    """Put this thread, and the threads it starts later (OpenVINO's), under Linux's SCHED_BATCH; False if refused.
+
+    A batch thread does not preempt others when it wakes up, and others' wake-ups do not cut into its work as
+    eagerly: OpenVINO's threads waking one another between the parallel parts of a step stopped preempting each
+    other (and the server and its clients), and the same pipeline ran 8-15% faster at 8 and 16 streams on 2 cores
+    (in-process too, given the same policy). The server keeps the default policy: it answers as soon as it wakes.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        return True
+    except (AttributeError, OSError) as exc:  # not Linux, or a sandbox that forbids it
+        log.info("SCHED_BATCH not available (%s); the worker keeps the default scheduling", exc)
+        return False
+
+
 class _Worker:
     def __init__(self, sock: socket.socket, bulk: socket.socket | None = None) -> None:
         self.sock = sock
@@ -412,9 +428,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True, help="the socket inherited from the server")
     parser.add_argument("--bulk-fd", type=int, help="the socket for tokens nobody waits for (default: --fd)")
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--sched-batch", action="store_true",
+                        help="run under SCHED_BATCH (this thread and the threads OpenVINO starts later)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    if args.sched_batch:
+        batch_scheduling()
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format=f"%(asctime)s [genai-worker {os.getpid()}] %(levelname)s %(message)s")
     sock = socket.socket(fileno=args.fd)

@@ -565,3 +565,35 @@ def test_tokens_in_mid_answer_go_on_the_bulk_socket_and_arrive_in_order():
     assert all(where == "main" for where, kind in seen_bulk if kind != 0)  # acceptance and end: main socket
     assert seen_bulk[0] == ("main", 4) and seen_bulk[1] == ("main", 0) and seen_bulk[-1] == ("main", 1)
     assert {where for where, _ in seen_main} == {"main"}  # without --bulk-fd everything goes on the main socket
+
+
+# ---- scheduling ---------------------------------------------------------------------------------------------------
+
+def worker_policies(pid: int) -> set[int]:
+    """The scheduling policy of every thread of a process (OpenVINO's included)."""
+    policies = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            policies.add(os.sched_getscheduler(int(task)))
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile
+    return policies
+
+
+def test_the_worker_and_its_openvino_threads_run_under_sched_batch(llm_server, servable):
+    assert_serves(llm_server, servable)  # the pipeline has stepped: OpenVINO's threads exist
+    pid = servable._worker.pid
+    assert len(os.listdir(f"/proc/{pid}/task")) > 1
+    assert worker_policies(pid) == {os.SCHED_BATCH}
+    assert os.sched_getscheduler(0) != os.SCHED_BATCH  # the server answers as soon as it wakes
+
+
+def test_sched_batch_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("OVMS_GENAI_SCHED_BATCH", "0")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_config_list": [{"config": {"name": "tiny-llm",
+                                                                    "base_path": str(write_graph(tmp_path))}}]}))
+    with ThreadedServer(config_path=config) as running:
+        servable = running.server.registry.resolve("tiny-llm")
+        assert_serves(running, servable)
+        assert worker_policies(servable._worker.pid) == {os.SCHED_OTHER}
