@@ -121,3 +121,27 @@ def test_logprobs_name_each_generated_token(client):
     assert [b - a for a, b in zip(choice.logprobs.text_offset, choice.logprobs.text_offset[1:])] == [
         len(t) for t in choice.logprobs.tokens[:-1]]
     assert len(choice.logprobs.token_logprobs) == 5 and all(lp <= 0 for lp in choice.logprobs.token_logprobs)
+
+
+def test_a_stream_that_ends_early_ends_while_the_others_go_on(base_url):
+    """Streams of different lengths share the pipeline's steps: each ends with its own count and reason, and
+    the short ones are done long before the long ones (the worker notices an end within a couple of ms)."""
+    async def main():
+        async with openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0) as client:
+            async def one(max_tokens: int):
+                stream = await client.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": "Hello"}], stream=True, max_tokens=max_tokens,
+                    extra_body={"ignore_eos": True}, stream_options={"include_usage": True})
+                finish = None
+                async for chunk in stream:
+                    if chunk.choices and chunk.choices[0].finish_reason:
+                        finish = chunk.choices[0].finish_reason
+                    if chunk.usage:
+                        usage = chunk.usage.completion_tokens
+                return finish, usage, asyncio.get_running_loop().time()
+            return await asyncio.gather(*[one(n) for n in (3, 400, 3, 400, 20)])
+    results = asyncio.run(main())
+    assert [(finish, usage) for finish, usage, _ in results] == [
+        ("length", 3), ("length", 400), ("length", 3), ("length", 400), ("length", 20)]
+    ends = [at for _, _, at in results]
+    assert max(ends[0], ends[2], ends[4]) < min(ends[1], ends[3])
