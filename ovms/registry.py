@@ -231,9 +231,15 @@ class Registry:
         """UNLOADING until the last in-flight request ends, then release the servable: END."""
         entry.set_state(VersionState.UNLOADING)
         await entry.drained()
-        servable, entry.servable = entry.servable, None
-        if servable is not None:
-            await asyncio.to_thread(servable.close)
+        held, entry.servable = [entry.servable], None
+        if held[0] is not None:
+            # The servable is handed over in a list the closing thread empties: the executor's work item (which
+            # its thread drops only after this coroutine has resumed) then keeps no reference to it, and the
+            # collection after this reload (ovms/heap.py) frees it instead of freezing it for good.
+            def close() -> None:
+                held.pop().close()
+
+            await asyncio.to_thread(close)
         entry.set_state(VersionState.END)
 
     async def close(self) -> None:
