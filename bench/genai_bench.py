@@ -8,9 +8,9 @@ max_num_seqs 256, no prefix caching), the same chat-templated prompt and greedy 
 each request generates exactly --max-tokens tokens. For N concurrent streams, N requests start together and
 the point's aggregate tokens/s is (N * max_tokens) / (wall time of the round); TTFT is request start to first
 token (in-process: the prompt handed to the tokenizer to the first token read from the handle; ovms: POST sent
-to the first SSE content chunk received), TPOT is (last token - first token) / (tokens - 1) per request. ovms runs as its own
-process (python -m ovms) so the client does not share its GIL; the client is a lean asyncio protocol on
-keep-alive connections (see _SseClient). This VM's speed drifts by up to 2x from round to round, so besides the
+to the first SSE content chunk received), TPOT is (last token - first token) / (tokens - 1) per request. ovms
+runs as its own process (python -m ovms) so the client does not share its GIL; the client is a lean asyncio
+protocol on keep-alive connections (see _SseClient). This VM's speed drifts by up to 2x from round to round, so besides the
 ratio of aggregate rates the bench reports the median (and quartiles) of per-pair ratios, each pair being one
 in-process round and the ovms round right after it. ovms runs its generation worker under SCHED_BATCH, which
 speeds OpenVINO up on its own; --in-process-sched batch gives the in-process side the same policy, so the ratio
