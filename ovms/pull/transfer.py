@@ -467,10 +467,12 @@ class Downloader:
                     break
             while True:
                 remaining, ok, failed = self.multi.info_read()
-                for handle in ok:
-                    self._finished(self.transfers[handle], 0, "")
-                for handle, code, message in failed:
-                    self._finished(self.transfers[handle], code, message)
+                # Handling one end can release other transfers of the same file (a restart, a collapse to one
+                # stream); their ends may already be in this batch: skip them, they are no longer ours.
+                for handle, code, message in [(h, 0, "") for h in ok] + failed:
+                    t = self.transfers.get(handle)
+                    if t is not None:
+                        self._finished(t, code, message)
                 if not remaining:
                     break
             for future in [f for f in self.verifying if f.done()]:

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import pathlib
+import signal
 import sys
 import threading
 import time
@@ -60,6 +61,9 @@ class Faults:
     throttle_bps: send at most this many bytes per second.
     flip_at: send the byte at this file offset inverted.
     truncate_to: the server's copy is this many bytes long (Content-Length and body agree with it).
+    gather: hold each misbehaving response until this many are waiting (or 3 s), then answer them all at once.
+    freeze_client: with ``gather``, returns the pid of the client, which is stopped (SIGSTOP) while the gathered
+        responses are written and continued (SIGCONT) 0.3 s later: it then finds all of them at once.
     """
 
     drop_after: int | None = None
@@ -70,8 +74,11 @@ class Faults:
     throttle_bps: int | None = None
     flip_at: int | None = None
     truncate_to: int | None = None
+    gather: int = 0
+    freeze_client: Callable[[], int] | None = None
     times: int = 1
     used: int = 0
+    _gathered: list = dataclasses.field(default_factory=list, repr=False)
 
     def active(self) -> bool:
         return self.used < self.times
@@ -310,6 +317,8 @@ class HubImitation:
                                                           if k != "Content-Range"})
         if faults is not None and misbehave:
             faults.used += 1
+            if faults.gather:
+                await self._gather(faults)
         resp = web.StreamResponse(status=status, headers={**headers, "Content-Type": "application/octet-stream"})
         resp.content_length = end - start
         await resp.prepare(request)
@@ -345,6 +354,30 @@ class HubImitation:
                     await asyncio.sleep(ahead)
         await resp.write_eof()
         return resp
+
+    @staticmethod
+    async def _gather(faults: Faults) -> None:
+        """Wait until ``faults.gather`` responses wait here (3 s at most), then let them all go together."""
+        if not faults._gathered or faults._gathered[-1][0].is_set():
+            faults._gathered.append((asyncio.Event(), [0]))
+        event, waiting = faults._gathered[-1]
+        waiting[0] += 1
+        if waiting[0] < faults.gather:
+            try:
+                await asyncio.wait_for(event.wait(), 3.0)
+            except asyncio.TimeoutError:
+                event.set()
+            return
+        if faults.freeze_client is None:
+            event.set()
+            return
+        pid = faults.freeze_client()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            event.set()
+            await asyncio.sleep(0.3)  # the others write their responses meanwhile
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
     def _apps(self) -> tuple[web.Application, web.Application]:
         hub = web.Application()

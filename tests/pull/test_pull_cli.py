@@ -82,6 +82,24 @@ def test_faults_end_in_verified_files(pull, hub, llm_repo, big_files, faults, ex
     assert faults.used >= 1 or "HTTP 416" in run.output
 
 
+@pytest.mark.parametrize("faults,expect_log", [
+    (Faults(ignore_range=True, gather=4, times=4), "ignored the Range request"),
+    (Faults(truncate_to=4_000_000, gather=4, times=4), "HTTP 416"),
+], ids=["ignore-range", "wrong-size"])
+def test_parallel_ranges_failing_at_once(pull, hub, llm_repo, big_files, faults, expect_log):
+    """Four ranges answered wrongly while the pull is stopped (SIGSTOP): it then finds all four ends in one batch
+    from curl, and handling the first drops the other three (that was a KeyError and a traceback once)."""
+    marker = pull.models / "OpenVINO" / "tiny-llm-ov.lfswip"
+    faults.freeze_client = lambda: json.loads(marker.read_text())["pid"]
+    hub.set_faults(REPO, "openvino_model.bin", faults)
+    run = pull(REPO, "--task", "text_generation", OVMS_PULL_SEGMENT_BYTES=str(1 << 20), OVMS_PULL_CONNECTIONS="4")
+    assert run.code == 0, run.output
+    assert "Traceback" not in run.output
+    assert expect_log in run.output, run.output
+    assert faults.used == 4
+    assert_pulled(model_dir(pull), tiny_llm_files(big_files))
+
+
 def test_throttled_transfer_reports_progress(pull, hub, llm_repo, big_files, monkeypatch):
     hub.set_faults(REPO, "openvino_model.bin", Faults(throttle_bps=2_500_000, times=100))
     run = pull(REPO, "--task", "text_generation", OVMS_PULL_SEGMENT_BYTES=str(4 << 20),
