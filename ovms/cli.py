@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     openai.add_argument("--allowed_methods", default="*", help="CORS: methods allowed")
     openai.add_argument("--allowed_headers", default="*", help="CORS: headers allowed")
     openai.add_argument("--allow_credentials", action="store_true", help="CORS: allow credentials")
+    openai.add_argument("--allowed_local_media_path", default="",
+                        help="directory a VLM request may take images from by path (image_url \"/dir/cat.png\"); "
+                        "without it, images come inline (data:image/...;base64,) or from --allowed_media_domains")
+    openai.add_argument("--allowed_media_domains", default="",
+                        help="comma-separated hosts the server may download image_url images from (http, https); "
+                        "subdomains included. Default: none")
     pull_cli.add_arguments(parser)
     return parser
 
@@ -89,8 +95,15 @@ def openai_settings(args: argparse.Namespace):
             raise ConfigError(f"cannot read --api_key_file {args.api_key_file}: {exc.strerror}") from None
         if not key:
             raise ConfigError(f"--api_key_file {args.api_key_file} is empty")
+    media_path = None
+    if args.allowed_local_media_path:
+        media_path = pathlib.Path(args.allowed_local_media_path).expanduser()
+        if not media_path.is_dir():
+            raise ConfigError(f"--allowed_local_media_path {args.allowed_local_media_path} is not a directory")
     return OpenAISettings(api_key=key, allowed_origins=args.allowed_origins, allowed_methods=args.allowed_methods,
-                          allowed_headers=args.allowed_headers, allow_credentials=args.allow_credentials)
+                          allowed_headers=args.allowed_headers, allow_credentials=args.allow_credentials,
+                          allowed_local_media_path=str(media_path) if media_path else None,
+                          allowed_media_domains=tuple(d for d in args.allowed_media_domains.split(",") if d.strip()))
 
 
 def validate(args: argparse.Namespace) -> None:

@@ -14,6 +14,7 @@ from ovms.dataplane import DataPlane
 from ovms.errors import Kind, ServingError
 from ovms.genai_types import (ChatMessage, EmbeddingResult, GenerationRequest, GenerativeInfo, RerankResult,
                               SamplingParams)
+from ovms.media import MediaPolicy, load_images
 from ovms.registry import VersionState
 from ovms.servable import EmbeddingServable, GenerationStream, GenerativeServable, RerankServable
 
@@ -34,6 +35,7 @@ class GenAIDataPlane:
         self.dataplane = dataplane
         self.registry = dataplane.registry
         self._loaded_at: dict[str, int] = {}
+        self.media = MediaPolicy()  # where images may come from (the server sets it from its flags)
 
     def _count(self, method: str, name: str, ok: bool) -> None:
         # OVMS counts /v3 requests as api="V3", method="Unary" (or "Stream" for SSE answers)
@@ -64,9 +66,17 @@ class GenAIDataPlane:
         """Render the prompt (chat template for messages), start generating, and abort on early exit."""
         async with self._hold(name, GenerativeServable, "Stream" if stream else "Unary",
                               "text generation (/v3/chat/completions, /v3/completions)") as servable:
+            images: list = []
             if messages is not None:
+                urls = [url for m in messages for url in m.images]
+                if urls:
+                    if not servable.info.vision:
+                        raise ServingError(Kind.GENAI_INVALID_REQUEST, "image_url parts are not supported by a text "
+                                           "generation model (multimodal input needs a VLM servable)")
+                    images = await load_images(urls, self.media)
+                    messages = _tag_images(messages)
                 prompt = servable.apply_chat_template(messages, tools=tools, template_kwargs=template_kwargs)
-            stream = await servable.generate(GenerationRequest(name, prompt or "", params))
+            stream = await servable.generate(GenerationRequest(name, prompt or "", params, images=images))
             try:
                 yield Generation(stream, servable.info, prompt or "")
             finally:
@@ -109,3 +119,16 @@ class GenAIDataPlane:
         if name not in dict(self.list_models()):
             raise ServingError(Kind.MODEL_NAME_MISSING, name)
         return name, self._created(name)
+
+
+def _tag_images(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """Each message's images as openvino_genai's tags (``<ov_genai_image_N>``, numbered across the conversation)
+    before its text: the pipeline replaces each tag with the model's own image tokens, whatever the model."""
+    tagged, number = [], 0
+    for m in messages:
+        if m.images:
+            tags = "".join(f"<ov_genai_image_{number + k}>" for k in range(len(m.images)))
+            number += len(m.images)
+            m = dataclasses.replace(m, content=tags + m.content)
+        tagged.append(m)
+    return tagged

@@ -38,6 +38,7 @@ class GenerationRequest:
     prompt: str
     params: SamplingParams
     request_id: str = ""
+    images: list = dataclasses.field(default_factory=list)  # uint8 [1, H, W, 3] arrays, tagged in the prompt
 
 
 @dataclasses.dataclass(slots=True)
@@ -69,6 +70,7 @@ class ChatMessage:
     role: str
     content: str
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # tool_calls, tool_call_id, name
+    images: list[str] = dataclasses.field(default_factory=list)  # image_url parts' URLs, for a VLM
 
     def as_template_dict(self) -> dict[str, Any]:
         return {"role": self.role, "content": self.content, **self.extra}
@@ -112,3 +114,4 @@ class GenerativeInfo:
     reasoning_parser: str | None
     max_num_seqs: int
     context_length: int | None
+    vision: bool = False  # takes images (a VLM)

@@ -29,8 +29,6 @@ def load_graph_servable(config: ModelConfig) -> Servable:
     if not options.models_path.is_dir():
         raise ModelLoadError(f"models_path {options.models_path} of graph {config.name} is not a directory")
     if options.task == "text_generation":
-        if options.pipeline_type in ("VLM", "VLM_CB"):
-            raise ModelLoadError(f"{config.name}: pipeline_type {options.pipeline_type} (vision) is not supported")
         from ovms.backends.genai_llm import LLMServable
 
         return LLMServable(config.name, options)

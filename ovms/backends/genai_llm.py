@@ -74,11 +74,14 @@ def token_byte_table(models_path: pathlib.Path, vocab_size: int) -> list[bytes]:
 class _Sequence:
     """One request as the servable tracks it until its end arrives."""
 
-    __slots__ = ("request_id", "input_ids", "config", "stream", "cancelled", "accepted")
+    __slots__ = ("request_id", "input_ids", "config", "stream", "cancelled", "accepted", "prompt", "images")
 
-    def __init__(self, request_id: int, input_ids: ov.Tensor, config, stream: "_Stream") -> None:
+    def __init__(self, request_id: int, input_ids: ov.Tensor, config, stream: "_Stream", *, prompt: str = "",
+                 images: list | None = None) -> None:
         self.request_id = request_id
         self.input_ids = input_ids
+        self.prompt = prompt  # VLM: the pipeline takes the text (its image tags) and the images
+        self.images = images
         self.config = config  # LM: the GenerationConfig; worker: None (sent as overrides)
         self.stream = stream
         self.cancelled = False
@@ -181,15 +184,28 @@ class LLMServable(GenerativeServable):
         self.version = 1
         self.options = options
         path = options.models_path
-        if not (path / "openvino_model.xml").is_file():
-            raise ModelLoadError(f"{path}: no openvino_model.xml; models_path must point at an exported GenAI "
-                                 "model (optimum-cli export openvino ...)")
+        # A VLM export (optimum-cli --task image-text-to-text) has a language model beside its vision encoder.
+        self.vision = (path / "openvino_language_model.xml").is_file()
+        if not self.vision and not (path / "openvino_model.xml").is_file():
+            raise ModelLoadError(f"{path}: no openvino_model.xml (nor openvino_language_model.xml for a VLM); "
+                                 "models_path must point at an exported GenAI model (optimum-cli export openvino ...)")
+        if self.vision and options.pipeline_type == "LM":
+            raise ModelLoadError(f"{name}: pipeline_type LM, but {path} holds a vision language model; use VLM or "
+                                 "VLM_CB (or AUTO)")
+        if not self.vision and options.pipeline_type in ("VLM", "VLM_CB"):
+            raise ModelLoadError(f"{name}: pipeline_type {options.pipeline_type}, but {path} has no "
+                                 "openvino_language_model.xml / openvino_vision_embeddings_model.xml (not a VLM "
+                                 "export); use LM, LM_CB or AUTO")
         if not (path / "openvino_tokenizer.xml").is_file() or not (path / "openvino_detokenizer.xml").is_file():
             raise ModelLoadError(f"{path}: openvino_tokenizer.xml / openvino_detokenizer.xml missing; convert the "
                                  "tokenizer with openvino_tokenizers (optimum-cli ... --convert-tokenizer)")
         model_config = _read_json(path / "config.json")
+        if self.vision and isinstance(model_config.get("text_config"), dict):
+            model_config = {**model_config["text_config"], **{k: v for k, v in model_config.items()
+                                                               if k in ("max_position_embeddings", "vocab_size")}}
         self.context_length = model_config.get("max_position_embeddings") or model_config.get("max_seq_len")
-        self._lm = options.pipeline_type == "LM"  # OVMS: LLMPipeline, one request at a time
+        # OVMS: LLMPipeline / VLMPipeline, one request at a time, in a thread of this process
+        self._lm = options.pipeline_type in ("LM", "VLM")
         self._ids = itertools.count(1)
         self._lock = threading.Condition()
         self._inbox: list[_Sequence] = []  # LM only
@@ -222,7 +238,8 @@ class LLMServable(GenerativeServable):
             # 0.8 core busy at 2 ms between requests, 0.25 with one thread).
             self.tokenizer = ov_genai.Tokenizer(str(path), INFERENCE_NUM_THREADS=1)
             if self._lm:
-                self._pipe = ov_genai.LLMPipeline(str(path), options.device, **options.plugin_config)
+                pipeline = ov_genai.VLMPipeline if self.vision else ov_genai.LLMPipeline
+                self._pipe = pipeline(str(path), options.device, **options.plugin_config)
                 self._base_config = self._pipe.get_generation_config
             vocab_size = model_config.get("vocab_size") or len(self.tokenizer.get_vocab())
             token_bytes = token_byte_table(path, int(vocab_size))
@@ -240,7 +257,8 @@ class LLMServable(GenerativeServable):
         self.template = chat_template.find_template(path) or self.tokenizer.get_original_chat_template() or None
         tool_parser = options.tool_parser or chat_template.detect_tool_parser(self.template)
         self._info = GenerativeInfo(tool_parser=tool_parser, reasoning_parser=options.reasoning_parser,
-                                    max_num_seqs=int(options.max_num_seqs), context_length=self.context_length)
+                                    max_num_seqs=int(options.max_num_seqs), context_length=self.context_length,
+                                    vision=self.vision)
         self._eos = self.tokenizer.get_eos_token()
         self._bos = self.tokenizer.get_bos_token()
         if self._lm:
@@ -299,7 +317,7 @@ class LLMServable(GenerativeServable):
         ours.sendall(wire.frame({"models_path": str(options.models_path), "scheduler": scheduler,
                                  "device": options.device, "plugin_config": dict(options.plugin_config),
                                  "flush_seconds": flush_seconds, "context_length": self.context_length,
-                                 "max_tokens_limit": options.max_tokens_limit}))
+                                 "max_tokens_limit": options.max_tokens_limit, "vision": self.vision}))
         log.info("%s: generation worker started (pid %d)", self.name, self._worker.pid)
 
     def _await_worker_ready(self) -> None:
@@ -682,10 +700,13 @@ class LLMServable(GenerativeServable):
         request_id = next(self._ids)
         if self._lm:
             input_ids = self._encode(request.prompt)
-            prompt_tokens = int(input_ids.get_shape()[1])
+            prompt_tokens = int(input_ids.get_shape()[1])  # VLM: the text's tokens (the image tokens not counted)
             config = self._config(request.params, prompt_tokens)
+            if self.vision:
+                config.apply_chat_template = False  # the prompt is the rendered conversation already
             stream = _Stream(self, request.params, prompt_tokens)
-            sequence = _Sequence(request_id, input_ids, config, stream)
+            sequence = _Sequence(request_id, input_ids, config, stream, prompt=request.prompt,
+                                 images=request.images)
             stream._sequence = sequence
             self._loop = asyncio.get_running_loop()
             with self._lock:
@@ -701,7 +722,8 @@ class LLMServable(GenerativeServable):
         sequence = _Sequence(request_id, None, None, stream)
         sequence.accepted = asyncio.get_running_loop().create_future()
         stream._sequence = sequence
-        self._send(("add", request_id, request.prompt, overrides, request.params.json_schema))
+        self._send(("add", request_id, request.prompt, overrides, request.params.json_schema,
+                    request.images or None))
         self._active[request_id] = sequence
         self.in_flight += 1
         self._arm_poll()
@@ -759,7 +781,11 @@ class LLMServable(GenerativeServable):
                     pass
 
             try:
-                self._pipe.generate(sequence.input_ids, sequence.config, _Streamer())
+                if self.vision:
+                    self._pipe.generate(sequence.prompt, images=[ov.Tensor(a) for a in sequence.images or ()],
+                                        generation_config=sequence.config, streamer=_Streamer())
+                else:
+                    self._pipe.generate(sequence.input_ids, sequence.config, _Streamer())
                 finish = "length" if streamed[0] >= sequence.config.max_new_tokens else "stop"
                 items = [(sequence, [(0, [], finish, None)]), (sequence, _DONE)]
             except Exception as exc:  # noqa: BLE001 - handed to the request

@@ -6,7 +6,8 @@ openvino_genai's ``ContinuousBatchingPipeline.step()`` keeps the GIL for the who
 process started by ``LLMServable`` (``python -m ovms.backends.genai_worker --fd N``), and the two talk over a
 Unix socket pair with length-prefixed pickles:
 
-    server -> worker   ("add", request_id, prompt text, config overrides, json_schema | None)
+    server -> worker   ("add", request_id, prompt text, config overrides, json_schema | None,
+                        images | None (a VLM's: uint8 [1, H, W, 3] arrays, tagged in the prompt))
                        ("cancel", request_id)
     worker -> server   ("ready", None)      ("load_error", message)
                        ("out", [(request_id, kind, data), ...], kv_cache_usage)
@@ -246,6 +247,7 @@ class _Worker:
         tokenizer = ov_genai.Tokenizer(spec["models_path"], INFERENCE_NUM_THREADS=1)
         context_length = spec.get("context_length")
         max_tokens_limit = spec.get("max_tokens_limit")
+        vision = bool(spec.get("vision"))
         gc.freeze()  # the loaded pipeline's objects: no full collection walks them between steps
         try:
             self.send(("ready", None))
@@ -276,7 +278,7 @@ class _Worker:
                 encoded = encode_prompts(tokenizer, [m[2] for m in inbox if m[0] == "add"], ov)
                 for message in inbox:
                     if message[0] == "add":
-                        _, request_id, prompt, overrides, json_schema = message
+                        _, request_id, prompt, overrides, json_schema, images = message
                         try:
                             ids = next(encoded)
                             if isinstance(ids, Exception):
@@ -285,7 +287,12 @@ class _Worker:
                             config = pipe.get_config()
                             complete_config(config, overrides, json_schema, prompt_tokens, context_length,
                                             max_tokens_limit, ov_genai)
-                            handle = pipe.add_request(request_id, ids, config)
+                            if vision:  # a VLM pipeline takes the text (with its image tags) and the images
+                                config.apply_chat_template = False  # the prompt is the rendered conversation
+                                handle = pipe.add_request(request_id, prompt, [ov.Tensor(a) for a in images or ()],
+                                                          config)
+                            else:
+                                handle = pipe.add_request(request_id, ids, config)
                             active[request_id] = [handle, config.num_beams > 1 or config.num_return_sequences > 1,
                                                   config.num_beams > 1, config.logprobs]
                             accepts.append((request_id, ACCEPTED, prompt_tokens))

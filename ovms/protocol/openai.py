@@ -187,23 +187,34 @@ def _log_unknown(doc: dict, known: set[str], endpoint: str) -> None:
         log.info("%s: ignoring unknown fields %s", endpoint, ", ".join(sorted(unknown)))
 
 
-def _content(value, index: int) -> str:
+def _content(value, index: int) -> tuple[str, list[str]]:
+    """A message's text, and the URLs of its images (image_url parts, in order)."""
     if value is None:
-        return ""
+        return "", []
     if isinstance(value, str):
-        return value
+        return value, []
     if isinstance(value, list):
-        texts = []
+        texts, images = [], []
         for part in value:
             if not isinstance(part, dict) or "type" not in part:
                 raise invalid(f"messages[{index}].content: each part must be an object with a type")
-            if part["type"] != "text":
-                raise invalid(f"messages[{index}].content: {part['type']} parts are not supported by a text "
-                              "generation model (multimodal input needs a VLM servable)")
-            if not isinstance(part.get("text"), str):
-                raise invalid(f"messages[{index}].content: a text part needs a string text")
-            texts.append(part["text"])
-        return "".join(texts)
+            if part["type"] == "text":
+                if not isinstance(part.get("text"), str):
+                    raise invalid(f"messages[{index}].content: a text part needs a string text")
+                texts.append(part["text"])
+            elif part["type"] == "image_url":
+                image = part.get("image_url")
+                if isinstance(image, dict):
+                    image = image.get("url")
+                    if not isinstance(image, str):
+                        raise invalid("Invalid message structure - image_url does not have url field")
+                elif not isinstance(image, str):
+                    raise invalid("Invalid message structure - content image_url missing")
+                images.append(image)
+            else:
+                raise invalid(f"messages[{index}].content: Unsupported content type {part['type']!r} (text and "
+                              "image_url are)")
+        return "".join(texts), images
     raise invalid(f"messages[{index}].content is not a string or an array of content parts")
 
 
@@ -223,7 +234,8 @@ def _messages(doc: dict) -> list[ChatMessage]:
         if not isinstance(role, str):
             raise invalid(f"messages[{i}].role is missing or not a string")
         extra = {k: v for k, v in message.items() if k in ("tool_calls", "tool_call_id", "name", "reasoning_content")}
-        result.append(ChatMessage(role, _content(message.get("content"), i), extra))
+        text, images = _content(message.get("content"), i)
+        result.append(ChatMessage(role, text, extra, images))
     return result
 
 

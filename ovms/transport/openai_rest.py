@@ -9,13 +9,16 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import logging
+import pathlib
 
+import aiohttp
 from aiohttp import web
 
 from ovms.dataplane import DataPlane
 from ovms.dataplane_genai import GenAIDataPlane
 from ovms.errors import Kind, ServingError
 from ovms.genai_types import TextChunk, Usage
+from ovms.media import MediaPolicy
 from ovms.protocol import openai as codec
 from ovms.tool_parsers import STREAM_SYNTAXES, ToolCallStream, parse_tool_calls, split_reasoning, tool_call_stream
 
@@ -32,6 +35,8 @@ class OpenAISettings:
     allowed_headers: str = "*"
     allow_credentials: bool = False
     max_body_bytes: int = 64 << 20
+    allowed_local_media_path: str | None = None  # images a client may name by path, under this directory
+    allowed_media_domains: tuple[str, ...] = ()  # hosts the server may fetch images from (http, https)
 
 
 GENAI = web.AppKey("genai_dataplane", GenAIDataPlane)
@@ -247,10 +252,40 @@ async def _cors_headers(request: web.Request, response: web.StreamResponse) -> N
         response.headers["Access-Control-Allow-Credentials"] = "true"
 
 
+def _image_fetcher(app: web.Application):
+    """GET an image from an allowed host: 30 s at most, no redirects (one could lead off the allowed hosts)."""
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def close(_app) -> None:
+        for session in sessions:
+            await session.close()
+
+    app.on_cleanup.append(close)
+
+    async def fetch(url: str, limit: int) -> bytes:
+        if not sessions:
+            sessions.append(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)))
+        async with sessions[0].get(url, allow_redirects=False) as response:
+            if response.status != 200:
+                raise ServingError(Kind.GENAI_INVALID_REQUEST, f"Downloading image failed: HTTP {response.status} "
+                                                               f"from {url}")
+            body = await response.content.read(limit + 1)
+            if len(body) > limit:
+                raise ServingError(Kind.GENAI_INVALID_REQUEST, f"the image at {url} is larger than {limit} bytes")
+            return body
+
+    return fetch
+
+
 def add_routes(app: web.Application, dataplane: DataPlane) -> None:
     """Mount the OpenAI / Cohere endpoints on the REST app (settings from ``dataplane.openai_settings``)."""
     app[GENAI] = GenAIDataPlane(dataplane)
-    app[SETTINGS] = getattr(dataplane, "openai_settings", None) or OpenAISettings()
+    app[SETTINGS] = settings = getattr(dataplane, "openai_settings", None) or OpenAISettings()
+    local = settings.allowed_local_media_path
+    app[GENAI].media = MediaPolicy(local_path=pathlib.Path(local) if local else None,
+                                   domains=tuple(d.strip().lower() for d in settings.allowed_media_domains
+                                                 if d.strip()),
+                                   fetch=_image_fetcher(app) if settings.allowed_media_domains else None)
     app.on_response_prepare.append(_cors_headers)
     add = app.router.add_route
     posts = {"chat/completions": chat_completions, "completions": completions, "embeddings": embeddings,

@@ -527,7 +527,7 @@ def run_worker_directly(bulk: bool, max_tokens: int = 200) -> tuple[list[int], l
 
         assert main_frames() == [("ready", None)]
         main_ours.sendall(wire.frame(("add", 1, "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n",
-                                      {"max_new_tokens": max_tokens, "ignore_eos": True}, None)))
+                                      {"max_new_tokens": max_tokens, "ignore_eos": True}, None, None)))
         bulk_ours.setblocking(False)
         done = False
         while not done:
