@@ -13,7 +13,11 @@ import numpy as np
 import openvino as ov
 from openvino import opset13 as ops
 
+import pytest
+
 from conftest import ROOT, ovms_command, pull_env
+
+GENAI_FIXTURES = ROOT / "tests" / "fixtures" / "genai"
 
 REPO = "OpenVINO/tiny-relu"
 
@@ -32,6 +36,78 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_ready(proc, url: str, log_path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, log_path.read_text()
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        assert time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.2)
+
+
+def stop(proc) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("fixture", ["tiny-llm", "tiny-vlm"])
+def test_pull_then_serve_a_generative_model(hub, tmp_path, fixture):
+    """An exported LLM / VLM repository on the Hub imitation: pulled with no --task (inferred from config.json),
+    a graph written, served, and answering the openai client with what the model answers on disk."""
+    import base64
+    import io
+
+    import openai
+    from PIL import Image
+
+    source = GENAI_FIXTURES / fixture
+    repo = f"OpenVINO/{fixture}-ov"
+    hub.add_repo(repo, {p.name: p for p in sorted(source.iterdir()) if p.is_file()})
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(ovms_command("--source_model", repo, "--model_repository_path", str(tmp_path / "models"),
+                                         "--model_name", "gen", "--rest_port", str(port),
+                                         "--rest_bind_address", "127.0.0.1"),
+                            env=pull_env(hub), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    content = "Hello"
+    if fixture == "tiny-vlm":
+        buffer = io.BytesIO()
+        Image.fromarray(np.random.default_rng(5).integers(0, 256, (56, 56, 3), dtype=np.uint8)).save(buffer, "PNG")
+        content = [{"type": "text", "text": "What is in this picture?"},
+                   {"type": "image_url",
+                    "image_url": {"url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}}]
+    try:
+        wait_ready(proc, f"http://127.0.0.1:{port}/v2/models/gen/ready", log_path)
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v3", api_key="unused", max_retries=0,
+                           timeout=60) as client:
+            answer = client.chat.completions.create(model="gen", messages=[{"role": "user", "content": content}],
+                                                    max_tokens=32, temperature=0)
+    finally:
+        stop(proc)
+        log.close()
+    assert answer.choices[0].message.content and answer.usage.completion_tokens > 0
+    if fixture == "tiny-llm":  # trained on this dialogue: greedy decoding answers it verbatim
+        assert answer.choices[0].message.content == "Hello! How can I help you?"
+    model_dir = tmp_path / "models" / "OpenVINO" / f"{fixture}-ov"
+    graph = (model_dir / "graph.pbtxt").read_text()
+    assert 'calculator: "HttpLLMCalculator"' in graph
+    for p in source.iterdir():
+        if p.is_file():
+            assert (model_dir / p.name).read_bytes() == p.read_bytes(), p.name
+    text = log_path.read_text()
+    assert f"Inferred --task text_generation for {repo}" in text and "Traceback" not in text
 
 
 def test_pull_then_serve_a_classic_model(hub, tmp_path):
