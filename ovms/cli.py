@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="directory a VLM request may take images from by path (image_url \"/dir/cat.png\"); "
                         "without it, images come inline (data:image/...;base64,) or from --allowed_media_domains")
     openai.add_argument("--allowed_media_domains", default="",
-                        help="comma-separated hosts the server may download image_url images from (http, https); "
-                        "subdomains included. Default: none")
+                        help="comma-separated hosts the server may download image_url images from (http, https), "
+                        "matched exactly (a.com does not allow b.a.com); 'all' allows any host. Default: none")
     pull_cli.add_arguments(parser)
     return parser
 

@@ -189,9 +189,9 @@ class LLMServable(GenerativeServable):
         if not self.vision and not (path / "openvino_model.xml").is_file():
             raise ModelLoadError(f"{path}: no openvino_model.xml (nor openvino_language_model.xml for a VLM); "
                                  "models_path must point at an exported GenAI model (optimum-cli export openvino ...)")
-        if self.vision and options.pipeline_type == "LM":
-            raise ModelLoadError(f"{name}: pipeline_type LM, but {path} holds a vision language model; use VLM or "
-                                 "VLM_CB (or AUTO)")
+        if self.vision and options.pipeline_type in ("LM", "LM_CB"):
+            raise ModelLoadError(f"{name}: pipeline_type {options.pipeline_type}, but {path} holds a vision language "
+                                 "model; use VLM or VLM_CB (or AUTO)")
         if not self.vision and options.pipeline_type in ("VLM", "VLM_CB"):
             raise ModelLoadError(f"{name}: pipeline_type {options.pipeline_type}, but {path} has no "
                                  "openvino_language_model.xml / openvino_vision_embeddings_model.xml (not a VLM "

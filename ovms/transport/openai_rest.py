@@ -12,13 +12,14 @@ import logging
 import pathlib
 
 import aiohttp
+import yarl
 from aiohttp import web
 
 from ovms.dataplane import DataPlane
 from ovms.dataplane_genai import GenAIDataPlane
 from ovms.errors import Kind, ServingError
 from ovms.genai_types import TextChunk, Usage
-from ovms.media import MediaPolicy
+from ovms.media import MediaPolicy, normalize_domains
 from ovms.protocol import openai as codec
 from ovms.tool_parsers import STREAM_SYNTAXES, ToolCallStream, parse_tool_calls, split_reasoning, tool_call_stream
 
@@ -262,17 +263,27 @@ def _image_fetcher(app: web.Application):
 
     app.on_cleanup.append(close)
 
-    async def fetch(url: str, limit: int) -> bytes:
+    async def fetch(url: str, host: str, limit: int) -> bytes:
+        target = yarl.URL(url)
+        # The host media.py allowed, as the client library will connect to it: two URL parsers must not disagree.
+        if (target.host or "").lower().rstrip(".").strip("[]") != host.lower().rstrip(".").strip("[]"):
+            raise ServingError(Kind.GENAI_INVALID_REQUEST, f"Downloading image failed: {url} is not a plain "
+                                                           f"http(s) URL of host {host}")
         if not sessions:
             sessions.append(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)))
-        async with sessions[0].get(url, allow_redirects=False) as response:
+        async with sessions[0].get(target, allow_redirects=False) as response:
             if response.status != 200:
                 raise ServingError(Kind.GENAI_INVALID_REQUEST, f"Downloading image failed: HTTP {response.status} "
                                                                f"from {url}")
-            body = await response.content.read(limit + 1)
-            if len(body) > limit:
-                raise ServingError(Kind.GENAI_INVALID_REQUEST, f"the image at {url} is larger than {limit} bytes")
-            return body
+            too_big = ServingError(Kind.GENAI_INVALID_REQUEST, f"the image at {url} is larger than {limit} bytes")
+            if response.content_length is not None and response.content_length > limit:
+                raise too_big
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(1 << 16):
+                body += chunk
+                if len(body) > limit:
+                    raise too_big
+            return bytes(body)
 
     return fetch
 
@@ -283,8 +294,7 @@ def add_routes(app: web.Application, dataplane: DataPlane) -> None:
     app[SETTINGS] = settings = getattr(dataplane, "openai_settings", None) or OpenAISettings()
     local = settings.allowed_local_media_path
     app[GENAI].media = MediaPolicy(local_path=pathlib.Path(local) if local else None,
-                                   domains=tuple(d.strip().lower() for d in settings.allowed_media_domains
-                                                 if d.strip()),
+                                   domains=normalize_domains(settings.allowed_media_domains),
                                    fetch=_image_fetcher(app) if settings.allowed_media_domains else None)
     app.on_response_prepare.append(_cors_headers)
     add = app.router.add_route

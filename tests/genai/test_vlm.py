@@ -46,6 +46,9 @@ def png(seed: int, size=(56, 56), mode="RGB") -> bytes:
     return buffer.getvalue()
 
 
+BIG = png(9, size=(700, 700))  # over 1 MB: many network reads
+
+
 def data_url(image: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(image).decode()
 
@@ -58,13 +61,19 @@ def user(text: str, *urls: str) -> dict:
 class _ImageHost:
     """A local HTTP server with one image, standing in for a media host the operator allowed."""
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, big: bytes) -> None:
         self.body = body
+        self.big = big
+        self.hits = 0
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     async def _image(self, request: web.Request) -> web.Response:
+        self.hits += 1
         return web.Response(body=self.body, content_type="image/png")
+
+    async def _big(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.big, content_type="image/png")
 
     async def _moved(self, request: web.Request) -> web.Response:
         raise web.HTTPFound("/cat.png")
@@ -73,11 +82,12 @@ class _ImageHost:
         app = web.Application()
         app.router.add_get("/cat.png", self._image)
         app.router.add_get("/moved.png", self._moved)
+        app.router.add_get("/big.png", self._big)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
-        return site._server.sockets[0].getsockname()[1]
+        return self.runner.addresses[0][1]
 
     def __enter__(self):
         self.thread.start()
@@ -95,12 +105,13 @@ def media_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("media")
     (d / "cat.png").write_bytes(png(7))
     (d.parent / "secret.png").write_bytes(png(8))
+    (d / "link.png").symlink_to(d.parent / "secret.png")
     return d
 
 
 @pytest.fixture(scope="module")
 def image_host():
-    with _ImageHost(png(7)) as host:
+    with _ImageHost(png(7), BIG) as host:
         yield host
 
 
@@ -179,6 +190,7 @@ def test_image_answers_match_the_pipeline_in_process(vlm_client, reference, mode
     prompt = (turn("<ov_genai_image_0>first") + "<|im_start|>assistant\nok<|im_end|>\n"
               + turn(f"<ov_genai_image_1><ov_genai_image_2>{QUESTION}") + ASSISTANT)
     assert chat(vlm_client, model, messages) == reference(prompt, [a, b, a])
+    assert reference(prompt, [a, b, a]) != reference(prompt, [b, a, a]), "order of the images would go unnoticed"
 
 
 @pytest.mark.parametrize("model", ["vlm-cb", "vlm-single"])
@@ -201,6 +213,9 @@ def test_images_by_path_and_by_url_as_the_operator_allows(vlm_client, vlm_server
     assert chat(vlm_client, "vlm-cb", [user(QUESTION, "cat.png")]) == inline  # relative to the allowed directory
     assert chat(vlm_client, "vlm-cb", [user(QUESTION, (media_dir / "cat.png").as_uri())]) == inline
     assert chat(vlm_client, "vlm-cb", [user(QUESTION, f"http://127.0.0.1:{image_host.port}/cat.png")]) == inline
+    assert len(BIG) > 1 << 20
+    assert chat(vlm_client, "vlm-cb", [user(QUESTION, f"http://127.0.0.1:{image_host.port}/big.png")]) == chat(
+        vlm_client, "vlm-cb", [user(QUESTION, data_url(BIG))])
     url = f"http://{vlm_server.rest_url}/v3/chat/completions"
 
     def refused(image_url: str) -> str:
@@ -210,8 +225,16 @@ def test_images_by_path_and_by_url_as_the_operator_allows(vlm_client, vlm_server
         return r.json()["error"]
 
     assert "not subpath of allowed_local_media_path" in refused(str(media_dir / ".." / "secret.png"))
+    assert "not subpath of allowed_local_media_path" in refused(str(media_dir / "link.png"))  # symlink out
+    assert "not subpath of allowed_local_media_path" in refused("/etc/no-such-file")  # no probing outside
     assert "does not exist" in refused(str(media_dir / "missing.png"))
+    assert "NUL" in refused(str(media_dir / "cat.png") + "\0x")
     assert "allowed_media_domains" in refused("http://example.invalid/cat.png")
+    for host in ("1.127.0.0.1", "127.0.0.1.evil.org", "evil.org%00.127.0.0.1"):  # exact host names only
+        assert "allowed_media_domains" in refused(f"http://{host}:{image_host.port}/cat.png"), host
+    hits = image_host.hits
+    assert "Downloading image failed" in refused(f"http://evil.org\\@127.0.0.1:{image_host.port}/cat.png")
+    assert image_host.hits == hits  # two URL parsers disagreeing on the host: refused before any connection
     assert "HTTP 302" in refused(f"http://127.0.0.1:{image_host.port}/moved.png")  # no redirects followed
     assert "HTTP 404" in refused(f"http://127.0.0.1:{image_host.port}/nothing.png")
 
@@ -223,6 +246,10 @@ def test_images_by_path_and_by_url_as_the_operator_allows(vlm_client, vlm_server
     ([{"type": "image_url"}], "content image_url missing"),
     ([{"type": "input_audio", "input_audio": {}}], "Unsupported content type 'input_audio'"),
     ([{"type": "image_url", "image_url": {"url": "ftp://host/x.png"}}], "base64 encoded string followed by"),
+    ([{"type": "image_url", "image_url": {"url": "http://[::1/x.png"}}], "base64 encoded string followed by"),
+    ([{"type": "image_url", "image_url": {"url": data_url(png(1)[:60] + b"\0" + png(1)[61:])}}],
+     "Image parsing failed"),  # a PNG with a broken chunk
+    ([{"type": "image_url", "image_url": {"url": data_url(png(1))}}] * 17, "at most 16 images"),
 ])
 def test_bad_images_are_400_and_the_server_goes_on(vlm_server, vlm_client, content, message):
     url = f"http://{vlm_server.rest_url}/v3/chat/completions"
@@ -251,15 +278,31 @@ def test_decode_image_modes():
     assert np.array_equal(rgb[0], np.asarray(Image.open(io.BytesIO(png(4)))))
 
 
+def test_pixel_limits_are_checked_from_the_header():
+    from PIL import Image
+
+    from ovms.errors import ServingError
+    from ovms.media import MAX_IMAGE_PIXELS, decode_image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4097, 4096)).save(buffer, format="PNG")  # solid: small encoded, 50 MB decoded
+    with pytest.raises(ServingError, match=f"4097x4096 pixels; the limit is {MAX_IMAGE_PIXELS} pixels per image"):
+        decode_image(buffer.getvalue())
+    with pytest.raises(ServingError, match="pixels together"):
+        decode_image(png(4, size=(100, 100)), budget=9_999)
+    assert decode_image(png(4, size=(100, 100)), budget=10_000).shape == (1, 100, 100, 3)
+
+
 def test_pipeline_type_must_fit_the_model(tmp_path):
     from ovms.backends.genai_llm import LLMServable
     from ovms.errors import ModelLoadError
     from ovms.graph import node_options_from
 
-    options = node_options_from("text_generation", {"pipeline_type": ["LM"]}, VLM_DIR)
-    options.models_path = VLM_DIR
-    with pytest.raises(ModelLoadError, match="holds a vision language model; use VLM or VLM_CB"):
-        LLMServable("v", options)
+    for kind in ("LM", "LM_CB"):
+        options = node_options_from("text_generation", {"pipeline_type": [kind]}, VLM_DIR)
+        options.models_path = VLM_DIR
+        with pytest.raises(ModelLoadError, match="holds a vision language model; use VLM or VLM_CB"):
+            LLMServable("v", options)
     options = node_options_from("text_generation", {"pipeline_type": ["VLM"]}, FIXTURES / "tiny-llm")
     options.models_path = FIXTURES / "tiny-llm"
     with pytest.raises(ModelLoadError, match="not a VLM export"):
