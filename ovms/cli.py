@@ -145,7 +145,8 @@ def single_model(args: argparse.Namespace):
     path = pathlib.Path(args.model_path)
     task = getattr(args, "task", None)
     if (path / "graph.pbtxt").is_file() or task:
-        return graph_config(args.model_name, path, task=task, where="command line")
+        text = pull_cli.task_graph_text(args, task, args.model_name) if task else None
+        return graph_config(args.model_name, path, task=task, where="command line", graph_text=text)
     return model_config_from_dict(single_model_entry(args), where="command line")
 
 

@@ -94,6 +94,9 @@ class ModelConfig:
     kind: str = "model"
     graph_path: pathlib.Path | None = None  # graph.pbtxt (kind "graph"); None with a task and no graph
     task: str | None = None  # text_generation, embeddings, rerank, ... (CLI --task, no graph file)
+    # With a task and no graph file: the graph the task flags (--max_num_seqs, --pipeline_type, ...) make, as
+    # OVMS builds it in memory (and --pull writes it).
+    graph_text: str | None = None
 
     def describe(self) -> dict:
         """The entry as /v1/config and logs show it."""
@@ -167,7 +170,7 @@ def model_config_from_dict(entry: dict, *, where: str, relative_to: pathlib.Path
 
 
 def graph_config(name: str, base_path: pathlib.Path, *, graph_path: pathlib.Path | None = None,
-                 task: str | None = None, where: str = "") -> ModelConfig:
+                 task: str | None = None, where: str = "", graph_text: str | None = None) -> ModelConfig:
     """A graph servable (LLM, VLM, embeddings, rerank): base_path holds graph.pbtxt or, with a task, the model."""
     graph = graph_path or base_path / "graph.pbtxt"
     if not graph.is_file():
@@ -175,7 +178,8 @@ def graph_config(name: str, base_path: pathlib.Path, *, graph_path: pathlib.Path
     if graph is None and task is None:
         raise ConfigError(f"{where}: {base_path} has no graph.pbtxt; give --task (text_generation, embeddings, "
                           "rerank) or pull the model with --pull to write one")
-    return ModelConfig(name=name, base_path=base_path, kind="graph", graph_path=graph, task=task)
+    return ModelConfig(name=name, base_path=base_path, kind="graph", graph_path=graph, task=task,
+                       graph_text=graph_text if graph is None else None)
 
 
 def _mediapipe_entry(item: Any, where: str, relative_to: pathlib.Path) -> ModelConfig:

@@ -126,9 +126,15 @@ def _first(options: dict, name: str, default: Any = None) -> Any:
 def read_graph(graph_path: pathlib.Path) -> GenAINodeOptions:
     """The GenAI node of a graph file; models_path is resolved against the graph's directory."""
     try:
-        document = parse_text_proto(graph_path.read_text())
+        text = graph_path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read graph {graph_path}: {exc.strerror}") from None
+    return read_graph_text(text, graph_path.parent, where=str(graph_path))
+
+
+def read_graph_text(text: str, base: pathlib.Path, *, where: str = "graph") -> GenAINodeOptions:
+    """The GenAI node of a graph's text; models_path is resolved against ``base``."""
+    document = parse_text_proto(text)
     for node in document.get("node", []):
         calculator = _first(node, "calculator", "")
         if calculator not in _CALCULATORS:
@@ -137,8 +143,8 @@ def read_graph(graph_path: pathlib.Path) -> GenAINodeOptions:
         for node_options in node.get("node_options", []):
             for value in node_options.values():
                 options = value[-1]
-        return node_options_from(_CALCULATORS[calculator], options, graph_path.parent)
-    raise ConfigError(f"{graph_path}: no text generation, embeddings or rerank node "
+        return node_options_from(_CALCULATORS[calculator], options, base)
+    raise ConfigError(f"{where}: no text generation, embeddings or rerank node "
                       f"(calculators: {', '.join(sorted(_CALCULATORS))})")
 
 

@@ -200,3 +200,29 @@ def test_debug_log_names_refused_requests_with_an_id(model_repo, tmp_path):
     lines = [line for line in (tmp_path / "ovms.log").read_text().splitlines() if "refused" in line]
     assert len(lines) == 1 and "[DEBUG]" in lines[0]
     assert "request " in lines[0] and "POST /v2/models/dummy/infer refused: Invalid input shape" in lines[0]
+
+
+def test_task_flags_shape_the_servable_as_the_graph_pull_would_write():
+    """--model_path DIR --task T with no graph.pbtxt: the task flags apply, as OVMS builds that graph in memory."""
+    from ovms.backends.genai import load_graph_servable
+    from ovms.cli import build_parser, single_model
+
+    fixtures = pathlib.Path(__file__).resolve().parent / "fixtures" / "genai"
+    args = build_parser().parse_args(["--model_name", "v", "--model_path", str(fixtures / "tiny-vlm"), "--task",
+                                      "text_generation", "--pipeline_type", "VLM", "--max_num_seqs", "3",
+                                      "--tool_parser", "llama3"])
+    servable = load_graph_servable(single_model(args))
+    try:
+        assert servable.options.pipeline_type == "VLM" and servable._worker is None  # VLMPipeline, in a thread
+        assert servable.info.max_num_seqs == 3 and servable.info.tool_parser == "llama3" and servable.info.vision
+    finally:
+        servable.close()
+    for pooling in ("MEAN", None):
+        flags = ["--pooling", pooling] if pooling else []
+        args = build_parser().parse_args(["--model_name", "e", "--model_path", str(fixtures / "tiny-embedder"),
+                                          "--task", "embeddings", *flags])
+        servable = load_graph_servable(single_model(args))
+        try:
+            assert servable.options.pooling == (pooling or "CLS")  # OVMS's default for a task without a graph
+        finally:
+            servable.close()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ovms.config import ModelConfig
 from ovms.errors import ConfigError, ModelLoadError
-from ovms.graph import node_options_from, read_graph
+from ovms.graph import node_options_from, read_graph, read_graph_text
 from ovms.servable import Servable
 
 _TASKS = {"text_generation": "text_generation", "embeddings": "embeddings", "embeddings_ov": "embeddings",
@@ -20,10 +20,13 @@ def load_graph_servable(config: ModelConfig) -> Servable:
             if task is None:
                 raise ModelLoadError(f"task {config.task!r} is not served by this server; tasks: "
                                      f"{', '.join(sorted(_TASKS))}")
-            options = node_options_from(task, {}, config.base_path)
+            if config.graph_text is not None:  # --task with its flags, as OVMS builds the graph in memory
+                options = read_graph_text(config.graph_text, config.base_path, where=f"--task {config.task}")
+            else:
+                options = node_options_from(task, {}, config.base_path)
+                if task == "embeddings":
+                    options.pooling = "CLS"
             options.models_path = config.base_path
-            if task == "embeddings":
-                options.pooling = "CLS"
     except ConfigError as exc:
         raise ModelLoadError(str(exc)) from None
     if not options.models_path.is_dir():
