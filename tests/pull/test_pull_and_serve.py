@@ -122,17 +122,7 @@ def test_pull_then_serve_a_classic_model(hub, tmp_path):
                             env=pull_env(hub), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}/v2/models/relu"
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                with urllib.request.urlopen(f"{base}/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-            time.sleep(0.2)
+        wait_ready(proc, f"{base}/ready", tmp_path / "server.log")
         body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
                                        "data": [-1.0, 2.0, -3.0, 4.0]}]}).encode()
         req = urllib.request.Request(f"{base}/infer", data=body, headers={"Content-Type": "application/json"})
@@ -140,12 +130,7 @@ def test_pull_then_serve_a_classic_model(hub, tmp_path):
             out = json.loads(r.read())
         assert out["outputs"][0]["data"] == [0.0, 2.0, 0.0, 4.0]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
         log.close()
     text = (tmp_path / "server.log").read_text()
     assert f"Model: {REPO} downloaded to: {tmp_path / 'models' / 'OpenVINO' / 'tiny-relu'}" in text
