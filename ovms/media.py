@@ -149,9 +149,10 @@ def _read_local(path_text: str, policy: MediaPolicy) -> bytes:
     if not resolved.is_relative_to(root.resolve()):
         raise outside
     try:
+        # Before opening: opening a FIFO would wait for a writer, and a device could be read without end.
+        if not stat.S_ISREG(resolved.stat().st_mode):
+            raise invalid(f"{path_text} is not a regular file")
         with open(resolved, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise invalid(f"{path_text} is not a regular file")
             data = f.read(MAX_IMAGE_BYTES + 1)
     except OSError as exc:
         raise invalid(f"Image file {path_text} cannot be read: {exc.strerror}") from None

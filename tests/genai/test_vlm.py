@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import os
 import threading
 
 import numpy as np
@@ -106,6 +107,7 @@ def media_dir(tmp_path_factory):
     (d / "cat.png").write_bytes(png(7))
     (d.parent / "secret.png").write_bytes(png(8))
     (d / "link.png").symlink_to(d.parent / "secret.png")
+    os.mkfifo(d / "fifo.png")  # opening it would wait for a writer
     return d
 
 
@@ -228,6 +230,7 @@ def test_images_by_path_and_by_url_as_the_operator_allows(vlm_client, vlm_server
     assert "not subpath of allowed_local_media_path" in refused(str(media_dir / "link.png"))  # symlink out
     assert "not subpath of allowed_local_media_path" in refused("/etc/no-such-file")  # no probing outside
     assert "does not exist" in refused(str(media_dir / "missing.png"))
+    assert "not a regular file" in refused(str(media_dir / "fifo.png"))
     assert "NUL" in refused(str(media_dir / "cat.png") + "\0x")
     assert "allowed_media_domains" in refused("http://example.invalid/cat.png")
     for host in ("1.127.0.0.1", "127.0.0.1.evil.org", "evil.org%00.127.0.0.1"):  # exact host names only
