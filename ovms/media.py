@@ -56,28 +56,24 @@ class MediaPolicy:
 
     def allows_host(self, host: str) -> bool:
         """Exact match of a plain host name or IP address (no userinfo, ports, or odd characters)."""
-        host = host.lower().rstrip(".")
-        try:
-            host = str(ipaddress.ip_address(host.strip("[]")))
-        except ValueError:
-            if not _HOST.match(host):
-                return False
-        return "all" in self.domains or host in self.domains
+        host = canonical_host(host)
+        return host is not None and ("all" in self.domains or host in self.domains)
+
+
+def canonical_host(host: str) -> str | None:
+    """A host as the allow-list compares it: an IP address in its canonical form, or a plain DNS name in lower
+    case without a trailing dot; None for anything else."""
+    host = host.lower().rstrip(".")
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return host if _HOST.match(host) else None
 
 
 def normalize_domains(entries) -> tuple[str, ...]:
-    """--allowed_media_domains entries as allows_host compares them (lower case, no trailing dot, IPs canonical)."""
-    result = []
-    for entry in entries:
-        entry = entry.strip().lower().rstrip(".").strip("[]")
-        if not entry:
-            continue
-        try:
-            entry = str(ipaddress.ip_address(entry))
-        except ValueError:
-            pass
-        result.append(entry)
-    return tuple(result)
+    """--allowed_media_domains entries as allows_host compares them (entries that can match no host dropped)."""
+    hosts = (canonical_host(entry.strip().strip("[]")) for entry in entries)
+    return tuple(h for h in hosts if h)
 
 
 async def load_images(urls: list[str], policy: MediaPolicy) -> list[np.ndarray]:

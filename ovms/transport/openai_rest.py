@@ -19,7 +19,7 @@ from ovms.dataplane import DataPlane
 from ovms.dataplane_genai import GenAIDataPlane
 from ovms.errors import Kind, ServingError
 from ovms.genai_types import TextChunk, Usage
-from ovms.media import MediaPolicy, normalize_domains
+from ovms.media import MediaPolicy, canonical_host, normalize_domains
 from ovms.protocol import openai as codec
 from ovms.tool_parsers import STREAM_SYNTAXES, ToolCallStream, parse_tool_calls, split_reasoning, tool_call_stream
 
@@ -266,7 +266,7 @@ def _image_fetcher(app: web.Application):
     async def fetch(url: str, host: str, limit: int) -> bytes:
         target = yarl.URL(url)
         # The host media.py allowed, as the client library will connect to it: two URL parsers must not disagree.
-        if (target.host or "").lower().rstrip(".").strip("[]") != host.lower().rstrip(".").strip("[]"):
+        if canonical_host(target.host or "") != canonical_host(host):
             raise ServingError(Kind.GENAI_INVALID_REQUEST, f"Downloading image failed: {url} is not a plain "
                                                            f"http(s) URL of host {host}")
         if not sessions:
