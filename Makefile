@@ -57,4 +57,4 @@ fixtures-genai-check: $(FIXTURE_VENV)/bin/python
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(FIXTURE_VENV)/bin/python tests/fixtures/genai/build_fixtures.py --check
 
 clean:
-	rm -rf build *.egg-info ovms/_native/*.c ovms/_native/*.so $(DEMO)
+	rm -rf build dist *.egg-info ovms/_native/*.c ovms/_native/*.so ovms/_proto/descriptors.binpb $(DEMO)

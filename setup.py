@@ -1,11 +1,10 @@
-"""Build steps that pyproject.toml cannot express: Cython twins and the gRPC/protobuf code.
+"""Build steps that pyproject.toml cannot express: Cython twins and the protocol descriptors.
 
 `OVMS_NO_EXTENSIONS=1 pip install .` skips the Cython modules; the pure-Python twins are then used.
 """
 import glob
 import os
 import pathlib
-import re
 
 from setuptools import Command, Extension, setup
 from setuptools.command.build_py import build_py
@@ -14,9 +13,15 @@ ROOT = pathlib.Path(__file__).parent.resolve()
 
 
 class BuildProtos(Command):
-    """Generate ovms/_proto/*_pb2*.py from protos/*.proto with grpcio-tools."""
+    """Compile protos/**/*.proto into ovms/_proto/descriptors.binpb (a serialized FileDescriptorSet).
 
-    description = "generate protobuf and gRPC Python modules"
+    No *_pb2.py code is generated: ovms._proto builds the message classes from this set with the protobuf
+    runtime that is installed. Generated code carries the gencode version of the grpcio-tools that pip's build
+    isolation happened to pick, and fails at import against an older (or two majors newer) runtime; the
+    descriptor set's wire format is the same for every protobuf version.
+    """
+
+    description = "compile the protocol descriptors"
     user_options = []
 
     def initialize_options(self):
@@ -30,32 +35,21 @@ class BuildProtos(Command):
         import grpc_tools
 
         proto_root = ROOT / "protos"
-        out = ROOT / "ovms" / "_proto"
+        out = ROOT / "ovms" / "_proto" / "descriptors.binpb"
         include = pathlib.Path(grpc_tools.__file__).parent / "_proto"
         protos = sorted(str(p.relative_to(proto_root)) for p in proto_root.rglob("*.proto"))
-        args = ["protoc", f"-I{proto_root}", f"-I{include}", f"--python_out={out}",
-                f"--pyi_out={out}", f"--grpc_python_out={out}", *protos]
+        args = ["protoc", f"-I{proto_root}", f"-I{include}", f"--descriptor_set_out={out}", "--include_imports",
+                *protos]
         if protoc.main(args) != 0:
             raise RuntimeError(f"protoc failed for {protos}")
-        tops = sorted({p.split("/")[0].removesuffix(".proto") for p in protos})
-        imports = re.compile(rf"^(from|import) ({'|'.join(map(re.escape, tops))})\b", re.M)
-        for path in out.rglob("*_pb2*.py"):
-            for parent in path.relative_to(out).parents:
-                (out / parent / "__init__.py").touch()
-            text = imports.sub(r"\1 ovms._proto.\2", path.read_text())
-            # Our descriptors live in a private pool: tritonclient and ovmsclient register the same
-            # message names ("inference.ModelInferRequest", "tensorflow.TensorProto") in the default pool,
-            # and one process may hold both (tests, embedding applications).
-            text = text.replace("_descriptor_pool.Default()", "_ovms_pool.POOL")
-            text = text.replace("from google.protobuf import descriptor_pool as _descriptor_pool",
-                                "from google.protobuf import descriptor_pool as _descriptor_pool\n"
-                                "from ovms._proto import _pool as _ovms_pool")
-            path.write_text(text)
 
 
 class BuildPyWithProtos(build_py):
     def run(self):
         self.run_command("build_protos")
+        # The package data list is computed lazily on first use; drop any list made before the descriptor set
+        # existed, so a build from a clean clone ships it.
+        self.__dict__.pop("data_files", None)
         super().run()
 
 

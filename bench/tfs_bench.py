@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from ovms._proto.kserve import grpc_predict_v2_pb2 as kserve  # noqa: E402
-from ovms._proto.tensorflow.core.framework import types_pb2  # noqa: E402
-from ovms._proto.tensorflow_serving.apis import predict_pb2  # noqa: E402
+from ovms._proto.messages import kserve  # noqa: E402
+from ovms._proto.messages import tf_types as types_pb2  # noqa: E402
+from ovms._proto.messages import tfs_predict as predict_pb2  # noqa: E402
 
 
 def frame(message) -> bytes:

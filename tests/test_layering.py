@@ -23,8 +23,6 @@ def imported_modules(path: pathlib.Path) -> set[str]:
 def modules_under(*parts: str):
     for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(PACKAGE)
-        if relative.parts[0] == "_proto" and relative.name.endswith(("_pb2.py", "_pb2_grpc.py")):
-            continue
         yield str(relative), imported_modules(path)
 
 

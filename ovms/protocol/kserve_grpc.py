@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ovms._native import load
-from ovms._proto.kserve import grpc_predict_v2_pb2 as pb
+from ovms._proto.messages import kserve as pb
 from ovms.dataplane import ServerMetadata, parse_version
 from ovms.errors import Kind, ServingError
 from ovms.types import InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec

@@ -12,9 +12,12 @@ import numpy as np
 
 from ovms._native import load
 from ovms._native.codec_errors import CodecError
-from ovms._proto.tensorflow.core.framework import tensor_pb2, types_pb2
-from ovms._proto.tensorflow.core.protobuf import meta_graph_pb2
-from ovms._proto.tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
+from ovms._proto.messages import tf_meta_graph as meta_graph_pb2
+from ovms._proto.messages import tf_tensor as tensor_pb2
+from ovms._proto.messages import tf_types as types_pb2
+from ovms._proto.messages import tfs_get_model_metadata as get_model_metadata_pb2
+from ovms._proto.messages import tfs_get_model_status as get_model_status_pb2
+from ovms._proto.messages import tfs_predict as predict_pb2
 from ovms.dataplane import VersionStatus
 from ovms.errors import Kind, ServingError
 from ovms.types import NUMPY_DTYPE, InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec

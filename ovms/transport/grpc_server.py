@@ -8,19 +8,15 @@ import uuid
 
 import grpc
 from google.protobuf.message import DecodeError
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from ovms._proto._pool import POOL
-from ovms._proto.kserve import grpc_predict_v2_pb2 as pb
-from ovms._proto.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
+from ovms._proto.messages import kserve as pb
+from ovms._proto.messages import (tfs_get_model_metadata, tfs_get_model_status, tfs_model_management,
+                                  tfs_model_service, tfs_predict, tfs_prediction_service)
 from ovms.dataplane import DataPlane, parse_version
 from ovms.errors import Kind, ServingError
-from ovms._proto.tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                                 model_management_pb2, model_service_pb2, predict_pb2,
-                                                 prediction_service_pb2)
 from ovms.protocol import kserve_grpc as codec
 from ovms.protocol import tfs
+from ovms.transport.grpc_health import HealthService, ReflectionService
 
 log = logging.getLogger("ovms.grpc")
 
@@ -68,7 +64,7 @@ def mapped_errors(method, message_module=pb):
     return wrapper
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer:
     """KServe v2 over gRPC on the shared data plane."""
 
     def __init__(self, dataplane: DataPlane) -> None:
@@ -161,14 +157,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 class _Messages:
     """Request/response classes of the TFS services, found by name like those of ``pb``."""
 
-    PredictRequest = predict_pb2.PredictRequest
-    PredictResponse = predict_pb2.PredictResponse
-    GetModelMetadataRequest = get_model_metadata_pb2.GetModelMetadataRequest
-    GetModelMetadataResponse = get_model_metadata_pb2.GetModelMetadataResponse
-    GetModelStatusRequest = get_model_status_pb2.GetModelStatusRequest
-    GetModelStatusResponse = get_model_status_pb2.GetModelStatusResponse
-    ReloadConfigRequest = model_management_pb2.ReloadConfigRequest
-    ReloadConfigResponse = model_management_pb2.ReloadConfigResponse
+    PredictRequest = tfs_predict.PredictRequest
+    PredictResponse = tfs_predict.PredictResponse
+    GetModelMetadataRequest = tfs_get_model_metadata.GetModelMetadataRequest
+    GetModelMetadataResponse = tfs_get_model_metadata.GetModelMetadataResponse
+    GetModelStatusRequest = tfs_get_model_status.GetModelStatusRequest
+    GetModelStatusResponse = tfs_get_model_status.GetModelStatusResponse
+    ReloadConfigRequest = tfs_model_management.ReloadConfigRequest
+    ReloadConfigResponse = tfs_model_management.ReloadConfigResponse
 
 
 def tfs_errors(method):
@@ -214,7 +210,7 @@ class ModelServicer:
     @tfs_errors
     async def HandleReloadConfigRequest(self, request, context):
         result = await self.dp.reload_config()
-        response = model_management_pb2.ReloadConfigResponse()
+        response = tfs_model_management.ReloadConfigResponse()
         if result.error is not None:
             raise ServingError(Kind.CONFIG_RELOAD_FAILED, result.error)
         response.status.error_code = 0
@@ -244,19 +240,18 @@ def create_server(dataplane: DataPlane, *, reuse_port: bool = False) -> grpc.aio
     server.add_generic_rpc_handlers((
         _handlers(InferenceServicer(dataplane), pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], pb),
         _handlers(PredictionServicer(dataplane),
-                  prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"], _Messages),
-        _handlers(ModelServicer(dataplane), model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
+                  tfs_prediction_service.DESCRIPTOR.services_by_name["PredictionService"], _Messages),
+        _handlers(ModelServicer(dataplane), tfs_model_service.DESCRIPTOR.services_by_name["ModelService"],
                   _Messages),
     ))
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    server.health_servicer = health_servicer  # set SERVING / NOT_SERVING from the composition root
-    reflection.enable_server_reflection([KSERVE_SERVICE, TFS_PREDICTION_SERVICE, TFS_MODEL_SERVICE,
-                                         reflection.SERVICE_NAME], server, pool=POOL)
+    health = HealthService()
+    server.add_generic_rpc_handlers((health.handler(),
+                                     *ReflectionService([KSERVE_SERVICE, TFS_PREDICTION_SERVICE,
+                                                         TFS_MODEL_SERVICE]).handlers()))
+    server.health_service = health  # set SERVING / NOT_SERVING from the composition root
     return server
 
 
 async def set_health(server: grpc.aio.Server, serving: bool) -> None:
-    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for service in ("", KSERVE_SERVICE, TFS_PREDICTION_SERVICE, TFS_MODEL_SERVICE):
-        await server.health_servicer.set(service, status)
+        server.health_service.set(service, serving)

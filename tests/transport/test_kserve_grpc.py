@@ -11,8 +11,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from ovms._proto.kserve import grpc_predict_v2_pb2 as pb
-from ovms._proto.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
+from ovms._proto.messages import kserve as pb
+from tests.grpc_stubs import stub as make_stub
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_dynamic_shapes(client):
 
 def test_every_numeric_type_raw_and_typed(server):
     """Raw contents for every type; typed *_contents for every type that has a field."""
-    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.grpc_url))
+    stub = make_stub(grpc.insecure_channel(server.grpc_url), pb.DESCRIPTOR.services_by_name["GRPCInferenceService"])
     types = {"BOOL": "?", "UINT8": "u1", "UINT16": "u2", "UINT32": "u4", "UINT64": "u8", "INT8": "i1",
              "INT16": "i2", "INT32": "i4", "INT64": "i8", "FP16": "f2", "FP32": "f4", "FP64": "f8"}
     field = {"BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
@@ -160,7 +160,7 @@ def test_errors_with_ovms_messages(client):
 
 
 def test_raw_size_mismatch_and_mixed_contents(server):
-    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.grpc_url))
+    stub = make_stub(grpc.insecure_channel(server.grpc_url), pb.DESCRIPTOR.services_by_name["GRPCInferenceService"])
     request = pb.ModelInferRequest(model_name="dummy")
     request.inputs.add(name="b", datatype="FP32", shape=[1, 10])
     request.raw_input_contents.append(b"\0" * 36)
@@ -227,17 +227,40 @@ def test_grpc_aio_client_concurrent(server):
 
 
 def test_health_service_and_reflection(server):
+    """grpcio-health-checking's and grpcio-reflection's own clients against the services ovms serves itself."""
+    from google.protobuf.descriptor_pool import DescriptorPool
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
     channel = grpc.insecure_channel(server.grpc_url)
     health = health_pb2_grpc.HealthStub(channel)
-    status = health.Check(health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService"))
-    assert status.status == health_pb2.HealthCheckResponse.SERVING
+    for service in ("", "inference.GRPCInferenceService", "tensorflow.serving.PredictionService"):
+        status = health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as error:
+        health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    watch = health.Watch(health_pb2.HealthCheckRequest(service="no.such.Service"))
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+    watch.cancel()
+
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     names = {s.name for reply in replies for s in reply.list_services_response.service}
-    assert "inference.GRPCInferenceService" in names
+    assert {"inference.GRPCInferenceService", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService",
+            "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+    # The client builds the whole service, with its imports, from what reflection serves.
+    pool = DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+    infer = pool.FindServiceByName("inference.GRPCInferenceService").methods_by_name["ModelInfer"]
+    assert infer.input_type.fields_by_name["raw_input_contents"].type == infer.input_type.fields_by_name[
+        "raw_input_contents"].TYPE_BYTES
+    predict = pool.FindServiceByName("tensorflow.serving.PredictionService").methods_by_name["Predict"]
+    assert predict.input_type.fields_by_name["inputs"].message_type.fields_by_name["value"].message_type.full_name \
+        == "tensorflow.TensorProto"
+    replies = list(stub.ServerReflectionInfo(iter([
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="no.such.Symbol")])))
+    assert replies[0].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
 
 
 def test_triton_model_config(client):

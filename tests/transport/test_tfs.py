@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 from ovmsclient import make_grpc_client, make_http_client
 
-from ovms._proto.tensorflow.core.framework import types_pb2
-from ovms._proto.tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_management_pb2,
-                                                 model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
+from ovms._proto.messages import tf_types as types_pb2
+from ovms._proto.messages import tfs_get_model_metadata as get_model_metadata_pb2
+from ovms._proto.messages import tfs_get_model_status as get_model_status_pb2
+from ovms._proto.messages import tfs_model_management as model_management_pb2
+from ovms._proto.messages import tfs_model_service, tfs_predict as predict_pb2, tfs_prediction_service
+from tests.grpc_stubs import stub
 
 
 @pytest.fixture(scope="module", params=["grpc", "http"])
@@ -39,8 +42,8 @@ def test_ovmsclient_status_metadata_predict(ovms_client):
 
 def stubs(server):
     channel = grpc.insecure_channel(server.grpc_url)
-    return (prediction_service_pb2_grpc.PredictionServiceStub(channel),
-            model_service_pb2_grpc.ModelServiceStub(channel))
+    return (stub(channel, tfs_prediction_service.DESCRIPTOR.services_by_name["PredictionService"]),
+            stub(channel, tfs_model_service.DESCRIPTOR.services_by_name["ModelService"]))
 
 
 def test_predict_typed_values_half_and_strings(server):
