@@ -321,29 +321,131 @@ def test_disk_full_while_allocating(hub, llm_repo, tmp_path, monkeypatch, capsys
     assert "is full" in err and "re-run the same command to resume" in err
 
 
-def test_conversion_runs_optimum_cli_like_ovms(pull, hub, tmp_path):
-    """Fake optimum-cli / convert_tokenizer on PATH record their command lines; the graph follows."""
-    import os
+# The fakes parse their command lines as the real tools do, so a flag the tool would reject fails the pull
+# (argparse exits 2). optimum-cli: the options of `optimum-cli export openvino` that OVMS's command lines use, as
+# declared by optimum-intel's parse_args_openvino (huggingface/optimum-intel, optimum/commands/export/openvino.py
+# @37e85043; the Makefile's fixture venv pins optimum-intel 2.2.0). convert_tokenizer: openvino_tokenizers' own
+# parser. Both write what they were asked to where they were asked to, like the real tools.
+FAKE_OPTIMUM_CLI = r"""
+import argparse, json, pathlib, sys
+with open(CALLS, "a") as f:
+    f.write(json.dumps(["optimum-cli", *sys.argv[1:]]) + "\n")
+parser = argparse.ArgumentParser(prog="optimum-cli")
+sub = parser.add_subparsers(dest="command", required=True).add_parser("export")
+export = sub.add_subparsers(dest="exporter", required=True).add_parser("openvino")
+export.add_argument("-m", "--model", type=str, required=True)
+export.add_argument("output", type=pathlib.Path)
+export.add_argument("--task", default="auto")
+export.add_argument("--framework", type=str, choices=["pt", "tf"], default=None)
+export.add_argument("--trust-remote-code", action="store_true")
+export.add_argument("--weight-format", type=str, choices=["fp32", "fp16", "int8", "int4", "mxfp4", "nf4"])
+export.add_argument("--quant-mode", type=str, default=None)
+export.add_argument("--library", type=str, default=None,
+                    choices=["transformers", "diffusers", "timm", "sentence_transformers", "open_clip"])
+export.add_argument("--ratio", type=float, default=None)
+export.add_argument("--sym", action="store_true", default=None)
+export.add_argument("--group-size", type=int, default=None)
+export.add_argument("--backup-precision", type=str, choices=["none", "int8_sym", "int8_asym"], default=None)
+export.add_argument("--dataset", type=str, default=None)
+export.add_argument("--all-layers", action="store_true", default=None)
+export.add_argument("--awq", action="store_true", default=None)
+export.add_argument("--disable-stateful", action="store_true")
+export.add_argument("--disable-convert-tokenizer", action="store_true")
+args = parser.parse_args()
+args.output.mkdir(parents=True, exist_ok=True)
+(args.output / "openvino_model.xml").write_text("<xml/>")
+parsed = {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()}
+(args.output / "optimum_args.json").write_text(json.dumps(parsed))
+"""
+
+FAKE_CONVERT_TOKENIZER = r"""
+import json, sys
+from openvino_tokenizers.cli_tools.convert_tokenizer import get_parser
+with open(CALLS, "a") as f:
+    f.write(json.dumps(["convert_tokenizer", *sys.argv[1:]]) + "\n")
+args = get_parser().parse_args()
+args.output.mkdir(parents=True, exist_ok=True)
+(args.output / "openvino_tokenizer.xml").write_text("<net name='tokenizer'/>")
+if args.with_detokenizer:
+    (args.output / "openvino_detokenizer.xml").write_text("<net name='detokenizer'/>")
+"""
+
+
+def fake_tools(bin_dir, calls) -> None:
     import stat
-    bin_dir = tmp_path / "bin"
+    import sys
     bin_dir.mkdir()
-    calls = tmp_path / "calls.txt"
-    for tool, body in (("optimum-cli", 'mkdir -p "${@: -1}" && echo "<xml/>" > "${@: -1}/openvino_model.xml"'),
-                       ("convert_tokenizer", 'echo tok > "$5/openvino_tokenizer.xml"')):
+    for tool, body in (("optimum-cli", FAKE_OPTIMUM_CLI), ("convert_tokenizer", FAKE_CONVERT_TOKENIZER)):
         script = bin_dir / tool
-        script.write_text(f'#!/bin/bash\necho "{tool} $*" >> {calls}\n{body}\n')
+        script.write_text(f"#!{sys.executable}\nCALLS = {str(calls)!r}\n{body}")
         script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    hub.add_repo("someorg/pytorch-llm", {"config.json": b'{"architectures": ["LlamaForCausalLM"]}'})
-    run = pull("someorg/pytorch-llm", "--weight-format", "int4", "--extra_quantization_params",
-               "--sym --group-size -1", PATH=f"{bin_dir}:{os.environ['PATH']}")
+
+
+# Expected command lines: OVMS src/pull_module/optimum_export.cpp (getTextGenCmd overloads per graph kind).
+@pytest.mark.parametrize("task,config,flags,export_args,parsed,calls_tokenizer,calculator", [
+    ("text_generation", {"architectures": ["LlamaForCausalLM"]},
+     ["--weight-format", "int4", "--extra_quantization_params", "--sym --group-size -1"],
+     ["--model", "{src}", "--trust-remote-code", "--weight-format", "int4", "--sym", "--group-size", "-1"],
+     {"weight_format": "int4", "sym": True, "group_size": -1, "trust_remote_code": True, "task": "auto",
+      "library": None, "disable_convert_tokenizer": False},
+     True, "HttpLLMCalculator"),
+    ("embeddings", {"architectures": ["BertModel"]}, ["--task", "embeddings", "--weight-format", "fp16"],
+     ["--disable-convert-tokenizer", "--model", "{src}", "--trust-remote-code", "--weight-format", "fp16",
+      "--task", "feature-extraction", "--library", "sentence_transformers"],
+     {"weight_format": "fp16", "task": "feature-extraction", "library": "sentence_transformers",
+      "trust_remote_code": True, "disable_convert_tokenizer": True},
+     True, "EmbeddingsCalculatorOV"),
+    ("rerank", {"architectures": ["BertForSequenceClassification"]}, ["--task", "rerank", "--weight-format", "int8"],
+     ["--disable-convert-tokenizer", "--model", "{src}", "--trust-remote-code", "--weight-format", "int8",
+      "--task", "text-classification"],
+     {"weight_format": "int8", "task": "text-classification", "library": None, "trust_remote_code": True,
+      "disable_convert_tokenizer": True},
+     True, "RerankCalculatorOV"),
+    ("image_generation", {"_class_name": "StableDiffusionPipeline"},
+     ["--task", "image_generation", "--weight-format", "int8"],
+     ["--model", "{src}", "--weight-format", "int8"],
+     {"weight_format": "int8", "task": "auto", "trust_remote_code": False, "disable_convert_tokenizer": False},
+     False, "ImageGenCalculator"),
+], ids=["text_generation", "embeddings", "rerank", "image_generation"])
+def test_conversion_runs_optimum_cli_like_ovms(pull, hub, tmp_path, task, config, flags, export_args, parsed,
+                                               calls_tokenizer, calculator):
+    """Fake optimum-cli / convert_tokenizer on PATH parse and record their command lines; the graph follows."""
+    import os
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.jsonl"
+    fake_tools(bin_dir, calls)
+    src = f"someorg/pytorch-{task}"
+    config_name = "model_index.json" if task == "image_generation" else "config.json"
+    hub.add_repo(src, {config_name: json.dumps(config).encode()})
+    run = pull(src, *flags, PATH=f"{bin_dir}:{os.environ['PATH']}")
     assert run.code == 0, run.output
-    target = model_dir(pull, "someorg/pytorch-llm")
-    assert calls.read_text().splitlines() == [
-        f"optimum-cli export openvino --model someorg/pytorch-llm --trust-remote-code --weight-format int4 "
-        f"--sym --group-size -1 {target}",
-        f"convert_tokenizer someorg/pytorch-llm --with-detokenizer -o {target}"]
-    assert 'calculator: "HttpLLMCalculator"' in (target / "graph.pbtxt").read_text()
-    assert f"Model: someorg/pytorch-llm downloaded to: {target}" in run.stdout
+    target = model_dir(pull, src)
+    expected = [["optimum-cli", "export", "openvino", *(a.format(src=src) for a in export_args), str(target)]]
+    if calls_tokenizer:
+        expected.append(["convert_tokenizer", src, "--with-detokenizer", "-o", str(target)])
+    assert [json.loads(line) for line in calls.read_text().splitlines()] == expected
+    got = json.loads((target / "optimum_args.json").read_text())
+    assert got["model"] == src and got["output"] == str(target)
+    assert {k: got[k] for k in parsed} == parsed
+    # The tokenizer IR landed in the model directory, where the served graph looks for it.
+    assert ((target / "openvino_tokenizer.xml").is_file(), (target / "openvino_detokenizer.xml").is_file()) == (
+        (calls_tokenizer, calls_tokenizer))
+    assert f'calculator: "{calculator}"' in (target / "graph.pbtxt").read_text()
+    assert f"Model: {src} downloaded to: {target}" in run.stdout
+
+
+def test_fake_optimum_cli_rejects_what_optimum_rejects(tmp_path):
+    """The fake is strict: a flag or value optimum-cli's parser refuses exits 2, so a wrong command line fails."""
+    import subprocess
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.jsonl"
+    fake_tools(bin_dir, calls)
+    for bad in (["--model", "m", "--weight-format", "int3", str(tmp_path / "o")],
+                ["--model", "m", "--library", "sentence-transformers", str(tmp_path / "o")],
+                ["--model", "m", "--no-such-flag", str(tmp_path / "o")]):
+        proc = subprocess.run([bin_dir / "optimum-cli", "export", "openvino", *bad], capture_output=True, text=True)
+        assert proc.returncode == 2 and "error:" in proc.stderr, (bad, proc.stderr)
+    proc = subprocess.run([bin_dir / "convert_tokenizer", "--with-detokenizer", "-o", "x"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "error:" in proc.stderr
 
 
 def test_many_files_with_few_file_descriptors(hub, tmp_path):
