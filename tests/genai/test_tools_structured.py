@@ -125,10 +125,23 @@ def test_tool_result_round_trip(client):
     assert response.choices[0].finish_reason == "stop"
 
 
-def test_tool_choice_none_gives_plain_text(client):
-    response = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello"}],
-                                              tools=TOOLS, tool_choice="none", max_tokens=30)
-    assert response.choices[0].message.tool_calls is None
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_tool_choice_none_gives_plain_text(client, stream):
+    """The prompt the fixture model answers with a tool call under tool_choice="auto" (shown first, so the test
+    cannot pass by ignoring tool_choice) is answered without one under "none"."""
+    def ask(tool_choice):
+        request = dict(model=MODEL, messages=WEATHER, tools=TOOLS, tool_choice=tool_choice, max_tokens=60)
+        if stream:
+            calls, _, content, finish = accumulate(client.chat.completions.create(**request, stream=True))
+            return [c["name"] for c in calls.values()], content, finish
+        choice = client.chat.completions.create(**request).choices[0]
+        return [c.function.name for c in choice.message.tool_calls or []], choice.message.content, choice.finish_reason
+
+    names, content, finish = ask("auto")
+    assert (names, content or "", finish) == (["get_weather"], "", "tool_calls")
+    names, content, finish = ask("none")
+    assert (names, finish) == ([], "stop")
+    assert content.strip() and "<tool_call>" not in content and "get_weather" not in content
 
 
 class Person(pydantic.BaseModel):
