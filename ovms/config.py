@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import re
 from typing import Any
@@ -248,6 +249,25 @@ def numeric_versions(base_path: pathlib.Path) -> list[int]:
     except OSError:
         return []
     return sorted(int(p.name) for p in children if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+
+
+def version_files(config: "ModelConfig", version: int) -> tuple[tuple[str, int, int], ...]:
+    """What a version directory holds now: (relative path, size, mtime) of every file, sorted.
+
+    Two equal results mean nothing was written in between: a version that failed to load (a directory copied
+    in file by file) is tried again when this changes and then holds still.
+    """
+    root = config.base_path if config.kind == "graph" else config.base_path / str(version)
+    found = []
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            try:
+                stat = os.stat(path)
+            except OSError:  # removed while listing: the next listing differs anyway
+                continue
+            found.append((os.path.relpath(path, root), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(found))
 
 
 def load_monitoring(path: pathlib.Path) -> tuple[bool, list[str] | None]:

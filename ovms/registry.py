@@ -4,6 +4,12 @@ The registry does not know any backend: the composition root passes a ``loader(c
 compiles one version (blocking; run in a worker thread here). ``apply(configs)`` moves the served set to a new
 configuration: new models and versions load, removed ones unload after their in-flight requests end, a changed
 model entry reloads, and the default version follows the highest available one.
+
+A model that stays never loses its last available version to a change in progress. Versions load first and
+retire after: a version the policy no longer selects keeps serving until the one replacing it is AVAILABLE (a
+version directory copied in file by file fails to load at first), and a changed model entry serves its current
+versions until the new ones are loaded. A version that failed to load is tried again when its files change and
+then hold still for one poll, and otherwise on a back-off of 1 s doubling to RETRY_MAX_SECONDS.
 """
 from __future__ import annotations
 
@@ -11,13 +17,16 @@ import asyncio
 import dataclasses
 import enum
 import logging
+import time
 from typing import Callable
 
-from ovms.config import ModelConfig, numeric_versions
+from ovms.config import ModelConfig, numeric_versions, version_files
 from ovms.errors import Kind, ModelLoadError, ServingError
 from ovms.servable import Servable
 
 log = logging.getLogger("ovms.registry")
+
+RETRY_MAX_SECONDS = 60.0
 
 
 class VersionState(enum.IntEnum):
@@ -55,6 +64,18 @@ class ModelVersion:
     in_flight: int = 0
     stats: InferenceStats = dataclasses.field(default_factory=InferenceStats)
     _idle: asyncio.Event | None = None
+    # After a failed load: the files it saw, the files seen at the last poll, failures so far, next back-off try.
+    failed_files: tuple | None = None
+    seen_files: tuple | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+    held_for: int | None = None  # a newer version this one keeps serving for until it is AVAILABLE
+
+    def retry_due(self, files: tuple, now: float) -> bool:
+        """A failed load is tried again once its files changed and held still since the last poll, or when its
+        back-off has passed (with the files still)."""
+        still, self.seen_files = files == self.seen_files, files
+        return still and (files != self.failed_files or now >= self.retry_at)
 
     def set_state(self, state: VersionState) -> None:
         if state is not self.state:
@@ -147,17 +168,19 @@ class Registry:
     async def apply(self, configs: list[ModelConfig]) -> bool:
         """Move to ``configs``; return whether anything was loaded, reloaded or unloaded.
 
-        Failures are recorded on the model or version and logged; one broken model never stops the others.
+        Loads run first, retirements after them, so a model that stays is never without an available version
+        while its replacement loads. Failures are recorded on the model or version and logged; one broken model
+        never stops the others.
         """
         async with self._lock:
             wanted = {c.name: c for c in configs}
-            jobs = []
+            loads, early, retirements, swaps = [], [], [], []  # early: retired alongside the loads, as before
             changed = False
             for name, model in list(self.models.items()):
                 if name not in wanted and not model.retired:
                     log.info("model %s removed from the configuration: unloading", name)
                     model.retired = True
-                    jobs += [self._retire(e) for e in model.versions.values() if e.state < VersionState.UNLOADING]
+                    early += [e for e in model.versions.values() if e.state < VersionState.UNLOADING]
                     changed = True
             for name, config in wanted.items():
                 model = self.models.get(name)
@@ -165,67 +188,130 @@ class Registry:
                     model = Model(config, versions=model.versions if model else {})
                     self.models[name] = model
                     changed = True
+                elif model.config != config and config.kind == "model":
+                    log.info("model %s configuration changed: loading every version again; the current ones "
+                             "serve until the new ones are loaded", name)
+                    staged = Model(config)
+                    loads += self._sync_versions(staged)
+                    swaps.append((model, staged))
+                    changed = True
+                    continue
                 elif model.config != config:
-                    log.info("model %s configuration changed: reloading every version", name)
+                    # A graph (an LLM and its generation worker, ...) is reloaded in place as before: two copies
+                    # side by side would need twice the memory.
+                    log.info("model %s configuration changed: reloading", name)
                     model.config = config
-                    jobs += [self._retire(e) for e in model.versions.values() if e.state < VersionState.UNLOADING]
+                    early += [e for e in model.versions.values() if e.state < VersionState.UNLOADING]
                     model.versions = {}
                     changed = True
-                jobs_for_model, model_changed = self._sync_versions(model)
-                jobs += jobs_for_model
-                changed |= model_changed
-            await asyncio.gather(*jobs)
+                first_loads = self._sync_versions(model)
+                changed |= any(not retry for _, _, retry in first_loads)
+                loads += first_loads
+            loaded = await asyncio.gather(*(self._load(model, entry) for model, entry, _ in loads),
+                                          *(self._retire(e) for e in early))
+            changed |= any(ok and retry for ok, (_, _, retry) in zip(loaded, loads))
+            for model, staged in swaps:
+                retirements += [e for e in model.versions.values() if e.state < VersionState.UNLOADING]
+                model.config, model.versions, model.error = staged.config, staged.versions, staged.error
+            for model in self.models.values():
+                if not model.retired:
+                    superseded = self._superseded(model)
+                    changed |= bool(superseded)
+                    retirements += superseded
+            await asyncio.gather(*(self._retire(e) for e in retirements))
             return changed
 
-    def _sync_versions(self, model: Model) -> tuple[list, bool]:
+    def _present(self, model: Model) -> list[int] | None:
+        """The version numbers on disk, or None with ``model.error`` set when there are none."""
         config = model.config
         if not config.base_path.is_dir():
-            error = f"The provided base path is invalid or doesn't exists: {config.base_path}"
-            return self._model_error(model, error), False
+            self._set_model_error(model, f"The provided base path is invalid or doesn't exists: {config.base_path}")
+            return None
         present = [1] if config.kind == "graph" else numeric_versions(config.base_path)
         if not present:
-            error = (f"Not a single model version directory has valid numeric name in {config.base_path}; put the "
-                     f"model files in {config.base_path}/1/")
-            return self._model_error(model, error), False
+            self._set_model_error(model, f"Not a single model version directory has valid numeric name in "
+                                         f"{config.base_path}; put the model files in {config.base_path}/1/")
+            return None
         model.error = None
-        desired = set(config.version_policy.select(present))
-        jobs, changed = [], False
-        for version in sorted(desired):
+        return present
+
+    def _sync_versions(self, model: Model) -> list[tuple[Model, ModelVersion, bool]]:
+        """(model, version, is_retry) to load now: new versions the policy selects, and failed ones due again."""
+        present = self._present(model)
+        if present is None:
+            return []
+        loads = []
+        now = time.monotonic()
+        for version in sorted(model.config.version_policy.select(present)):
             entry = model.versions.get(version)
             if entry is None or entry.state >= VersionState.UNLOADING:
                 entry = ModelVersion(model.name, version)
                 model.versions[version] = entry
-                jobs.append(self._load(model, entry))
-                changed = True
-        for version, entry in model.versions.items():
-            if version not in desired and entry.state < VersionState.UNLOADING:
-                log.info("model %s version %d is no longer served (directory removed or policy): unloading",
-                         model.name, version)
-                jobs.append(self._retire(entry))
-                changed = True
-        return jobs, changed
+                loads.append((model, entry, False))
+            elif entry.error is not None and entry.retry_due(version_files(model.config, version), now):
+                log.info("model %s version %d: trying to load it again (%s)", model.name, version,
+                         "its files changed" if entry.seen_files != entry.failed_files else "back-off")
+                loads.append((model, entry, True))
+        return loads
 
-    def _model_error(self, model: Model, error: str) -> list:
+    def _superseded(self, model: Model) -> list[ModelVersion]:
+        """Versions to retire now: those whose directory is gone, and those the policy no longer selects, except
+        the newest of them while as many selected versions are not AVAILABLE yet (they keep serving)."""
+        present = self._present(model)
+        if present is None:
+            return [e for e in model.versions.values() if e.state < VersionState.UNLOADING]
+        selected = set(model.config.version_policy.select(present))
+        waiting = sorted(v for v in selected if (e := model.versions.get(v)) is None
+                         or e.state is not VersionState.AVAILABLE)
+        holdable = sorted((v for v, e in model.versions.items() if v not in selected and v in present
+                           and e.state is VersionState.AVAILABLE), reverse=True)
+        held = dict(zip(holdable, reversed(waiting)))
+        retire = []
+        for version, entry in model.versions.items():
+            if version in selected or entry.state >= VersionState.UNLOADING:
+                continue
+            if version in held:
+                if entry.held_for != held[version]:
+                    log.warning("model %s version %d keeps serving until version %d is available", model.name,
+                                version, held[version])
+                entry.held_for = held[version]
+                continue
+            reason = "directory removed" if version not in present else "replaced, per the version policy"
+            log.info("model %s version %d is no longer served (%s): unloading", model.name, version, reason)
+            retire.append(entry)
+        return retire
+
+    @staticmethod
+    def _set_model_error(model: Model, error: str) -> None:
         if model.error != error:
             log.error("model %s: %s", model.name, error)
         model.error = error
-        return [self._retire(e) for e in model.versions.values() if e.state < VersionState.UNLOADING]
 
-    async def _load(self, model: Model, entry: ModelVersion) -> None:
+    async def _load(self, model: Model, entry: ModelVersion) -> bool:
+        """Load one version; True when it is AVAILABLE."""
         entry.set_state(VersionState.LOADING)
+        files = await asyncio.to_thread(version_files, model.config, entry.version)
         try:
             servable = await asyncio.to_thread(self._loader, model.config, entry.version)
-        except ModelLoadError as exc:
-            entry.error = str(exc)
-            log.error("model %s version %d failed to load: %s", model.name, entry.version, exc)
-            return
-        except Exception as exc:  # a backend bug must not stop the other models
-            entry.error = f"{type(exc).__name__}: {exc}"
-            log.exception("model %s version %d failed to load", model.name, entry.version)
-            return
+        except Exception as exc:
+            # ModelLoadError is the backend's word on the files; anything else is a backend bug, which must not
+            # stop the other models either.
+            entry.error = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+            entry.failures += 1
+            entry.failed_files = entry.seen_files = files
+            delay = min(2.0 ** (entry.failures - 1), RETRY_MAX_SECONDS)
+            entry.retry_at = time.monotonic() + delay
+            serving = model.default_version()
+            log.error("model %s version %d failed to load: %s. %s; trying again when its files change, or in %g s",
+                      model.name, entry.version, entry.error,
+                      f"Version {serving.version} keeps serving" if serving else "The model has no version to serve",
+                      delay, exc_info=not isinstance(exc, ModelLoadError))
+            return False
         entry.servable = servable
-        entry.error = None
+        entry.error = entry.failed_files = entry.seen_files = None
+        entry.failures = 0
         entry.set_state(VersionState.AVAILABLE)
+        return True
 
     async def _retire(self, entry: ModelVersion) -> None:
         """UNLOADING until the last in-flight request ends, then release the servable: END."""
