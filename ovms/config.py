@@ -24,6 +24,21 @@ TOP_LEVEL_FIELDS = {
     "model_config_list", "pipeline_config_list", "custom_loader_config_list", "custom_node_library_config_list",
     "mediapipe_config_list", "monitoring",
 }
+# Fields OVMS knows that this server does not implement: refused with the reason, never accepted and ignored.
+# A value equal to the default (false, an empty list) is accepted.
+NOT_IMPLEMENTED_MODEL_FIELDS = {
+    "stateful": "stateful models were removed in OVMS 2026.3 and are not served",
+    "low_latency_transformation": "it belongs to stateful models, which were removed in OVMS 2026.3",
+    "max_sequence_number": "it belongs to stateful models, which were removed in OVMS 2026.3",
+    "idle_sequence_cleanup": "it belongs to stateful models, which were removed in OVMS 2026.3",
+    "custom_loader_options": "custom model loaders (C libraries) are not supported",
+    "subconfig": "graphs with model nodes (a subconfig) are not supported yet; only generative graphs are served",
+}
+NOT_IMPLEMENTED_TOP_LEVEL = {
+    "pipeline_config_list": "DAG pipelines are not supported yet",
+    "custom_loader_config_list": "custom model loaders (C libraries) are not supported",
+    "custom_node_library_config_list": "custom node libraries (C) are not supported",
+}
 _SHAPE_RE = re.compile(r"^\s*[\(\[]\s*(-?\d+(:\d+)?)(\s*,\s*-?\d+(:\d+)?)*\s*[\)\]]\s*$")
 
 
@@ -98,6 +113,7 @@ class ModelConfig:
     # With a task and no graph file: the graph the task flags (--max_num_seqs, --pipeline_type, ...) make, as
     # OVMS builds it in memory (and --pull writes it).
     graph_text: str | None = None
+    allow_cache: bool | None = None  # None: cache when --cache_dir is set, unless a shape or batch is "auto"
 
     def describe(self) -> dict:
         """The entry as /v1/config and logs show it."""
@@ -141,9 +157,18 @@ def model_config_from_dict(entry: dict, *, where: str, relative_to: pathlib.Path
     for required in ("name", "base_path"):
         if not isinstance(entry.get(required), str) or not entry[required]:
             raise ConfigError(f"{where}: required field {required!r} is missing or not a string")
+    for field, reason in NOT_IMPLEMENTED_MODEL_FIELDS.items():
+        if entry.get(field) not in (None, False):
+            raise ConfigError(f"{where}: field {field!r} is not supported by this server ({reason}); remove it")
     base_path = pathlib.Path(entry["base_path"]).expanduser()
     if not base_path.is_absolute() and relative_to is not None:
         base_path = relative_to / base_path
+    allow_cache = entry.get("allow_cache")
+    if allow_cache is not None and not isinstance(allow_cache, bool):
+        raise ConfigError(f"{where}: allow_cache must be true or false")
+    graph_path = entry.get("graph_path")
+    if graph_path is not None and (not isinstance(graph_path, str) or not graph_path):
+        raise ConfigError(f"{where}: graph_path must be a file path (relative to base_path)")
     nireq = entry.get("nireq", 0)
     if not isinstance(nireq, int) or isinstance(nireq, bool) or nireq < 0 or nireq > 100_000:
         raise ConfigError(f"{where}: nireq must be an integer from 0 to 100000, got {nireq!r}")
@@ -160,14 +185,18 @@ def model_config_from_dict(entry: dict, *, where: str, relative_to: pathlib.Path
         layout = tuple((str(k), str(v)) for k, v in layout.items())
     elif layout is not None and not isinstance(layout, str):
         raise ConfigError(f"{where}: layout must be a string like NCHW or an object of input name -> layout")
-    if (base_path / "graph.pbtxt").is_file():  # OVMS: a model_config_list entry may point at a graph directory
-        return graph_config(entry["name"], base_path, where=where)
+    if graph_path is not None or (base_path / "graph.pbtxt").is_file():
+        # OVMS: a model_config_list entry may point at a graph directory; graph_path is relative to base_path.
+        graph = base_path / pathlib.Path(graph_path or "graph.pbtxt").expanduser()
+        if not graph.is_file():
+            raise ConfigError(f"{where}: graph file {graph} not found")
+        return graph_config(entry["name"], base_path, graph_path=graph, where=where)
     return ModelConfig(
         name=entry["name"], base_path=base_path,
         version_policy=VersionPolicy.parse(entry.get("model_version_policy", {"latest": {"num_versions": 1}}),
                                            where),
         target_device=device, nireq=nireq, plugin_config=_plugin_config(entry.get("plugin_config"), where),
-        batch_size=batch, shape=_check_shape(entry.get("shape"), where), layout=layout)
+        batch_size=batch, shape=_check_shape(entry.get("shape"), where), layout=layout, allow_cache=allow_cache)
 
 
 def graph_config(name: str, base_path: pathlib.Path, *, graph_path: pathlib.Path | None = None,
@@ -190,10 +219,12 @@ def _mediapipe_entry(item: Any, where: str, relative_to: pathlib.Path) -> ModelC
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(map(repr, unknown)))}; allowed fields: "
                           "base_path, graph_path, name, subconfig")
-    base = pathlib.Path(item.get("base_path") or item["name"]).expanduser()
-    base = base if base.is_absolute() else relative_to / base
-    graph = pathlib.Path(item["graph_path"]) if item.get("graph_path") else base / "graph.pbtxt"
-    graph = graph if graph.is_absolute() else base / graph
+    if item.get("subconfig") is not None:
+        raise ConfigError(f"{where}: field 'subconfig' is not supported by this server "
+                          f"({NOT_IMPLEMENTED_MODEL_FIELDS['subconfig']}); remove it")
+    # As OVMS: base_path is relative to the config file's directory, graph_path to base_path; each applied once.
+    base = relative_to / pathlib.Path(item.get("base_path") or item["name"]).expanduser()
+    graph = base / pathlib.Path(item.get("graph_path") or "graph.pbtxt").expanduser()
     if not graph.is_file():
         raise ConfigError(f"{where}: graph file {graph} not found")
     return graph_config(item["name"], base, graph_path=graph, where=where)
@@ -216,6 +247,12 @@ def load_config_file(path: pathlib.Path) -> list[ModelConfig]:
     if unknown:
         raise ConfigError(f"{path}: unknown top-level field(s) {', '.join(sorted(map(repr, unknown)))}; "
                           f"allowed fields: {', '.join(sorted(TOP_LEVEL_FIELDS))}")
+    for field, reason in NOT_IMPLEMENTED_TOP_LEVEL.items():
+        if document.get(field):
+            raise ConfigError(f"{path}: {field} is not supported by this server ({reason}); remove it")
+    # Relative paths in the file are relative to its directory, made absolute once here: a relative
+    # --config_path (js/config.json) must not be applied again to paths already under it.
+    path = path.absolute()
     models = []
     names: set[str] = set()
     entries = document.get("model_config_list", [])

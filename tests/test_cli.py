@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -81,11 +82,11 @@ def wait_ready(port: int, process: subprocess.Popen, timeout: float = 60) -> Non
     raise AssertionError("server did not become ready")
 
 
-def serve(*args: str, log_path: pathlib.Path) -> tuple[subprocess.Popen, int, int]:
+def serve(*args: str, log_path: pathlib.Path, cwd: pathlib.Path = ROOT) -> tuple[subprocess.Popen, int, int]:
     grpc_port, rest_port = free_port(), free_port()
     process = subprocess.Popen([sys.executable, "-m", "ovms", "--port", str(grpc_port), "--rest_port",
                                 str(rest_port), "--grpc_bind_address", "127.0.0.1", "--rest_bind_address",
-                                "127.0.0.1", "--log_path", str(log_path), *args], cwd=ROOT,
+                                "127.0.0.1", "--log_path", str(log_path), *args], cwd=cwd,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return process, grpc_port, rest_port
 
@@ -226,3 +227,37 @@ def test_task_flags_shape_the_servable_as_the_graph_pull_would_write():
             assert servable.options.pooling == (pooling or "CLS")  # OVMS's default for a task without a graph
         finally:
             servable.close()
+
+
+def test_relative_config_path_serves_models_and_graphs(model_repo, tmp_path):
+    """`--config_path js/config.json` from the directory above, every path in it relative: a model, a graph
+    directory (mediapipe_config_list) whose graph names its model relatively, and a model entry with graph_path."""
+    from tests.genai.conftest import EMBEDDER_DIR, EMBEDDINGS_GRAPH
+
+    js = tmp_path / "js"
+    shutil.copytree(model_repo / "dummy", js / "models" / "dummy")
+    for name in ("emb", "emb-entry"):
+        shutil.copytree(EMBEDDER_DIR, js / name / "model")
+        graph = EMBEDDINGS_GRAPH.format(path="model")  # models_path relative to the graph's directory
+        (js / name / ("graph.pbtxt" if name == "emb" else "embeddings.pbtxt")).write_text(graph)
+    (js / "config.json").write_text(json.dumps({
+        "model_config_list": [{"config": {"name": "dummy", "base_path": "models/dummy"}},
+                              {"config": {"name": "emb-entry", "base_path": "emb-entry",
+                                          "graph_path": "embeddings.pbtxt"}}],
+        "mediapipe_config_list": [{"name": "emb", "base_path": "emb"}]}))
+    process, grpc_port, rest_port = serve("--config_path", "js/config.json", log_path=tmp_path / "ovms.log",
+                                          cwd=tmp_path)
+    try:
+        wait_ready(rest_port, process)
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+            inp = grpcclient.InferInput("b", [1, 10], "FP32")
+            inp.set_data_from_numpy(np.zeros((1, 10), np.float32))
+            assert client.infer("dummy", [inp]).as_numpy("a")[0, 0] == 2.0
+        for name in ("emb", "emb-entry"):
+            request = urllib.request.Request(f"http://127.0.0.1:{rest_port}/v3/embeddings", method="POST",
+                                             data=json.dumps({"model": name, "input": "hello"}).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert len(json.loads(response.read())["data"][0]["embedding"]) > 8
+    finally:
+        stop(process)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import pytest
 
@@ -42,6 +43,21 @@ def test_valid_config_relative_paths(tmp_path):
     ({"model_config_list": [{"config": {"name": "a", "base_path": "/m", "plugin_config": "[1]"}}]},
      "Plugin config is in wrong format"),
     ({"model_config_list": [{"name": "a", "base_path": "/m"}]}, 'must be an object with exactly one field, "config"'),
+    # OVMS fields this server does not implement are refused by name, never accepted and ignored.
+    ({"model_config_list": [{"config": {"name": "a", "base_path": "/m", "stateful": True}}]},
+     "field 'stateful' is not supported by this server (stateful models were removed in OVMS 2026.3"),
+    ({"model_config_list": [{"config": {"name": "a", "base_path": "/m", "max_sequence_number": 100}}]},
+     "field 'max_sequence_number' is not supported"),
+    ({"model_config_list": [{"config": {"name": "a", "base_path": "/m", "custom_loader_options": {"loader": "x"}}}]},
+     "field 'custom_loader_options' is not supported by this server (custom model loaders"),
+    ({"model_config_list": [{"config": {"name": "a", "base_path": "/m", "allow_cache": "yes"}}]},
+     "allow_cache must be true or false"),
+    ({"model_config_list": [], "pipeline_config_list": [{"name": "p"}]},
+     "pipeline_config_list is not supported by this server (DAG pipelines are not supported yet)"),
+    ({"model_config_list": [], "custom_node_library_config_list": [{"name": "lib"}]},
+     "custom_node_library_config_list is not supported"),
+    ({"mediapipe_config_list": [{"name": "g", "base_path": "/g", "subconfig": "s.json"}]},
+     "field 'subconfig' is not supported by this server (graphs with model nodes"),
 ])
 def test_invalid_configs(tmp_path, document, message):
     with pytest.raises(ConfigError) as info:
@@ -64,3 +80,32 @@ def test_numeric_versions_ignore_other_entries(tmp_path):
         (tmp_path / name).mkdir()
     (tmp_path / "3").write_text("a file, not a directory")
     assert numeric_versions(tmp_path) == [1, 2, 10]
+
+
+def test_default_valued_unimplemented_fields_are_accepted(tmp_path):
+    path = write(tmp_path, {"model_config_list": [{"config": {"name": "a", "base_path": "m", "stateful": False,
+                                                              "allow_cache": False}}],
+                            "pipeline_config_list": [], "custom_loader_config_list": []})
+    (model,) = load_config_file(path)
+    assert model.allow_cache is False
+
+
+def test_relative_config_path_applies_its_directory_once(tmp_path, monkeypatch):
+    """`--config_path js/config.json` with relative base paths (graph_path relative to base_path, as OVMS):
+    each relative path resolves against the config file's directory exactly once."""
+    js = tmp_path / "js"
+    for graph in ("tiny", "graph-model"):
+        (js / graph).mkdir(parents=True)
+        (js / graph / ("graph.pbtxt" if graph == "tiny" else "custom.pbtxt")).write_text("# a graph")
+    (js / "config.json").write_text(json.dumps({
+        "model_config_list": [{"config": {"name": "m", "base_path": "models/m"}},
+                              {"config": {"name": "gm", "base_path": "graph-model", "graph_path": "custom.pbtxt"}}],
+        "mediapipe_config_list": [{"name": "tiny", "base_path": "tiny"}, {"name": "named-only"}]}))
+    (js / "named-only").mkdir()
+    (js / "named-only" / "graph.pbtxt").write_text("# a graph")
+    monkeypatch.chdir(tmp_path)
+    models = {m.name: m for m in load_config_file(pathlib.Path("js/config.json"))}
+    assert models["m"].base_path == js / "models" / "m"
+    assert models["gm"].graph_path == js / "graph-model" / "custom.pbtxt"
+    assert models["tiny"].base_path == js / "tiny" and models["tiny"].graph_path == js / "tiny" / "graph.pbtxt"
+    assert models["named-only"].graph_path == js / "named-only" / "graph.pbtxt"
