@@ -172,14 +172,21 @@ class OpenVINOServable(InferServable):
         nireq = config.nireq or self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
         self.nireq = max(1, int(nireq))
         self.streams = int(self._compiled.get_property("NUM_STREAMS"))
-        self.active = 0  # infer requests in use
+        # Which infer requests are in use: each worker writes only its own slot, so no lock. OVMS counts an infer
+        # request as active from getIdleStream() to returnStream() (ExecutingStreamIdGuard), not while queued.
+        self._busy = [False] * self.nireq
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._workers = [threading.Thread(target=self._work, name=f"ovms-{self.name}-v{version}-{i}", daemon=True)
-                         for i in range(self.nireq)]
+        self._workers = [threading.Thread(target=self._work, args=(i,), name=f"ovms-{self.name}-v{version}-{i}",
+                                          daemon=True) for i in range(self.nireq)]
         for worker in self._workers:
             worker.start()
         log.info("model %s version %d loaded from %s on %s with %d infer requests", self.name, version, path,
                  config.target_device, self.nireq)
+
+    @property
+    def active(self) -> int:
+        """Infer requests in use now (the ``ovms_infer_req_active`` gauge)."""
+        return sum(self._busy)
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -189,7 +196,7 @@ class OpenVINOServable(InferServable):
     def outputs(self) -> list[TensorSpec]:
         return self._outputs
 
-    def _work(self) -> None:
+    def _work(self, slot: int) -> None:
         """One infer request, driven synchronously by its own thread (OpenVINO releases the GIL in ``infer``).
 
         Measured on the [1,16] fixture (2 cores): 115-125 us per request through this hand-off against
@@ -199,6 +206,7 @@ class OpenVINOServable(InferServable):
         while (job := self._jobs.get()) is not None:
             loop, future, arrays, queued = job
             started = time.perf_counter()
+            self._busy[slot] = True
             try:
                 for name, array in arrays.items():
                     if array.dtype == object:
@@ -220,8 +228,10 @@ class OpenVINOServable(InferServable):
                         # reuses; a JSON answer views them with np.frombuffer.
                         result[name] = Tensor(name, datatype, shape, raw=tensor.data.tobytes())
             except BaseException as exc:  # never let an exception die silently in this thread
+                self._busy[slot] = False
                 loop.call_soon_threadsafe(_resolve, future, None, exc)
             else:
+                self._busy[slot] = False
                 loop.call_soon_threadsafe(_resolve, future, (result, started - queued, finished - started), None)
 
     async def infer(self, request: InferRequest) -> InferResponse:
@@ -233,15 +243,12 @@ class OpenVINOServable(InferServable):
                 if name not in known:
                     raise ServingError(Kind.INVALID_MISSING_OUTPUT, f"Unknown output: {name}")
         future = asyncio.get_running_loop().create_future()
-        self.active += 1
         self._jobs.put((future.get_loop(), future, arrays, time.perf_counter()))
         try:
             produced, waited, inferred = await future
         except Exception as exc:
             log.error("model %s version %d: inference failed: %s", self.name, self.version, exc)
             raise ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, _first_line(exc)) from None
-        finally:
-            self.active -= 1
         outputs = [produced[name] for name in requested] if requested else list(produced.values())
         return InferResponse(self.name, self.version, outputs, request.id, (waited * 1e6, inferred * 1e6))
 
