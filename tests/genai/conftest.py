@@ -61,11 +61,22 @@ node {{
 """
 
 
+# The torch references (reference.json) are fp32. OpenVINO's CPU plugin infers in bf16 where the CPU has it
+# (INFERENCE_PRECISION_HINT defaults to bf16 on AVX512-BF16/AMX): 5e-5 off in the reranker's sigmoid, which is
+# more than the gaps between its documents' scores, so the ranking differed from torch's. The served fixtures
+# pin f32; the tests then hold them to fp32 tolerances.
+F32_PLUGIN_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
+F32 = f"plugin_config: '{json.dumps(F32_PLUGIN_CONFIG)}', "
+
+
 def write_config(root: pathlib.Path, *, max_num_seqs: int = 8, minilm: pathlib.Path | None = None) -> pathlib.Path:
     """config.json with the graphs, each named as OVMS allows: model entry, mediapipe entry."""
+    embedder = EMBEDDINGS_GRAPH.format(path=EMBEDDER_DIR).replace('target_device: "CPU"', F32 + 'target_device: "CPU"')
     graphs = {"tiny-llm": LLM_GRAPH.format(path=LLM_DIR, max_num_seqs=max_num_seqs),
-              "tiny-embedder": EMBEDDINGS_GRAPH.format(path=EMBEDDER_DIR),
-              "tiny-reranker": RERANK_GRAPH.format(path=RERANKER_DIR)}
+              "tiny-embedder": embedder,
+              "tiny-embedder-cls": embedder.replace("pooling: MEAN", "pooling: CLS"),
+              "tiny-reranker": RERANK_GRAPH.format(path=RERANKER_DIR).replace('target_device: "CPU"',
+                                                                              F32 + 'target_device: "CPU"')}
     if minilm is not None:
         graphs["minilm"] = EMBEDDINGS_GRAPH.format(path=minilm)
     for name, graph in graphs.items():
@@ -73,6 +84,7 @@ def write_config(root: pathlib.Path, *, max_num_seqs: int = 8, minilm: pathlib.P
         (root / name / "graph.pbtxt").write_text(graph)
     config = {"model_config_list": [{"config": {"name": "tiny-llm", "base_path": str(root / "tiny-llm")}}],
               "mediapipe_config_list": [{"name": "tiny-embedder", "base_path": str(root / "tiny-embedder")},
+                                        {"name": "tiny-embedder-cls", "base_path": str(root / "tiny-embedder-cls")},
                                         {"name": "tiny-reranker", "base_path": str(root / "tiny-reranker")}]}
     if minilm is not None:
         config["mediapipe_config_list"].append({"name": "minilm", "base_path": str(root / "minilm")})
