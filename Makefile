@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 DEMO ?= demo_models
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test install build demo bench bench-genai fixtures-genai fixtures-genai-check clean
+.PHONY: serve test test-pure install build demo bench bench-genai fixtures-genai fixtures-genai-check clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ serve: build demo
 
 test: build
 	$(PY) -m pytest -q
+
+# The fast tests on the pure-Python twins (OVMS_NO_EXTENSIONS=1): what a build without the Cython modules runs.
+test-pure: build
+	OVMS_NO_EXTENSIONS=1 $(PY) -m pytest -q -m "not slow"
 
 bench: build
 	$(PY) bench/kserve_bench.py
