@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--log_path", default=os.environ.get("LOG_PATH"), help="log file (env LOG_PATH)")
     server.add_argument("--file_system_poll_wait_seconds", type=int, default=1,
                         help="seconds between checks of config.json and version directories (0: never)")
+    server.add_argument("--drain_timeout_seconds", type=float, default=30,
+                        help="on SIGTERM/SIGINT: seconds to let requests and streams in flight finish (the server "
+                             "stops being ready and refuses new requests at once); a second signal ends at once")
+    server.add_argument("--cache_dir", default="",
+                        help="directory for OpenVINO's compiled-model cache (faster restarts); models may opt out "
+                             "with allow_cache: false")
     server.add_argument("--metrics_enable", action="store_true", help="serve Prometheus metrics on /metrics")
     server.add_argument("--metrics_list", default="", help="comma-separated metric families to enable")
     model = parser.add_argument_group("model (single-model mode; exclusive with --config_path)")
@@ -116,6 +122,8 @@ def validate(args: argparse.Namespace) -> None:
                              or args.target_device or args.plugin_config):
         raise UsageError("Model parameters in CLI are exclusive with the config file")
     cores = os.cpu_count() or 1
+    if not 0 <= args.drain_timeout_seconds <= 24 * 3600:
+        raise UsageError("drain_timeout_seconds should be from 0 to 86400")
     if not 1 <= args.grpc_workers <= cores:
         raise UsageError(f"grpc_workers count should be from 1 to CPU core count : {cores}")
     if args.rest_workers is not None:
@@ -225,7 +233,7 @@ def serve(args: argparse.Namespace) -> int:
                               grpc_bind_address=args.grpc_bind_address, rest_bind_address=args.rest_bind_address,
                               grpc_workers=args.grpc_workers, rest_workers=args.rest_workers,
                               poll_seconds=max(0, args.file_system_poll_wait_seconds), metrics_families=families,
-                              openai=openai)
+                              openai=openai, cache_dir=args.cache_dir or None)
     try:
         import uvloop
         runner = uvloop.run
@@ -241,7 +249,9 @@ def serve(args: argparse.Namespace) -> int:
             # loads the weights again) only if a request ever needs it, which none will.
             os.environ["OVMS_GENAI_WORKER_START"] = "lazy"
     try:
-        runner(Server(settings, models, config_path=config_path).run_until_signalled())
+        server = Server(settings, models, config_path=config_path)
+        code = runner(server.run_until_signalled(drain_timeout=args.drain_timeout_seconds,
+                                                 on_drain=lambda: workers.signal(children)))
     except ConfigError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
         return 1
@@ -249,5 +259,5 @@ def serve(args: argparse.Namespace) -> int:
         print(f"Cannot start the server: {exc}", file=sys.stderr)
         return 1
     finally:
-        workers.stop(children)
-    return 0
+        workers.stop(children, timeout=args.drain_timeout_seconds + 5)
+    return code

@@ -7,6 +7,7 @@ from typing import Awaitable, Callable
 
 from ovms import __version__
 from ovms.errors import Kind, ServingError
+from ovms.drain import Drain
 from ovms.metrics import Metrics
 from ovms.registry import Registry, VersionState
 from ovms.servable import InferServable, Servable
@@ -55,6 +56,7 @@ class DataPlane:
                  metrics: Metrics | None = None) -> None:
         self.registry = registry
         self.live_flag = True
+        self.drain = Drain()  # transports count requests in it; SIGTERM starts the drain
         self._reloader = reloader
         self.metrics = metrics if metrics is not None and metrics.on else None
 
@@ -73,7 +75,7 @@ class DataPlane:
         return self.live_flag
 
     def ready(self) -> bool:
-        return self.live_flag and self.registry.is_ready()
+        return self.live_flag and not self.drain.draining and self.registry.is_ready()
 
     def server_metadata(self) -> ServerMetadata:
         return ServerMetadata(SERVER_NAME, __version__, list(EXTENSIONS))

@@ -51,6 +51,8 @@ class Kind(enum.Enum):
     UNAUTHORIZED = ("Unauthorized: missing or wrong API key", "UNAUTHENTICATED", 401)
     SERVER_BUSY = ("Server busy: too many requests in the queue, retry later", "RESOURCE_EXHAUSTED", 503)
     SERVER_NOT_READY = ("Server is not ready", "UNAVAILABLE", 503)
+    SERVER_SHUTTING_DOWN = ("Server is shutting down: it finishes the requests in flight and takes no new ones; "
+                            "send this request to another replica", "UNAVAILABLE", 503)
     OV_INTERNAL_INFERENCE_ERROR = ("Internal inference error", "INTERNAL", 500)
     INTERNAL_ERROR = ("Internal server error", "INTERNAL", 500)
 

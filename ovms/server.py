@@ -35,6 +35,7 @@ class ServerSettings:
     metrics_families: frozenset[str] = frozenset()  # empty: /metrics off
     reuse_port: bool = False  # several processes share the gRPC port (--grpc_workers)
     openai: object = None  # ovms.transport.openai_rest.OpenAISettings (API key, CORS) or None for defaults
+    cache_dir: str | None = None  # --cache_dir: OpenVINO's compiled-model cache
 
 
 def _load_servable(config: ModelConfig, version: int):
@@ -61,6 +62,9 @@ class Server:
     def __init__(self, settings: ServerSettings, models: list[ModelConfig] | None = None, *,
                  config_path: pathlib.Path | None = None) -> None:
         self.settings = settings
+        from ovms.backends import cache
+
+        cache.configure(settings.cache_dir)
         self.registry = Registry(_load_servable)
         self.manager = ConfigManager(self.registry, config_path=config_path, models=models,
                                      on_change=self._models_changed)
@@ -84,8 +88,9 @@ class Server:
             await self._grpc.start()
             await grpc_server.set_health(self._grpc, False)
         if s.rest_port is not None:
+            # The drain has let requests finish before cleanup; what is left then is cut after 1 s.
             self._runner = web.AppRunner(rest_server.create_app(self.dataplane), access_log=None,
-                                         handle_signals=False)
+                                         handle_signals=False, shutdown_timeout=1.0)
             await self._runner.setup()
             site = web.TCPSite(self._runner, s.rest_bind_address, s.rest_port, backlog=1024)
             await site.start()
@@ -131,13 +136,40 @@ class Server:
             await self._runner.cleanup()
         await self.registry.close()
 
-    async def run_until_signalled(self) -> None:
-        """Serve until SIGINT or SIGTERM, then stop gracefully."""
-        stop = asyncio.Event()
+    async def begin_drain(self) -> None:
+        """Stop being ready (REST /v2/health/ready 503, gRPC health NOT_SERVING) and refuse new requests."""
+        self.dataplane.drain.begin()
+        if self._poller is not None:
+            self._poller.cancel()
+        if self._grpc is not None:
+            await grpc_server.set_health(self._grpc, False)
+
+    async def run_until_signalled(self, *, drain_timeout: float = 30.0, on_drain=None) -> int:
+        """Serve until SIGINT or SIGTERM, then drain: 0 when every request in flight finished, 1 when a second
+        signal or ``drain_timeout`` cut them short."""
+        signals: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, signals.put_nowait, sig)
         await self.start()
-        await stop.wait()
-        log.info("Shutting down: finishing in-flight requests")
-        await self.stop()
+        first = await signals.get()
+        drain = self.dataplane.drain
+        await self.begin_drain()
+        if on_drain is not None:
+            on_drain()
+        log.info("%s received: draining. Not ready any more, new requests get UNAVAILABLE (503); waiting up to "
+                 "%g s for %d request(s) in flight (send the signal again to stop at once)",
+                 signal.Signals(first).name, drain_timeout, drain.active)
+        drained = asyncio.ensure_future(drain.wait(drain_timeout))
+        second = asyncio.ensure_future(signals.get())
+        await asyncio.wait((drained, second), return_when=asyncio.FIRST_COMPLETED)
+        clean = drained.done() and drained.result()
+        why = "a second signal" if second.done() else f"{drain_timeout:g} s passed"
+        second.cancel()
+        drained.cancel()
+        if clean:
+            log.info("Drained: every request in flight finished; shutting down")
+        else:
+            log.warning("Drain cut short (%s): %d request(s) still in flight are ended now", why, drain.active)
+        await self.stop(grace=1.0 if clean else 0)
+        return 0 if clean else 1

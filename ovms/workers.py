@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import signal
+import signal as _signal
 import time
 
 log = logging.getLogger("ovms.workers")
@@ -29,7 +29,7 @@ def fork(count: int) -> tuple[int, list[int]]:
         pid = os.fork()
         if pid == 0:
             try:  # a worker must not outlive worker 0, even when it is killed with SIGKILL
-                ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+                ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, _signal.SIGTERM)
             except (OSError, AttributeError):
                 pass
             return index, []
@@ -37,13 +37,18 @@ def fork(count: int) -> tuple[int, list[int]]:
     return 0, children
 
 
-def stop(children: list[int], timeout: float = 20.0) -> None:
-    """SIGTERM the workers and reap them; SIGKILL what is still alive after ``timeout`` seconds."""
+def signal(children: list[int]) -> None:
+    """SIGTERM the workers: each drains as worker 0 does (orchestrators signal only the process they started)."""
     for pid in children:
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, _signal.SIGTERM)
         except ProcessLookupError:
             pass
+
+
+def stop(children: list[int], timeout: float = 20.0) -> None:
+    """SIGTERM the workers and reap them; SIGKILL what is still alive after ``timeout`` seconds."""
+    signal(children)
     deadline = time.monotonic() + timeout
     pending = set(children)
     while pending and time.monotonic() < deadline:
@@ -60,5 +65,5 @@ def stop(children: list[int], timeout: float = 20.0) -> None:
         time.sleep(0.05)
     for pid in pending:
         log.error("gRPC worker process %d did not stop within %.0f s: killing it", pid, timeout)
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, _signal.SIGKILL)
         os.waitpid(pid, 0)

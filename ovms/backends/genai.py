@@ -1,6 +1,7 @@
 """GenAI graph servables: read the graph (or the --task given), then load the matching pipeline."""
 from __future__ import annotations
 
+from ovms.backends import cache
 from ovms.config import ModelConfig
 from ovms.errors import ConfigError, ModelLoadError
 from ovms.graph import node_options_from, read_graph, read_graph_text
@@ -31,6 +32,7 @@ def load_graph_servable(config: ModelConfig) -> Servable:
         raise ModelLoadError(str(exc)) from None
     if not options.models_path.is_dir():
         raise ModelLoadError(f"models_path {options.models_path} of graph {config.name} is not a directory")
+    options.plugin_config = {**cache.properties_for(config), **options.plugin_config}
     if options.task == "text_generation":
         from ovms.backends.genai_llm import LLMServable
 

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import openvino as ov
 
+from ovms.backends import cache
 from ovms.config import ModelConfig
 from ovms.errors import Kind, ModelLoadError, ServingError
 from ovms.servable import InferServable, validate_inputs
@@ -161,7 +162,8 @@ class OpenVINOServable(InferServable):
         _reshape(model, config)
         model = _apply_layout(model, config)
         try:
-            self._compiled = core().compile_model(model, config.target_device, dict(config.plugin_config))
+            properties = {**cache.properties_for(config), **dict(config.plugin_config)}
+            self._compiled = core().compile_model(model, config.target_device, properties)
         except RuntimeError as exc:
             raise ModelLoadError(f"{path}: Cannot load network into target device {config.target_device} "
                                  f"({_first_line(exc)})") from None

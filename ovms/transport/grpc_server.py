@@ -25,6 +25,8 @@ KSERVE_SERVICE = "inference.GRPCInferenceService"
 TFS_PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 TFS_MODEL_SERVICE = "tensorflow.serving.ModelService"
 STREAM_WINDOW = 64  # requests of one ModelStreamInfer stream in flight at once
+# Answered while the server drains (probes and status); every other call is refused then, and counted until done.
+STATUS_METHODS = {"ServerLive", "ServerReady", "ModelReady", "GetModelStatus"}
 
 
 def _unexpected(exc: BaseException, method: str) -> ServingError:
@@ -49,11 +51,20 @@ def mapped_errors(method, message_module=pb):
     """
     name = {"HandleReloadConfigRequest": "ReloadConfig"}.get(method.__name__, method.__name__)
     message_type = getattr(message_module, name + "Request")
+    if method.__name__ in STATUS_METHODS:
+        counted = method
+    else:
+        async def counted(self, request, context):
+            self.dp.drain.enter()  # refused while the server drains
+            try:
+                return await method(self, request, context)
+            finally:
+                self.dp.drain.leave()
 
     @functools.wraps(method)
     async def wrapper(self, request, context):
         try:
-            return await method(self, _parse(message_type, request), context)
+            return await counted(self, _parse(message_type, request), context)
         except ServingError as exc:
             error = exc
             if log.isEnabledFor(logging.DEBUG):
@@ -130,8 +141,15 @@ class InferenceServicer:
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests of one stream run concurrently (up to STREAM_WINDOW); responses keep request order.
 
-        An error answers its own request with ``error_message`` and the stream goes on, as Triton does.
+        An error answers its own request with ``error_message`` and the stream goes on, as Triton does. When the
+        server starts draining, the stream takes no new requests: those already read are answered, then the
+        stream ends with UNAVAILABLE so the client sends the rest to another replica.
         """
+        drain = self.dp.drain
+        try:
+            drain.enter()
+        except ServingError as exc:
+            await context.abort(grpc.StatusCode[exc.grpc_code], exc.message)
         pending: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)
         done = object()
 
@@ -143,10 +161,27 @@ class InferenceServicer:
                 await pending.put(done)
 
         reader = asyncio.ensure_future(read())
+        draining = asyncio.ensure_future(drain.started.wait())
         try:
-            while (task := await pending.get()) is not done:
+            while not drain.draining:
+                next_task = asyncio.ensure_future(pending.get())
+                await asyncio.wait((next_task, draining), return_when=asyncio.FIRST_COMPLETED)
+                if not next_task.done():
+                    next_task.cancel()
+                    break
+                if (task := next_task.result()) is done:
+                    return
                 yield await task
+            reader.cancel()
+            while not pending.empty():
+                if (task := pending.get_nowait()) is done:
+                    return
+                yield await task
+            error = ServingError(Kind.SERVER_SHUTTING_DOWN)
+            await context.abort(grpc.StatusCode[error.grpc_code], error.message)
         finally:
+            drain.leave()
+            draining.cancel()
             reader.cancel()
             while not pending.empty():
                 item = pending.get_nowait()

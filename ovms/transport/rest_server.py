@@ -51,6 +51,23 @@ async def error_middleware(request: web.Request, handler):
         return _error_response(ServingError(Kind.INTERNAL_ERROR, f"request id {request_id}; see the server log"))
 
 
+# Answered while the server drains (probes, metrics, status); every other request is refused then, and counted
+# until its response (an SSE stream: its last event) is written.
+STATUS_PATHS = ("/v2/health/", "/metrics", "/v1/config")
+
+
+@web.middleware
+async def drain_middleware(request: web.Request, handler):
+    if request.path.startswith(STATUS_PATHS):
+        return await handler(request)
+    drain = request.app[DATAPLANE].drain
+    drain.enter()
+    try:
+        return await handler(request)
+    finally:
+        drain.leave()
+
+
 def _version(request: web.Request) -> int | None:
     return parse_version(request.match_info.get("version"))
 
@@ -163,7 +180,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def create_app(dataplane: DataPlane) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[error_middleware, drain_middleware], client_max_size=MAX_BODY_BYTES)
     app[DATAPLANE] = dataplane
     add = app.router.add_route
     add("GET", "/v2/health/live", live)
