@@ -57,6 +57,26 @@ def wait_for_marker(marker, proc, timeout=30):
         time.sleep(0.01)
 
 
+def bytes_on_disk(sidecar) -> int:
+    """What a part's sidecar claims is on disk (0 while it does not exist or is being replaced)."""
+    try:
+        return sum(d for _, _, d in json.loads(sidecar.read_text())["segments"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def wait_for_bytes_on_disk(model_dir, name, proc, at_least=1 << 20, timeout=30) -> int:
+    """Until the sidecar of ``name`` claims ``at_least`` bytes (the pull records them every checkpoint, 0.5 s):
+    a signal sent then interrupts a download with something to resume, however slow the host."""
+    sidecar = model_dir / f"{name}.lfs_part.ranges"
+    deadline = time.monotonic() + timeout
+    while (done := bytes_on_disk(sidecar)) < at_least:
+        assert proc.poll() is None, f"the pull exited ({proc.returncode}) before {at_least} bytes of {name}"
+        assert time.monotonic() < deadline, f"{name}: {done} bytes on disk after {timeout} s"
+        time.sleep(0.01)
+    return done
+
+
 def check_state_is_consistent(model_dir):
     """After a kill: every part has its sidecar, whose claims fit the file; no final file is corrupt."""
     for part in model_dir.rglob("*.lfs_part"):
@@ -116,7 +136,7 @@ def test_signal_stops_cleanly_and_resumes(hub, slow_repo, tmp_path, sig):
     model_dir = models / "OpenVINO" / "kill-me-ov"
     proc, out = start_pull(hub, models, tmp_path / "a.log")
     wait_for_marker(model_dir.with_name("kill-me-ov.lfswip"), proc)
-    time.sleep(0.8)
+    before = wait_for_bytes_on_disk(model_dir, "openvino_model.bin", proc)
     proc.send_signal(sig)
     code = wait(proc, 15)
     out.close()
@@ -125,9 +145,8 @@ def test_signal_stops_cleanly_and_resumes(hub, slow_repo, tmp_path, sig):
     assert f"Pull of {REPO} stopped by {sig.name}. Partial downloads are kept." in text
     assert "Re-run the same command to resume" in text
     assert "Traceback" not in text
-    sidecar = model_dir / "openvino_model.bin.lfs_part.ranges"
-    done = sum(d for _, _, d in json.loads(sidecar.read_text())["segments"])
-    assert done > 0
+    done = bytes_on_disk(model_dir / "openvino_model.bin.lfs_part.ranges")
+    assert before <= done < 24 << 20  # what was recorded stays recorded; the stop came before the end
     proc, out = start_pull(hub, models, tmp_path / "b.log")
     assert wait(proc) == 0
     out.close()
@@ -140,9 +159,9 @@ def test_resume_disabled_starts_over(hub, slow_repo, tmp_path):
     models = tmp_path / "models"
     proc, out = start_pull(hub, models, tmp_path / "a.log")
     wait_for_marker(models / "OpenVINO" / "kill-me-ov.lfswip", proc)
-    time.sleep(0.8)
+    wait_for_bytes_on_disk(models / "OpenVINO" / "kill-me-ov", "openvino_model.bin", proc)
     proc.send_signal(signal.SIGTERM)
-    wait(proc, 15)
+    assert wait(proc, 15) == 1
     out.close()
     hub.faults.clear()
     proc, out = start_pull(hub, models, tmp_path / "b.log", GIT_LFS_RESUME_ATTEMPTS="0")
@@ -162,7 +181,7 @@ def test_resumed_single_range_on_a_server_that_ignores_range(hub, big_files, tmp
     env = {"OVMS_PULL_SEGMENT_BYTES": str(64 << 20)}  # one range for the whole file
     proc, out = start_pull(hub, models, tmp_path / "a.log", **env)
     wait_for_marker(models / "OpenVINO" / "kill-me-ov.lfswip", proc)
-    time.sleep(0.9)
+    wait_for_bytes_on_disk(models / "OpenVINO" / "kill-me-ov", "model.bin", proc)
     proc.send_signal(signal.SIGTERM)
     assert wait(proc, 15) == 1
     out.close()
