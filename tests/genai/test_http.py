@@ -70,6 +70,41 @@ def test_tokenize(base_url):
     assert tokens and all(isinstance(t, int) for t in tokens)
 
 
+def byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-to-character table that ByteLevel BPE vocabularies are written in (tokenizer.json's
+    pre_tokenizer is ByteLevel), inverted: character -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    chars, extra = dict(zip(printable, printable)), 0
+    for b in range(256):
+        if b not in chars:
+            chars[b], extra = 256 + extra, extra + 1
+    return {chr(c): b for b, c in chars.items()}
+
+
+@pytest.mark.parametrize("text", ["Hello", "What is the weather in Paris?", "<|im_start|>user\nHi<|im_end|>",
+                                  "caf\u00e9 \U0001f44b  two  spaces\n"], ids=["word", "prompt", "special", "unicode"])
+def test_tokenize_ids_are_the_tokenizers_own(base_url, text):
+    """/v3/tokenize against the fixture's tokenizer loaded without ovms or openvino_genai: the tokenizer IR run
+    by OpenVINO with openvino_tokenizers' ops; and the ids spell the text back in tokenizer.json's vocabulary."""
+    import numpy as np
+    import openvino as ov
+    import openvino_tokenizers  # noqa: F401  (registers the tokenizer operations with OpenVINO)
+
+    from tests.genai.conftest import LLM_DIR
+    tokens = post(base_url, "tokenize", {"model": "tiny-llm", "text": text}).json()["tokens"]
+    ir = ov.Core().compile_model(LLM_DIR / "openvino_tokenizer.xml", "CPU")
+    assert tokens == ir(np.array([text]))["input_ids"][0].tolist()
+    spec = json.loads((LLM_DIR / "tokenizer.json").read_text())
+    assert spec["post_processor"]["single"] == [{"Sequence": {"id": "A", "type_id": 0}}]  # adds no tokens
+    pieces = {i: t for t, i in spec["model"]["vocab"].items()}
+    special = {t["id"]: t["content"].encode() for t in spec["added_tokens"]}
+    alphabet = byte_level_alphabet()
+    spelled = b"".join(special[i] if i in special else bytes(alphabet[c] for c in pieces[i]) for i in tokens)
+    assert spelled.decode() == text
+    assert len(tokens) < len(text.encode())  # merges were applied, not one id per byte
+
+
 def normalized_sse(raw: str) -> str:
     """Ids and times fixed, and consecutive content chunks merged into the last one (with its finish_reason):
     how many tokens a chunk carries depends on timing (a lagging client gets coalesced chunks)."""
