@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--cache_dir", default="",
                         help="directory for OpenVINO's compiled-model cache (faster restarts); models may opt out "
                              "with allow_cache: false")
+    server.add_argument("--model_repository_cache", default="",
+                        help="where models from s3://, gs:// and az:// repositories are downloaded (kept across "
+                             "restarts); default: a temporary directory removed at exit")
     server.add_argument("--metrics_enable", action="store_true", help="serve Prometheus metrics on /metrics")
     server.add_argument("--metrics_list", default="", help="comma-separated metric families to enable")
     model = parser.add_argument_group("model (single-model mode; exclusive with --config_path)")
@@ -152,6 +155,13 @@ def single_model(args: argparse.Namespace):
 
     path = pathlib.Path(args.model_path)
     task = getattr(args, "task", None)
+    if "://" in args.model_path and task:  # a GenAI model in a bucket: mirrored whole, then served with the task
+        from ovms.config import ModelConfig
+
+        model_config_from_dict({"name": args.model_name, "base_path": args.model_path}, where="command line")
+        return ModelConfig(name=args.model_name, base_path=pathlib.Path(), kind="graph", task=task,
+                           graph_text=pull_cli.task_graph_text(args, task, args.model_name),
+                           source_url=args.model_path)
     if (path / "graph.pbtxt").is_file() or task:
         text = pull_cli.task_graph_text(args, task, args.model_name) if task else None
         return graph_config(args.model_name, path, task=task, where="command line", graph_text=text)
@@ -213,13 +223,16 @@ def serve(args: argparse.Namespace) -> int:
     from ovms import workers
     from ovms.server import Server, ServerSettings
 
-    config_path = pathlib.Path(args.config_path) if args.config_path else None
+    from ovms.repository.storage import read_text
+
+    config_path = args.config_path if "://" in args.config_path else pathlib.Path(args.config_path) \
+        if args.config_path else None
     metrics_enable, metrics_list = args.metrics_enable, args.metrics_list or None
     try:
         if config_path is not None:
-            load_config_file(config_path)  # fail fast, before listening, on a broken file
+            load_config_file(config_path, read_text=read_text)  # fail fast, before listening, on a broken file
             models = None
-            file_enable, file_list = load_monitoring(config_path)
+            file_enable, file_list = load_monitoring(config_path, read_text=read_text)
             metrics_enable = metrics_enable or file_enable
             metrics_list = metrics_list or file_list
         else:
@@ -233,7 +246,8 @@ def serve(args: argparse.Namespace) -> int:
                               grpc_bind_address=args.grpc_bind_address, rest_bind_address=args.rest_bind_address,
                               grpc_workers=args.grpc_workers, rest_workers=args.rest_workers,
                               poll_seconds=max(0, args.file_system_poll_wait_seconds), metrics_families=families,
-                              openai=openai, cache_dir=args.cache_dir or None)
+                              openai=openai, cache_dir=args.cache_dir or None,
+                              repository_cache=args.model_repository_cache or None)
     try:
         import uvloop
         runner = uvloop.run

@@ -114,6 +114,10 @@ class ModelConfig:
     # OVMS builds it in memory (and --pull writes it).
     graph_text: str | None = None
     allow_cache: bool | None = None  # None: cache when --cache_dir is set, unless a shape or batch is "auto"
+    # A remote base_path (s3://, gs://, az://): the management layer mirrors it and points base_path at the copy
+    # (``localize``). source_graph: the entry's graph_path, relative to the remote directory.
+    source_url: str | None = None
+    source_graph: str | None = None
 
     def describe(self) -> dict:
         """The entry as /v1/config and logs show it."""
@@ -148,7 +152,24 @@ def _plugin_config(value: Any, where: str) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((str(k), v) for k, v in value.items()))
 
 
-def model_config_from_dict(entry: dict, *, where: str, relative_to: pathlib.Path | None = None) -> ModelConfig:
+Location = "pathlib.Path | str"  # a local directory, or a remote URL (str) such as s3://bucket/models
+
+
+def _remote(value: str, relative_to, where: str) -> str | None:
+    """The URL ``value`` names when it is remote, or relative to a remote config file; else None."""
+    if "://" in value:
+        url = value
+    elif isinstance(relative_to, str) and not os.path.isabs(value):
+        url = relative_to.rstrip("/") + "/" + value
+    else:
+        return None
+    if not re.match(r"^(s3|gs|az|azure)://[^/]+", url):
+        raise ConfigError(f"{where}: base_path {url} is not a repository this server reads; use a local path, "
+                          "s3://bucket/path, gs://bucket/path or az://container/path")
+    return url
+
+
+def model_config_from_dict(entry: dict, *, where: str, relative_to=None) -> ModelConfig:
     """Validate one ``config`` object of ``model_config_list``."""
     unknown = set(entry) - MODEL_CONFIG_FIELDS
     if unknown:
@@ -160,8 +181,11 @@ def model_config_from_dict(entry: dict, *, where: str, relative_to: pathlib.Path
     for field, reason in NOT_IMPLEMENTED_MODEL_FIELDS.items():
         if entry.get(field) not in (None, False):
             raise ConfigError(f"{where}: field {field!r} is not supported by this server ({reason}); remove it")
+    source_url = _remote(entry["base_path"], relative_to, where)
     base_path = pathlib.Path(entry["base_path"]).expanduser()
-    if not base_path.is_absolute() and relative_to is not None:
+    if source_url is not None:
+        base_path = pathlib.Path()  # set by localize() once the copy exists
+    elif not base_path.is_absolute() and relative_to is not None:
         base_path = relative_to / base_path
     allow_cache = entry.get("allow_cache")
     if allow_cache is not None and not isinstance(allow_cache, bool):
@@ -185,7 +209,7 @@ def model_config_from_dict(entry: dict, *, where: str, relative_to: pathlib.Path
         layout = tuple((str(k), str(v)) for k, v in layout.items())
     elif layout is not None and not isinstance(layout, str):
         raise ConfigError(f"{where}: layout must be a string like NCHW or an object of input name -> layout")
-    if graph_path is not None or (base_path / "graph.pbtxt").is_file():
+    if source_url is None and (graph_path is not None or (base_path / "graph.pbtxt").is_file()):
         # OVMS: a model_config_list entry may point at a graph directory; graph_path is relative to base_path.
         graph = base_path / pathlib.Path(graph_path or "graph.pbtxt").expanduser()
         if not graph.is_file():
@@ -196,7 +220,8 @@ def model_config_from_dict(entry: dict, *, where: str, relative_to: pathlib.Path
         version_policy=VersionPolicy.parse(entry.get("model_version_policy", {"latest": {"num_versions": 1}}),
                                            where),
         target_device=device, nireq=nireq, plugin_config=_plugin_config(entry.get("plugin_config"), where),
-        batch_size=batch, shape=_check_shape(entry.get("shape"), where), layout=layout, allow_cache=allow_cache)
+        batch_size=batch, shape=_check_shape(entry.get("shape"), where), layout=layout, allow_cache=allow_cache,
+        source_url=source_url, source_graph=graph_path)
 
 
 def graph_config(name: str, base_path: pathlib.Path, *, graph_path: pathlib.Path | None = None,
@@ -212,7 +237,22 @@ def graph_config(name: str, base_path: pathlib.Path, *, graph_path: pathlib.Path
                        graph_text=graph_text if graph is None else None)
 
 
-def _mediapipe_entry(item: Any, where: str, relative_to: pathlib.Path) -> ModelConfig:
+def localize(config: ModelConfig, local_dir: pathlib.Path) -> ModelConfig:
+    """A remote model's config pointed at its local copy: a graph directory if the copy holds its graph file."""
+    where = f"model {config.name} ({config.source_url})"
+    if config.task is not None:  # --model_path URL --task: the graph is built from the flags
+        return dataclasses.replace(config, base_path=local_dir)
+    if config.kind == "graph" or config.source_graph or (local_dir / "graph.pbtxt").is_file():
+        name = config.source_graph or "graph.pbtxt"
+        graph = local_dir / name
+        if not graph.is_file():
+            raise ConfigError(f"{where}: graph file {name} is not in the bucket")
+        return dataclasses.replace(graph_config(config.name, local_dir, graph_path=graph, where=where),
+                                   source_url=config.source_url, source_graph=config.source_graph)
+    return dataclasses.replace(config, base_path=local_dir)
+
+
+def _mediapipe_entry(item: Any, where: str, relative_to) -> ModelConfig:
     if not isinstance(item, dict) or not isinstance(item.get("name"), str):
         raise ConfigError(f"{where} must be an object with a name")
     unknown = set(item) - {"name", "base_path", "graph_path", "subconfig"}
@@ -223,6 +263,10 @@ def _mediapipe_entry(item: Any, where: str, relative_to: pathlib.Path) -> ModelC
         raise ConfigError(f"{where}: field 'subconfig' is not supported by this server "
                           f"({NOT_IMPLEMENTED_MODEL_FIELDS['subconfig']}); remove it")
     # As OVMS: base_path is relative to the config file's directory, graph_path to base_path; each applied once.
+    source_url = _remote(item.get("base_path") or item["name"], relative_to, where)
+    if source_url is not None:
+        return ModelConfig(name=item["name"], base_path=pathlib.Path(), kind="graph", source_url=source_url,
+                           source_graph=item.get("graph_path") or "graph.pbtxt")
     base = relative_to / pathlib.Path(item.get("base_path") or item["name"]).expanduser()
     graph = base / pathlib.Path(item.get("graph_path") or "graph.pbtxt").expanduser()
     if not graph.is_file():
@@ -230,12 +274,20 @@ def _mediapipe_entry(item: Any, where: str, relative_to: pathlib.Path) -> ModelC
     return graph_config(item["name"], base, graph_path=graph, where=where)
 
 
-def load_config_file(path: pathlib.Path) -> list[ModelConfig]:
-    """Read and validate a config.json; raise ConfigError saying what is wrong and where."""
+def load_config_file(path, *, read_text=None) -> list[ModelConfig]:
+    """Read and validate a config.json; raise ConfigError saying what is wrong and where.
+
+    ``path`` is a local path, or a remote URL (str) read with ``read_text(url)``; relative paths in the file are
+    relative to its directory, local or remote.
+    """
+    remote = isinstance(path, str) and "://" in path
     try:
-        text = path.read_text()
+        text = read_text(path) if remote else pathlib.Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror}); check --config_path") from None
+    except Exception as exc:  # the remote reader's error says what went wrong with the bucket
+        raise ConfigError(f"{path}: cannot read the config file ({exc}); check --config_path and the "
+                          "storage credentials") from None
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -252,7 +304,8 @@ def load_config_file(path: pathlib.Path) -> list[ModelConfig]:
             raise ConfigError(f"{path}: {field} is not supported by this server ({reason}); remove it")
     # Relative paths in the file are relative to its directory, made absolute once here: a relative
     # --config_path (js/config.json) must not be applied again to paths already under it.
-    path = path.absolute()
+    directory = path.rsplit("/", 1)[0] if remote else pathlib.Path(path).absolute().parent
+    path = path if remote else pathlib.Path(path).absolute()
     models = []
     names: set[str] = set()
     entries = document.get("model_config_list", [])
@@ -262,7 +315,7 @@ def load_config_file(path: pathlib.Path) -> list[ModelConfig]:
         where = f"{path}: model_config_list[{i}]"
         if not isinstance(item, dict) or set(item) != {"config"} or not isinstance(item["config"], dict):
             raise ConfigError(f'{where} must be an object with exactly one field, "config"')
-        model = model_config_from_dict(item["config"], where=f"{where}.config", relative_to=path.parent)
+        model = model_config_from_dict(item["config"], where=f"{where}.config", relative_to=directory)
         if model.name in names:
             raise ConfigError(f"{where}.config: model name {model.name!r} is used twice; names must be unique")
         names.add(model.name)
@@ -271,7 +324,7 @@ def load_config_file(path: pathlib.Path) -> list[ModelConfig]:
     if not isinstance(graphs, list):
         raise ConfigError(f"{path}: mediapipe_config_list must be a JSON array")
     for i, item in enumerate(graphs):
-        model = _mediapipe_entry(item, f"{path}: mediapipe_config_list[{i}]", path.parent)
+        model = _mediapipe_entry(item, f"{path}: mediapipe_config_list[{i}]", directory)
         if model.name in names:
             raise ConfigError(f"{path}: mediapipe_config_list[{i}]: name {model.name!r} is already used")
         names.add(model.name)
@@ -307,11 +360,12 @@ def version_files(config: "ModelConfig", version: int) -> tuple[tuple[str, int, 
     return tuple(sorted(found))
 
 
-def load_monitoring(path: pathlib.Path) -> tuple[bool, list[str] | None]:
+def load_monitoring(path, *, read_text=None) -> tuple[bool, list[str] | None]:
     """The ``monitoring.metrics`` section of a config.json: (enable, metrics_list or None)."""
     try:
-        document = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        remote = isinstance(path, str) and "://" in path
+        document = json.loads(read_text(path) if remote else pathlib.Path(path).read_text())
+    except Exception:
         return False, None  # load_config_file reports file problems
     section = document.get("monitoring", {}) if isinstance(document, dict) else {}
     metrics = section.get("metrics", {}) if isinstance(section, dict) else {}

@@ -57,6 +57,7 @@ class DataPlane:
         self.registry = registry
         self.live_flag = True
         self.drain = Drain()  # transports count requests in it; SIGTERM starts the drain
+        self.started = False  # set once the first configuration is applied: not ready before (empty registry)
         self._reloader = reloader
         self.metrics = metrics if metrics is not None and metrics.on else None
 
@@ -75,7 +76,7 @@ class DataPlane:
         return self.live_flag
 
     def ready(self) -> bool:
-        return self.live_flag and not self.drain.draining and self.registry.is_ready()
+        return self.live_flag and self.started and not self.drain.draining and self.registry.is_ready()
 
     def server_metadata(self) -> ServerMetadata:
         return ServerMetadata(SERVER_NAME, __version__, list(EXTENSIONS))

@@ -225,7 +225,8 @@ class Registry:
         """The version numbers on disk, or None with ``model.error`` set when there are none."""
         config = model.config
         if not config.base_path.is_dir():
-            self._set_model_error(model, f"The provided base path is invalid or doesn't exists: {config.base_path}")
+            self._set_model_error(model, "The provided base path is invalid or doesn't exists: "
+                                         f"{config.source_url or config.base_path}")
             return None
         present = [1] if config.kind == "graph" else numeric_versions(config.base_path)
         if not present:

@@ -36,6 +36,7 @@ class ServerSettings:
     reuse_port: bool = False  # several processes share the gRPC port (--grpc_workers)
     openai: object = None  # ovms.transport.openai_rest.OpenAISettings (API key, CORS) or None for defaults
     cache_dir: str | None = None  # --cache_dir: OpenVINO's compiled-model cache
+    repository_cache: str | None = None  # --model_repository_cache: local copies of s3:// gs:// az:// models
 
 
 def _load_servable(config: ModelConfig, version: int):
@@ -60,14 +61,14 @@ class Server:
     """One process serving a registry over gRPC and REST on one event loop."""
 
     def __init__(self, settings: ServerSettings, models: list[ModelConfig] | None = None, *,
-                 config_path: pathlib.Path | None = None) -> None:
+                 config_path: pathlib.Path | str | None = None) -> None:
         self.settings = settings
         from ovms.backends import cache
 
         cache.configure(settings.cache_dir)
         self.registry = Registry(_load_servable)
         self.manager = ConfigManager(self.registry, config_path=config_path, models=models,
-                                     on_change=self._models_changed)
+                                     on_change=self._models_changed, repository_cache=settings.repository_cache)
         self.metrics = Metrics(settings.metrics_families, gauges=self._gauges)
         self.dataplane = DataPlane(self.registry, reloader=self.manager.reload, metrics=self.metrics)
         self.dataplane.openai_settings = settings.openai  # read by the OpenAI routes
@@ -86,7 +87,7 @@ class Server:
                 raise OSError(f"cannot listen for gRPC on {s.grpc_bind_address}:{s.grpc_port}: the address is in "
                               "use or not local; choose another --port or --grpc_bind_address")
             await self._grpc.start()
-            await grpc_server.set_health(self._grpc, False)
+            grpc_server.set_health(self._grpc, False)
         if s.rest_port is not None:
             # The drain has let requests finish before cleanup; what is left then is cut after 1 s.
             self._runner = web.AppRunner(rest_server.create_app(self.dataplane), access_log=None,
@@ -100,8 +101,11 @@ class Server:
         result = await self.manager.reload()
         if result.error is not None:
             raise ConfigError(result.error)
+        self.dataplane.started = True
         if not result.changed:  # else the manager called it
             self._models_changed()
+        elif self._grpc is not None:  # the manager's call came before the server counted as started
+            grpc_server.set_health(self._grpc, self.dataplane.ready())
         if s.poll_seconds > 0:
             self._poller = asyncio.create_task(self.manager.poll(s.poll_seconds), name="ovms-config-poll")
         log.info("Server ready: %d model(s) configured, ready=%s", len(self.registry.models), self.dataplane.ready())
@@ -124,7 +128,7 @@ class Server:
         # out of the collector's way, and what was unloaded is freed (ovms/heap.py).
         heap.settle()
         if self._grpc is not None:
-            asyncio.ensure_future(grpc_server.set_health(self._grpc, self.dataplane.ready()))
+            grpc_server.set_health(self._grpc, self.dataplane.ready())
 
     async def stop(self, grace: float = 5.0) -> None:
         self.dataplane.live_flag = False
@@ -135,6 +139,7 @@ class Server:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.registry.close()
+        self.manager.close()
 
     async def begin_drain(self) -> None:
         """Stop being ready (REST /v2/health/ready 503, gRPC health NOT_SERVING) and refuse new requests."""
@@ -142,7 +147,7 @@ class Server:
         if self._poller is not None:
             self._poller.cancel()
         if self._grpc is not None:
-            await grpc_server.set_health(self._grpc, False)
+            grpc_server.set_health(self._grpc, False)
 
     async def run_until_signalled(self, *, drain_timeout: float = 30.0, on_drain=None) -> int:
         """Serve until SIGINT or SIGTERM, then drain: 0 when every request in flight finished, 1 when a second

@@ -287,6 +287,6 @@ def create_server(dataplane: DataPlane, *, reuse_port: bool = False) -> grpc.aio
     return server
 
 
-async def set_health(server: grpc.aio.Server, serving: bool) -> None:
+def set_health(server: grpc.aio.Server, serving: bool) -> None:
     for service in ("", KSERVE_SERVICE, TFS_PREDICTION_SERVICE, TFS_MODEL_SERVICE):
         server.health_service.set(service, serving)
