@@ -62,3 +62,8 @@ fixtures-genai-check: $(FIXTURE_VENV)/bin/python
 
 clean:
 	rm -rf build dist *.egg-info ovms/_native/*.c ovms/_native/*.so ovms/_proto/descriptors.binpb $(DEMO)
+
+# Build the container image with podman and check it serves (docker/smoke.sh; needs root, not part of `make test`).
+.PHONY: docker-smoke
+docker-smoke: build
+	docker/smoke.sh

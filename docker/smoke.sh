@@ -177,8 +177,10 @@ start=$(now)
 pm $((STOP_TIMEOUT + 30)) stop -t "$STOP_TIMEOUT" "$NAME" >/dev/null
 stop_time=$(elapsed "$start" "$(now)")
 code=$(pm 30 inspect --format '{{.State.ExitCode}}' "$NAME")
-pm 30 logs "$NAME" 2>&1 | tail -5
-[ "$code" = 0 ] || die "exit code $code after SIGTERM"
+pm 30 logs "$NAME" >"$WORK/container.log" 2>&1
+tail -3 "$WORK/container.log"
+[ "$code" = 0 ] || die "exit code $code after SIGTERM (log: $WORK/container.log)"
+! grep -q "openvino_telemetry" "$WORK/container.log" || die "OpenVINO telemetry warnings in $WORK/container.log"
 echo "exit code 0 after $stop_time s"
 
 log "figures"
