@@ -32,8 +32,10 @@ demo: $(DEMO)/config.json
 serve: build demo
 	$(PY) -m ovms --config_path $(DEMO)/config.json --port 9000 --rest_port 8000
 
+# The whole suite, then the fast tests again on the pure-Python twins (a supported build: OVMS_NO_EXTENSIONS=1).
 test: build
 	$(PY) -m pytest -q
+	OVMS_NO_EXTENSIONS=1 $(PY) -m pytest -q -m "not slow" -p no:cacheprovider
 
 # The fast tests on the pure-Python twins (OVMS_NO_EXTENSIONS=1): what a build without the Cython modules runs.
 test-pure: build
