@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+from http import HTTPStatus
 
 from ovms.repository import split_url
 
@@ -30,6 +32,13 @@ class Storage:
 
     def read(self, key: str) -> bytes:
         raise NotImplementedError
+
+
+def _phrase(code: int) -> str:
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return "error"
 
 
 def _missing(extra: str, module: str) -> RemoteError:
@@ -98,9 +107,16 @@ class S3Storage(Storage):
 class GCSStorage(Storage):
     """Google Cloud Storage: GOOGLE_APPLICATION_CREDENTIALS (STORAGE_EMULATOR_HOST for an emulator)."""
 
+    # google-cloud-storage retries a refused or dropped connection for 120 s by default (measured: 102 s for one
+    # listing with nothing listening), and the first configuration waits for every model in turn. A bucket that
+    # cannot be read is tried again at the next poll anyway.
+    RETRY_SECONDS = 20
+    TIMEOUT = (10, 60)  # connect, read (seconds)
+
     def __init__(self, bucket: str) -> None:
         try:
             from google.cloud import storage
+            from google.cloud.storage.retry import DEFAULT_RETRY
         except ImportError:
             raise _missing("gcs", "google-cloud-storage") from None
         try:
@@ -115,26 +131,49 @@ class GCSStorage(Storage):
                               "GOOGLE_APPLICATION_CREDENTIALS to a service account key file") from None
         self.bucket = client.bucket(bucket)
         self.client = client
+        self._call = {"retry": DEFAULT_RETRY.with_timeout(self.RETRY_SECONDS), "timeout": self.TIMEOUT}
+
+    def _error(self, exc: Exception, *, listing: bool) -> RemoteError:
+        from google.api_core import exceptions as api
+        from google.auth import exceptions as auth
+
+        if isinstance(exc, api.RetryError):
+            cause = exc.cause if exc.cause is not None else exc
+            reason = re.search(r"\[Errno -?\d+\][^'\")]*", str(cause))
+            return RemoteError(f"cannot reach {self.client.api_endpoint} (tried for {self.RETRY_SECONDS} s): "
+                               f"{reason.group(0) if reason else cause}")
+        if isinstance(exc, api.GoogleAPICallError) and exc.code is not None:
+            hint = {404: "the bucket does not exist" if listing else "the object does not exist",
+                    401: "the credentials were refused; check GOOGLE_APPLICATION_CREDENTIALS",
+                    403: "the credentials may not read this bucket or path: they need storage.objects.list and "
+                         "storage.objects.get"}.get(exc.code)
+            # exc.message is "GET <request URL>: <the server's message>"; the URL adds nothing to ours.
+            message = exc.message.split(": ", 1)[-1] if exc.message.startswith(("GET ", "POST ")) else exc.message
+            return RemoteError(f"{exc.code} {_phrase(exc.code)}: {message}" + (f" ({hint})" if hint else ""))
+        if isinstance(exc, auth.GoogleAuthError):
+            return RemoteError(f"the credentials could not be used: {exc}; check GOOGLE_APPLICATION_CREDENTIALS")
+        return RemoteError(str(exc))
 
     def list(self, prefix: str) -> list[RemoteFile]:
         start = prefix + "/" if prefix else ""
         try:
             return [RemoteFile(b.name[len(start):], b.size or 0, str(b.generation or b.etag))
-                    for b in self.client.list_blobs(self.bucket, prefix=start) if not b.name.endswith("/")]
+                    for b in self.client.list_blobs(self.bucket, prefix=start, **self._call)
+                    if not b.name.endswith("/")]
         except Exception as exc:
-            raise RemoteError(str(exc)) from None
+            raise self._error(exc, listing=True) from None
 
     def download(self, key: str, target: str) -> None:
         try:
-            self.bucket.blob(key).download_to_filename(target)
+            self.bucket.blob(key).download_to_filename(target, **self._call)
         except Exception as exc:
-            raise RemoteError(str(exc)) from None
+            raise self._error(exc, listing=False) from None
 
     def read(self, key: str) -> bytes:
         try:
-            return self.bucket.blob(key).download_as_bytes()
+            return self.bucket.blob(key).download_as_bytes(**self._call)
         except Exception as exc:
-            raise RemoteError(str(exc)) from None
+            raise self._error(exc, listing=False) from None
 
 
 class AzureBlobStorage(Storage):

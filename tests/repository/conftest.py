@@ -77,3 +77,45 @@ class RemoteServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         return self.process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def gcs_endpoint():
+    """The GCS emulator of the gcp-storage-emulator package (the JSON API and media downloads), in memory."""
+    from gcp_storage_emulator.server import create_server
+
+    port = free_port()
+    server = create_server("127.0.0.1", port, in_memory=True)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+class GCSUploader:
+    """The few boto3 client calls the tests use (upload_file, put_object, delete_object) on a GCS bucket, so
+    `upload_tree` and the S3 tests' steps read the same for GCS."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def upload_file(self, filename: str, bucket: str, key: str) -> None:
+        self.client.bucket(bucket).blob(key).upload_from_filename(filename)
+
+    def put_object(self, *, Bucket: str, Key: str, Body: bytes) -> None:  # noqa: N803 (boto3's names)
+        self.client.bucket(Bucket).blob(Key).upload_from_string(Body)
+
+    def delete_object(self, *, Bucket: str, Key: str) -> None:  # noqa: N803
+        self.client.bucket(Bucket).blob(Key).delete()
+
+
+@pytest.fixture()
+def gcs(gcs_endpoint, monkeypatch):
+    """A google-cloud-storage client on the emulator (anonymous, as ovms uses it), and a fresh bucket."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_endpoint)
+    client = storage.Client(credentials=AnonymousCredentials(), project="test")
+    bucket = f"models-{os.urandom(4).hex()}"
+    client.create_bucket(bucket)
+    return GCSUploader(client), bucket
