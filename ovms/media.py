@@ -96,10 +96,14 @@ def _decode_all(encoded: list[bytes]) -> list[np.ndarray]:
 async def _read(url: str, policy: MediaPolicy) -> bytes:
     marker = url.find("base64,")
     if marker >= 0:
-        if (len(url) - marker - 7) * 3 // 4 > MAX_IMAGE_BYTES:
+        text = url[marker + 7:]
+        # Decoded size before decoding: 3 bytes per 4 characters, less one per "=" of padding (without it, an
+        # image of exactly the limit was refused inline while accepted from a file or a URL).
+        padding = 2 if text.endswith("==") else 1 if text.endswith("=") else 0
+        if len(text) * 3 // 4 - padding > MAX_IMAGE_BYTES:
             raise invalid(f"an image is larger than {MAX_IMAGE_BYTES} bytes")
         try:
-            return base64.b64decode(url[marker + 7:], validate=True)
+            return base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
             raise invalid("Invalid base64 string in request") from None
     try:
