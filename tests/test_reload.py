@@ -3,6 +3,7 @@ requests, against a real server polling every 0.2 s."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 import time
@@ -39,6 +40,28 @@ def wait_for(predicate, timeout=20.0, what=""):
             pass
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class LogWatch(logging.Handler):
+    """Set when a record of ``logger`` contains ``text`` (from any thread: the server's loop runs in one)."""
+
+    def __init__(self, logger: str, text: str) -> None:
+        super().__init__()
+        self.logger, self.text, self.seen = logging.getLogger(logger), text, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self.seen.wait(timeout)
+
+    def __enter__(self) -> "LogWatch":
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self)
 
 
 class Load:
@@ -131,7 +154,12 @@ def test_versions_and_config_change_under_load(live_repo):
         assert status == 400
         assert body["error"].startswith("Reloading config file failed. Check server logs for more info. - ")
         assert "unknown field(s) 'oops'" in body["error"]
-        time.sleep(0.5)  # a few polls of the invalid file
+        # Another invalid file, with another error: the poller logs it (an error is logged when it changes), so
+        # once that line is there, a poll has read an invalid file and applied nothing.
+        with LogWatch("ovms.management", "unknown field(s) 'oops_again'") as polled:
+            config_path.write_text('{"model_config_list": [{"config": {"name": "x", "base_path": "x", '
+                                   '"oops_again": 1}}]}')
+            assert polled.wait(20), "no poll logged the invalid file"
         assert rest(server.rest_url, "GET", "/v1/config")[1] == before
         # a valid file again: the reload endpoint reports the change with 201
         config_path.write_text(json.dumps({"model_config_list": entries + [
