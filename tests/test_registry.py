@@ -97,3 +97,81 @@ def test_a_failed_load_is_retried_on_back_off_when_its_files_hold_still(tmp_path
     assert 2.9 < elapsed  # back-off: 1 s after the first failure, 2 s after the second
     retries = [r.getMessage() for r in caplog.records if "trying to load it again" in r.getMessage()]
     assert retries == ["model m version 2: trying to load it again (back-off)"] * 2
+
+
+def test_a_version_removed_from_disk_under_a_real_request_answers_it_before_its_end(tmp_path):
+    """The same promise on a real server: `python -m ovms` with a real OpenVINO model taking about a second per
+    inference; version 1's directory is deleted while two requests on it are in flight (nireq 1: one runs, one
+    waits for the infer request). Both answer, from version 1, and only then does version 1 reach END."""
+    import concurrent.futures
+    import json
+    import re
+    import shutil
+    import time
+    import urllib.request
+
+    import numpy as np
+    import openvino as ov
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from tests.test_cli import serve, stop, wait_ready
+    from tests.test_drain import slow_model
+
+    ov.save_model(slow_model(), str(tmp_path / "slow" / "1" / "model.xml"), compress_to_fp16=False)
+    shutil.copytree(tmp_path / "slow" / "1", tmp_path / "slow" / "2")
+    (tmp_path / "config.json").write_text(json.dumps({"model_config_list": [{"config": {
+        "name": "slow", "base_path": str(tmp_path / "slow"), "nireq": 1, "model_version_policy": {"all": {}},
+        "plugin_config": {"INFERENCE_PRECISION_HINT": "f32"}}}]}))
+    log = tmp_path / "ovms.log"
+    process, grpc_port, rest_port = serve("--config_path", str(tmp_path / "config.json"), "--metrics_enable",
+                                          "--metrics_list", "ovms_current_requests", log_path=log)
+
+    def http(path: str, method: str = "GET") -> tuple[int, str]:
+        request = urllib.request.Request(f"http://127.0.0.1:{rest_port}{path}", method=method)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+
+    def version_states() -> dict[str, str]:
+        return {v["version"]: v["state"] for v in json.loads(http("/v1/config")[1])["slow"]["model_version_status"]}
+
+    def in_flight() -> float:
+        found = re.findall(r'^ovms_current_requests{[^}]*name="slow"[^}]*} (\S+)$', http("/metrics")[1], re.M)
+        return sum(float(f) for f in found)
+
+    def until(predicate, what: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.02)
+
+    def infer(version: str):
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+            x = grpcclient.InferInput("x", [1, 1], "FP32")
+            x.set_data_from_numpy(np.full((1, 1), 0.5, np.float32))
+            result = client.infer("slow", [x], model_version=version, client_timeout=60)
+            return result.get_response().model_version, float(result.as_numpy("y")[0, 0])
+
+    try:
+        wait_ready(rest_port, process)
+        assert version_states() == {"1": "AVAILABLE", "2": "AVAILABLE"}
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            requests = [pool.submit(infer, "1") for _ in range(2)]
+            until(lambda: in_flight() == 2, "both requests in flight")
+            shutil.rmtree(tmp_path / "slow" / "1")
+            reload = pool.submit(http, "/v1/config/reload", "POST")  # answers once the change is applied
+            until(lambda: version_states()["1"] != "AVAILABLE", "version 1 to leave AVAILABLE")
+            assert version_states() == {"1": "UNLOADING", "2": "AVAILABLE"}
+            assert not all(r.done() for r in requests), "the requests ended before the removal was seen"
+            answers = [r.result(60) for r in requests]
+            assert reload.result(60)[0] == 201
+        until(lambda: version_states()["1"] == "END", "version 1 to reach END")
+        assert answers[0] == answers[1] and answers[0][0] == "1"
+        assert infer("2") == ("2", answers[0][1])  # the same model: the right answer
+        assert in_flight() == 0
+        with pytest.raises(InferenceServerException, match="Model with requested version is retired"):
+            infer("1")
+    finally:
+        stop(process)
+    changes = re.findall(r"STATE CHANGED: model slow version 1 -> (\w+)", log.read_text())
+    assert changes == ["LOADING", "AVAILABLE", "UNLOADING", "END"]
