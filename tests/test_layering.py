@@ -33,7 +33,8 @@ def starts(name: str, prefixes: tuple[str, ...]) -> bool:
 @pytest.mark.parametrize("rule, allowed, forbidden", [
     ("openvino only under backends/", ("backends/",), ("openvino", "openvino_genai")),
     ("grpc and aiohttp only in transports and the composition root",
-     ("transport/", "server.py", "pull/", "_proto/"), ("grpc", "aiohttp", "grpc_health", "grpc_reflection")),
+     ("transport/", "server.py", "pull/", "_proto/", "download/"),  # download/: its own aiohttp service
+     ("grpc", "aiohttp", "grpc_health", "grpc_reflection")),
     ("concrete backends only in the composition root", ("backends/", "server.py"), ("ovms.backends",)),
 ])
 def test_import_rules(rule, allowed, forbidden):

@@ -79,6 +79,44 @@ def describe_network_failure(url: str, detail: str, settings: PullSettings) -> N
                                "to resume.")
 
 
+_SHA1 = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def parse_tree_page(body: bytes, url: str) -> list[RemoteFile]:
+    """The files of one page of the hub's tree listing; anything malformed is a PullError naming the entry.
+
+    The listing decides which paths are written and which digests are trusted, so every field is checked
+    before use (a path is relative and plain, sizes are integers, object ids are hex of the right length).
+    """
+    remedy = "Check that HF_ENDPOINT points to a Hugging Face Hub or a mirror of it."
+    try:
+        entries = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise PullError(f"The hub's file listing at {url} is not JSON.", remedy=remedy) from None
+    if not isinstance(entries, list):
+        raise PullError(f"The hub's file listing at {url} is not a JSON list.", remedy=remedy)
+    files = []
+    for index, e in enumerate(entries):
+        if not isinstance(e, dict):
+            raise PullError(f"Entry {index} of the hub's file listing at {url} is not an object.", remedy=remedy)
+        if e.get("type") != "file":
+            continue
+        path, size, oid, lfs = e.get("path"), e.get("size"), e.get("oid"), e.get("lfs") or None
+        lfs_oid = lfs.get("oid") if isinstance(lfs, dict) else lfs
+        if (not isinstance(path, str) or not path or path.startswith("/") or "\\" in path or "\0" in path
+                or any(part in ("", ".", "..") for part in path.split("/"))):
+            raise PullError(f"The hub's file listing at {url} has an unsafe or empty path {path!r}.", remedy=remedy)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise PullError(f"The hub's file listing at {url} gives {path} the size {size!r}.", remedy=remedy)
+        if not isinstance(oid, str) or not _SHA1.fullmatch(oid):
+            raise PullError(f"The hub's file listing at {url} gives {path} the object id {oid!r}.", remedy=remedy)
+        if lfs is not None and (not isinstance(lfs_oid, str) or not _SHA256.fullmatch(lfs_oid)):
+            raise PullError(f"The hub's file listing at {url} gives {path} the LFS id {lfs_oid!r}.", remedy=remedy)
+        files.append(RemoteFile(path=path, size=size, blob_sha1=oid, sha256=lfs_oid if lfs else None))
+    return files
+
+
 def raise_for_hub_error(resp: Response, repo_id: str, revision: str, settings: PullSettings) -> None:
     """Turn a hub error response into the PullError a person can act on."""
     if resp.status < 400:
@@ -130,7 +168,7 @@ class HubClient:
             return [f"Authorization: Bearer {self.settings.token}"]
         return []
 
-    def get(self, url: str) -> Response:
+    def get(self, url: str, *, accept: str = "application/json") -> Response:
         """One GET with retries on network errors and 5xx; 4xx responses are returned to the caller."""
         attempts = max(1, self.settings.resume_attempts + 1)
         last = ""
@@ -140,7 +178,7 @@ class HubClient:
                             last, attempt + 1, attempts)
                 time.sleep(self.settings.resume_interval)
             try:
-                resp = self._get_once(url)
+                resp = self._get_once(url, accept)
             except pycurl.error as exc:
                 code, message = exc.args[0], exc.args[1] if len(exc.args) > 1 else ""
                 last = curl_error_text(code, message)
@@ -151,7 +189,7 @@ class HubClient:
             return resp
         raise describe_network_failure(url, last, self.settings)
 
-    def _get_once(self, url: str) -> Response:
+    def _get_once(self, url: str, accept: str = "application/json") -> Response:
         c = self._curl
         c.reset()
         body = io.BytesIO()
@@ -166,7 +204,7 @@ class HubClient:
                 headers[k.strip().lower()] = v.strip()
 
         c.setopt(pycurl.URL, url)
-        c.setopt(pycurl.HTTPHEADER, ["Accept: application/json", "Accept-Encoding: identity",
+        c.setopt(pycurl.HTTPHEADER, [f"Accept: {accept}", "Accept-Encoding: identity",
                                      *self.auth_headers(url)])
         c.setopt(pycurl.USERAGENT, USER_AGENT)
         c.setopt(pycurl.FOLLOWLOCATION, 0)
@@ -210,17 +248,7 @@ class HubClient:
                                 remedy="Check HF_ENDPOINT; report the mirror's pagination bug.")
             resp = self.get(url)
             raise_for_hub_error(resp, repo_id, sha, self.settings)
-            try:
-                entries = json.loads(resp.body)
-            except ValueError:
-                raise PullError(f"The hub's file listing at {url} is not JSON.",
-                                remedy="Check that HF_ENDPOINT points to a Hugging Face Hub.") from None
-            for e in entries:
-                if e.get("type") != "file":
-                    continue
-                lfs = e.get("lfs") or None
-                files.append(RemoteFile(path=e["path"], size=int(e["size"]), blob_sha1=e["oid"],
-                                        sha256=lfs["oid"] if lfs else None))
+            files += parse_tree_page(resp.body, url)
             match = _LINK_NEXT.search(resp.headers.get("link", ""))
             url = urllib.parse.urljoin(url, match.group(1)) if match else None
         return files

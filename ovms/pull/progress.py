@@ -19,8 +19,10 @@ class Progress:
     """Counts bytes on disk (resumed bytes included); ``update`` may go negative when a file restarts."""
 
     def __init__(self, total: int, label: str, *, stream=None, interactive: bool | None = None,
-                 log_every: float = LOG_EVERY_SECONDS) -> None:
+                 log_every: float = LOG_EVERY_SECONDS, listener=None) -> None:
         self.total = total
+        self.listener = listener  # called with (bytes on disk, total) after every update: the download service's job
+        # progress; it runs on the download thread and must be cheap
         self.label = label
         self.done = 0
         self.started = time.monotonic()
@@ -52,6 +54,8 @@ class Progress:
         self.done += n
         if self._bar is not None:
             self._bar.update(n)
+        if self.listener is not None:
+            self.listener(self.done, self.total)
 
     def tick(self) -> None:
         if self._bar is not None:

@@ -62,11 +62,12 @@ def pull_repository(paths: ModelPaths, settings: PullSettings, *, revision: str 
                     select: Callable[[list[RemoteFile]], list[RemoteFile]] | None = None,
                     wanted_in_record: Callable[[dict], bool] | None = None,
                     overwrite: bool = False, stop_requested=lambda: None, hub: HubClient | None = None,
-                    progress_stream=None) -> PullResult:
+                    progress_stream=None, on_progress: Callable[[int, int], None] | None = None) -> PullResult:
     """Bring ``paths.source_model`` at ``revision`` to ``paths.model_dir``, every file verified.
 
     ``select`` narrows the file list (GGUF); ``wanted_in_record`` says whether a completion record already
-    covers this request (default: any record of this repository does).
+    covers this request (default: any record of this repository does). ``on_progress(bytes_on_disk, total)`` is
+    called on the download thread as bytes arrive (the download service's job progress).
     """
     model_dir = paths.model_dir
     marker_fd = None
@@ -102,7 +103,7 @@ def pull_repository(paths: ModelPaths, settings: PullSettings, *, revision: str 
         if marker_fd is None:
             marker_fd = state.hold_marker(paths.marker, paths.source_model, revision)
         return _download(paths, settings, hub, revision, commit, files, finals, record, stop_requested,
-                         progress_stream)
+                         progress_stream, on_progress)
     finally:
         if marker_fd is not None:
             os.close(marker_fd)
@@ -112,14 +113,16 @@ def pull_repository(paths: ModelPaths, settings: PullSettings, *, revision: str 
 
 def _download(paths: ModelPaths, settings: PullSettings, hub: HubClient, revision: str, commit: str,
               files: list[RemoteFile], finals: list[pathlib.Path], record: dict | None, stop_requested,
-              progress_stream) -> PullResult:
+              progress_stream, on_progress=None) -> PullResult:
     model_dir = paths.model_dir
     model_dir.mkdir(parents=True, exist_ok=True)
     total = sum(f.size for f in files)
     log.info("Pulling %s@%s (commit %s): %d files, %.1f MiB to %s", paths.source_model, revision, commit[:12],
              len(files), total / 2**20, model_dir)
     progress = Progress(total, paths.source_model, stream=progress_stream,
-                        log_every=settings.progress_seconds)
+                        log_every=settings.progress_seconds, listener=on_progress)
+    if on_progress is not None:
+        on_progress(0, total)
     jobs = [FileJob(f, final, hub.resolve_url(paths.source_model, commit, f.path))
             for f, final in zip(files, finals)]
     try:

@@ -1,0 +1,54 @@
+"""``python -m ovms.download --port 8200 --models_dir DIR``: the model download service on its own."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from aiohttp import web
+
+from ovms.download.routes import create_app
+from ovms.download.service import DownloadService
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ovms.download", description=(
+        "Model download service: the Model Download microservice's REST API (/api/v1) on ovms's verified, "
+        "resumable pull engine. Environment: HF_ENDPOINT, HF_TOKEN, https_proxy, GIT_LFS_RESUME_ATTEMPTS, "
+        "GIT_LFS_RESUME_INTERVAL_SECONDS, OVMS_PULL_CONNECTIONS (connections per download), OVMS_PULL_*."))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8200)), help="default 8200")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for "
+                                                            "all interfaces)")
+    parser.add_argument("--models_dir", default=os.environ.get("MODELS_DIR"),
+                        help="directory the models are downloaded into (env MODELS_DIR); jobs are kept in "
+                             "MODELS_DIR/.ovms_download/jobs.sqlite3")
+    parser.add_argument("--max_parallel_downloads", type=int, default=4,
+                        help="models downloading at once, across all requests (default 4)")
+    parser.add_argument("--log_level", default=os.environ.get("LOG_LEVEL", "INFO"),
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.models_dir:
+        print("--models_dir (or MODELS_DIR) is required.", file=sys.stderr)
+        return 64
+    if args.max_parallel_downloads < 1:
+        print("--max_parallel_downloads must be at least 1.", file=sys.stderr)
+        return 64
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="[%(asctime)s][%(name)s][%(levelname)s] %(message)s")
+    service = DownloadService(args.models_dir, max_parallel_downloads=args.max_parallel_downloads)
+    app = create_app(service)
+    print(f"Model download service on http://{args.host}:{args.port}/api/v1 (models in {service.models_dir})",
+          file=sys.stderr, flush=True)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True,
+                loop=asyncio.new_event_loop())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
