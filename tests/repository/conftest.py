@@ -119,3 +119,21 @@ def gcs(gcs_endpoint, monkeypatch):
     bucket = f"models-{os.urandom(4).hex()}"
     client.create_bucket(bucket)
     return GCSUploader(client), bucket
+
+
+@pytest.fixture(scope="session")
+def azure_blob():
+    """The Azure Blob imitation (tests/repository/azure_imitation.py): listings in pages of 2, Shared Key checked."""
+    from tests.repository.azure_imitation import AzureBlobImitation
+
+    imitation = AzureBlobImitation(page_size=2).start()
+    yield imitation
+    imitation.stop()
+
+
+@pytest.fixture()
+def azure(azure_blob):
+    """The imitation and a fresh container."""
+    container = f"models-{os.urandom(4).hex()}"
+    azure_blob.create_container(container)
+    return azure_blob, container
