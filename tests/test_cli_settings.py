@@ -201,3 +201,45 @@ def test_state_changes_and_an_invalid_config_in_the_log(model_repo, tmp_path):
         assert infer_dummy(grpc_port) == 4.0
     finally:
         stop(process)
+
+
+# --- --grpc_workers 2: each process counts its own metrics -----------------------------------------------------
+
+def test_grpc_workers_count_their_own_metrics(model_repo, tmp_path):
+    """README: with --grpc_workers each process counts its own metrics, and /metrics (served by worker 0) shows
+    worker 0's. Each request goes on a new connection (the kernel picks the worker); /metrics before and after
+    tells whether worker 0 served it, and Triton's statistics asked on the same connection give the count of
+    the worker that did. Requests served by worker 1 are missing from /metrics; the two counts add up."""
+    log = tmp_path / "ovms.log"
+    process, grpc_port, rest_port = serve("--config_path", str(model_repo / "config.json"), "--grpc_workers", "2",
+                                          "--metrics_enable", log_path=log)
+    label = (("api", "KServe"), ("interface", "gRPC"), ("method", "ModelInfer"), ("name", "simple"),
+             ("version", "1"))
+    try:
+        wait_ready(rest_port, process)
+        wait_until(lambda: len({line.split("][")[1] for line in log_lines(log, "Server ready")}) == 2,
+                   "both workers ready")
+        a = np.ones((1, 16), np.int32)
+        on_worker0 = on_worker1 = 0
+        for _ in range(24):
+            before = samples(rest_port).get(("ovms_requests_success", label), 0)
+            with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+                inputs = [grpcclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+                for i in inputs:
+                    i.set_data_from_numpy(a)
+                assert client.infer("simple", inputs).as_numpy("OUTPUT0")[0, 0] == 2
+                stats = client.get_inference_statistics("simple", as_json=True)["model_stats"][0]
+                served_here = int(stats["inference_stats"]["success"].get("count", 0))
+            after = samples(rest_port).get(("ovms_requests_success", label), 0)
+            if after == before + 1:
+                on_worker0 += 1
+                assert served_here == on_worker0
+            else:
+                assert after == before, "worker 0's /metrics moved by more than its own request"
+                on_worker1 += 1
+                assert served_here == on_worker1  # worker 1's own count: none of worker 0's requests
+        assert on_worker0 and on_worker1, "the kernel sent every connection to one worker"
+        assert samples(rest_port)[("ovms_requests_success", label)] == on_worker0
+        assert on_worker0 + on_worker1 == 24
+    finally:
+        stop(process)
