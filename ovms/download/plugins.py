@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ovms.download.hubs.base import Plugin
 from ovms.download.hubs.huggingface import HuggingFacePlugin
+from ovms.download.hubs.ollama import OllamaPlugin
 
 NOT_IMPLEMENTED = "not implemented in this service yet"
 
@@ -11,8 +12,7 @@ def default_plugins() -> dict[str, Plugin]:
     plugins: dict[str, Plugin] = {
         "huggingface": HuggingFacePlugin(),
         "openvino": HuggingFacePlugin("openvino", always_ovms=True),
-        "ollama": Plugin("ollama", description="Ollama registry models", available=False,
-                         unavailable_reason=NOT_IMPLEMENTED),
+        "ollama": OllamaPlugin(),
         "ultralytics": Plugin("ultralytics", description="YOLO models exported to OpenVINO", available=False,
                               unavailable_reason=NOT_IMPLEMENTED + " (needs the ultralytics package and its "
                                                                    "asset server)"),

@@ -39,6 +39,7 @@ def service_env(hub: HubImitation | None = None, **extra: str) -> dict[str, str]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "GIT_LFS_", "OVMS_PULL_", "OLLAMA_"))}
     if hub is not None:
         env["HF_ENDPOINT"] = hub.hub_url
+    env["OLLAMA_REGISTRY"] = "http://127.0.0.1:9"  # never the public registry from a test; tests set their own
     env.update(GIT_LFS_RESUME_INTERVAL_SECONDS="0.05", OVMS_PULL_STALL_SECONDS="2",
                OVMS_PULL_SEGMENT_BYTES=str(1 << 20), OVMS_PULL_CONNECTIONS="4", OVMS_PULL_SYNC="0",
                PYTHONUNBUFFERED="1")

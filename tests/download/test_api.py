@@ -110,6 +110,7 @@ def test_plugins_say_what_is_available(service):
     body = service.get("/plugins").json()
     downloaders = {p["name"]: p for p in body["available_plugins"]["downloader"]}
     assert set(downloaders) == {"huggingface", "openvino", "ollama", "ultralytics", "geti", "remote-url"}
+    assert downloaders["ollama"]["available"] is True
     assert downloaders["huggingface"]["available"] is True and downloaders["huggingface"]["unavailable_reason"] is None
     assert downloaders["geti"]["available"] is False and "not implemented" in downloaders["geti"]["unavailable_reason"]
     converters = body["available_plugins"]["converter"]
