@@ -10,22 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-# KServe v2 datatype -> numpy dtype. Fixed-size types are little-endian on the wire (spec: "Tensor Data").
-NUMPY_DTYPE: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "BYTES": np.dtype(object),
-}
+from ovms._native.dtypes import NUMPY_DTYPE, element_count  # noqa: F401 (re-exported)
+
 DATATYPE_OF: dict[np.dtype, str] = {dtype: name for name, dtype in NUMPY_DTYPE.items()}
 DATATYPE_OF[np.dtype(np.bytes_)] = "BYTES"
 
@@ -35,13 +21,6 @@ def datatype_of(array: np.ndarray) -> str:
     if array.dtype.kind in "OSU":
         return "BYTES"
     return DATATYPE_OF[array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype]
-
-
-def element_count(shape: Sequence[int]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
 
 
 @dataclasses.dataclass(slots=True)

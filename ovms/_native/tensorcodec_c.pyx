@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 
 from ovms._native.codec_errors import CodecError
-from ovms.types import NUMPY_DTYPE, element_count
+from ovms._native.dtypes import element_count, numpy_dtype
 from ovms._native import tensorcodec_py as _py
 
 cdef extern from "Python.h":
@@ -93,7 +93,7 @@ def raw_to_array(buffer, str datatype, shape):
         if len(items) != count:
             raise CodecError(f"Expected: {count} BYTES elements; Actual: {len(items)}")
         return _bytes_array(items, shape)
-    dtype = NUMPY_DTYPE[datatype]
+    dtype = numpy_dtype(datatype)
     cdef Py_ssize_t size = memoryview(buffer).nbytes
     if size != count * dtype.itemsize:
         raise CodecError(f"Expected: {count * dtype.itemsize} bytes; Actual: {size} bytes")
@@ -104,7 +104,7 @@ def array_to_raw(array, str datatype):
     """Encode an array as raw wire bytes."""
     if datatype == "BYTES":
         return pack_bytes(array.reshape(-1).tolist())
-    return np.ascontiguousarray(array, dtype=NUMPY_DTYPE[datatype]).tobytes()
+    return np.ascontiguousarray(array, dtype=numpy_dtype(datatype)).tobytes()
 
 
 contents_to_array = _py.contents_to_array
@@ -150,7 +150,7 @@ def json_to_array(data, str datatype, shape):
     if datatype == "BYTES":
         kind = 3
     else:
-        k = NUMPY_DTYPE[datatype].kind
+        k = numpy_dtype(datatype).kind
         kind = 0 if k == "f" else (2 if k == "b" else 1)
     cdef list flat = []
     _flatten(data, flat, kind, datatype)
@@ -160,7 +160,7 @@ def json_to_array(data, str datatype, shape):
     if kind == 3:
         return _bytes_array(flat, shape)
     try:
-        return np.array(flat, dtype=NUMPY_DTYPE[datatype]).reshape(shape)
+        return np.array(flat, dtype=numpy_dtype(datatype)).reshape(shape)
     except OverflowError as exc:
         raise CodecError(f"value out of range for {datatype}: {exc}") from None
 

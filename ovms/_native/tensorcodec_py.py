@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ovms._native.codec_errors import CodecError
-from ovms.types import NUMPY_DTYPE, element_count
+from ovms._native.dtypes import element_count, numpy_dtype
 
 _LENGTH = struct.Struct("<I")
 
@@ -62,7 +62,7 @@ def raw_to_array(buffer: Any, datatype: str, shape: Sequence[int]) -> np.ndarray
         if len(items) != count:
             raise CodecError(f"Expected: {count} BYTES elements; Actual: {len(items)}")
         return _bytes_array(items, shape)
-    dtype = NUMPY_DTYPE[datatype]
+    dtype = numpy_dtype(datatype)
     size = memoryview(buffer).nbytes
     if size != count * dtype.itemsize:
         raise CodecError(f"Expected: {count * dtype.itemsize} bytes; Actual: {size} bytes")
@@ -73,7 +73,7 @@ def array_to_raw(array: np.ndarray, datatype: str) -> bytes:
     """Encode an array as raw wire bytes."""
     if datatype == "BYTES":
         return pack_bytes(array.reshape(-1).tolist())
-    dtype = NUMPY_DTYPE[datatype]
+    dtype = numpy_dtype(datatype)
     return np.ascontiguousarray(array, dtype=dtype).tobytes()
 
 
@@ -82,9 +82,14 @@ def contents_to_array(values: Sequence[Any], datatype: str, shape: Sequence[int]
     count = element_count(shape)
     if len(values) != count:
         raise CodecError(f"Expected: {count} values; Actual: {len(values)}")
-    if datatype == "BYTES":
-        return _bytes_array([bytes(v) for v in values], shape)
-    return np.array(values, dtype=NUMPY_DTYPE[datatype]).reshape(shape)
+    try:
+        if datatype == "BYTES":
+            return _bytes_array([bytes(v) for v in values], shape)
+        return np.array(values, dtype=numpy_dtype(datatype)).reshape(shape)
+    except (TypeError, ValueError, OverflowError) as exc:  # CodecError is a ValueError: kept as it is
+        if isinstance(exc, CodecError):
+            raise
+        raise CodecError(f"{datatype} values could not be read: {exc}") from None
 
 
 def array_to_contents(array: np.ndarray, datatype: str) -> list:
@@ -119,7 +124,7 @@ def json_to_array(data: Any, datatype: str, shape: Sequence[int]) -> np.ndarray:
                 raise CodecError(f"BYTES data must be strings, got {type(value).__name__}")
             items.append(value.encode())
         return _bytes_array(items, shape)
-    kind = NUMPY_DTYPE[datatype].kind
+    kind = numpy_dtype(datatype).kind
     for value in flat:
         if isinstance(value, bool):
             if kind != "b":
@@ -133,7 +138,7 @@ def json_to_array(data: Any, datatype: str, shape: Sequence[int]) -> np.ndarray:
         else:
             raise CodecError(f"{datatype} data must be numbers, got {type(value).__name__}")
     try:
-        return np.array(flat, dtype=NUMPY_DTYPE[datatype]).reshape(shape)
+        return np.array(flat, dtype=numpy_dtype(datatype)).reshape(shape)
     except OverflowError as exc:
         raise CodecError(f"value out of range for {datatype}: {exc}") from None
 

@@ -20,7 +20,7 @@ from ovms._proto.messages import tfs_get_model_status as get_model_status_pb2
 from ovms._proto.messages import tfs_predict as predict_pb2
 from ovms.dataplane import VersionStatus
 from ovms.errors import Kind, ServingError
-from ovms.types import NUMPY_DTYPE, InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec
+from ovms.types import NUMPY_DTYPE, element_count, InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec
 
 _codec = load("tensorcodec")
 
@@ -55,7 +55,8 @@ def tensor_from_proto(name: str, proto: tensor_pb2.TensorProto) -> Tensor:
     """TensorProto -> Tensor; tensor_content stays as the message's bytes until a backend asks."""
     datatype = DATATYPE_OF_DT.get(proto.dtype)
     if datatype is None:
-        raise ServingError(Kind.INVALID_PRECISION, f"Unsupported data type {types_pb2.DataType.Name(proto.dtype)}; "
+        known = types_pb2.DataType.DESCRIPTOR.values_by_number.get(proto.dtype)
+        raise ServingError(Kind.INVALID_PRECISION, f"Unsupported data type {known.name if known else proto.dtype}; "
                                                    f"input name: {name}")
     shape = tuple(d.size for d in proto.tensor_shape.dim)
     if proto.tensor_content:
@@ -63,8 +64,8 @@ def tensor_from_proto(name: str, proto: tensor_pb2.TensorProto) -> Tensor:
     try:
         if datatype == "FP16":
             halves = np.array(proto.half_val, dtype=np.int32)
-            if halves.size != int(np.prod(shape, dtype=np.int64)):
-                raise CodecError(f"Expected: {int(np.prod(shape))} values; Actual: {halves.size}")
+            if halves.size != (count := element_count(shape)):
+                raise CodecError(f"Expected: {count} values; Actual: {halves.size}")
             array = halves.astype("<u2").view("<f2").reshape(shape)
         else:
             array = _codec.contents_to_array(getattr(proto, VAL_FIELD[datatype]), datatype, shape)

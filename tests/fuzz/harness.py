@@ -1,0 +1,347 @@
+"""Generated inputs for the parsers that take bytes from the network, and the rule each must keep.
+
+Every target is fed a mix of random data and mutations of valid requests (field values swapped for other
+types, shapes blown up, bytes flipped, bodies cut short). The rule: a parser either accepts the input or
+refuses it with the error users see (``ServingError``, ``PullError``, ``CodecError``, the protobuf
+``DecodeError``); anything else escaping is a crash. Each input also runs under a time bound (a hang), and
+the two tensor-codec twins must agree on every input.
+
+Used by tests/fuzz/test_fuzz.py (a short run in `make test`) and bench/fuzz.py (the long run).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import signal
+import struct
+import time
+import traceback
+from typing import Any, Callable
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from ovms._native import load
+from ovms._native.codec_errors import CodecError
+from ovms._proto.messages import kserve, tfs_predict
+from ovms.errors import ServingError
+from ovms.protocol import kserve_grpc, kserve_rest, openai, tfs
+from ovms.pull.errors import PullError
+from ovms.pull.hub import parse_tree_page
+from ovms.pull.responses import Verdict, classify
+from ovms.servable import validate_inputs
+from ovms.types import TensorSpec
+
+DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
+             "FP64", "BYTES", "BF16"]
+REFUSALS = (ServingError, PullError, CodecError, DecodeError)
+HANG_SECONDS = 2.0
+
+
+class FakeServable:
+    """Input specs to validate against (validate_inputs reads only ``inputs``)."""
+
+    def __init__(self, specs):
+        self.inputs = specs
+
+
+SPECS = [FakeServable([TensorSpec("INPUT0", "FP32", (1, 16))]),
+         FakeServable([TensorSpec("INPUT0", "INT32", (-1, 16)), TensorSpec("INPUT1", "INT32", (1, 16))]),
+         FakeServable([TensorSpec("text", "BYTES", (-1,))])]
+
+
+# ---- generators ---------------------------------------------------------------------------------------------
+
+def rand_scalar(rng: random.Random):
+    return rng.choice([
+        lambda: rng.randint(-2**70, 2**70), lambda: rng.randint(-3, 40), lambda: rng.random() * 1e6,
+        lambda: float("nan"), lambda: float("inf"), lambda: rng.choice([True, False]), lambda: None,
+        lambda: "".join(rng.choice("ab\u00e9\x00{}[]\"\\") for _ in range(rng.randint(0, 8))),
+        lambda: rng.choice(DATATYPES), lambda: -1, lambda: 2**63, lambda: 1e308 * 10,
+    ])()
+
+
+def rand_json(rng: random.Random, depth: int = 0):
+    roll = rng.random()
+    if depth > 4 or roll < 0.5:
+        return rand_scalar(rng)
+    if roll < 0.75:
+        return [rand_json(rng, depth + 1) for _ in range(rng.randint(0, 5))]
+    keys = ["name", "datatype", "shape", "data", "inputs", "outputs", "parameters", "id", "binary_data_size",
+            "instances", "model", "messages", "role", "content", "max_tokens", "stream", "tools", "type",
+            "path", "size", "oid", "lfs", "x"]
+    return {rng.choice(keys): rand_json(rng, depth + 1) for _ in range(rng.randint(0, 5))}
+
+
+def rand_shape(rng: random.Random) -> list:
+    return rng.choice([
+        lambda: [rng.randint(-2, 5) for _ in range(rng.randint(0, 4))],
+        lambda: [1, 16], lambda: [2**31, 2**31], lambda: [2**62, 4], lambda: [0], lambda: [],
+        lambda: [1, rng.randint(0, 40)], lambda: [-1, 16], lambda: [10**12],
+    ])()
+
+
+def mutate(rng: random.Random, value):
+    """Replace one node of a JSON value with something else (recursively chosen)."""
+    if isinstance(value, dict) and value and rng.random() < 0.7:
+        key = rng.choice(list(value))
+        copy = dict(value)
+        if rng.random() < 0.15:
+            del copy[key]
+        else:
+            copy[key] = mutate(rng, copy[key])
+        return copy
+    if isinstance(value, list) and value and rng.random() < 0.7:
+        copy = list(value)
+        i = rng.randrange(len(copy))
+        copy[i] = mutate(rng, copy[i])
+        if rng.random() < 0.1:
+            copy.append(rand_json(rng))
+        return copy
+    return rng.choice([lambda: rand_json(rng), lambda: rand_shape(rng), lambda: rand_scalar(rng)])()
+
+
+def mutate_bytes(rng: random.Random, data: bytes) -> bytes:
+    data = bytearray(data)
+    for _ in range(rng.randint(1, 6)):
+        op = rng.random()
+        if op < 0.4 and data:
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        elif op < 0.6:
+            data[rng.randint(0, len(data)):rng.randint(0, len(data))] = b""
+        elif op < 0.8:
+            pos = rng.randint(0, len(data))
+            data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        else:
+            data = data[:rng.randint(0, len(data))]
+    return bytes(data)
+
+
+def to_body(document) -> bytes:
+    return json.dumps(document, allow_nan=True).encode()
+
+
+def valid_rest_request(rng: random.Random) -> tuple[dict, bytes | None]:
+    data = np.arange(16, dtype=np.float32).reshape(1, 16)
+    if rng.random() < 0.5:
+        return {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16],
+                            "data": data.ravel().tolist()}], "outputs": [{"name": "OUTPUT0"}]}, None
+    return {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16],
+                        "parameters": {"binary_data_size": 64}}]}, data.tobytes()
+
+
+def valid_grpc_request() -> bytes:
+    request = kserve.ModelInferRequest(model_name="m", id="x")
+    tensor = request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16])
+    if random.random() < 0.5:
+        tensor.contents.fp32_contents.extend(range(16))
+    else:
+        request.raw_input_contents.append(np.arange(16, dtype=np.float32).tobytes())
+    request.outputs.add(name="OUTPUT0")
+    return request.SerializeToString()
+
+
+def valid_tfs_request() -> bytes:
+    request = tfs_predict.PredictRequest()
+    request.model_spec.name = "m"
+    proto = request.inputs["INPUT0"]
+    proto.dtype = 1
+    proto.tensor_shape.dim.add(size=1)
+    proto.tensor_shape.dim.add(size=16)
+    proto.tensor_content = np.arange(16, dtype=np.float32).tobytes()
+    return request.SerializeToString()
+
+
+# ---- targets: each takes (rng) and returns what it checked, raising on a broken rule -------------------------
+
+class Broken(Exception):
+    """A rule other than "refuse cleanly" was broken (twins disagree, a wrong kind of answer)."""
+
+
+def _validate(request) -> None:
+    for servable in SPECS:
+        try:
+            validate_inputs(servable, request)
+        except ServingError:
+            pass
+
+
+def target_codec(rng: random.Random) -> None:
+    """Both tensor-codec twins on the same random input: same result, or both refuse."""
+    pure, native = load("tensorcodec", pure=True), _native_codec()
+    datatype = rng.choice(DATATYPES + ["FP8", "", "int32"])
+    shape = rand_shape(rng)
+    kind = rng.randrange(4)
+    if kind == 0:
+        buffer = bytes(rng.randrange(256) for _ in range(rng.randint(0, 96)))
+        args, name = (buffer, datatype, shape), "raw_to_array"
+    elif kind == 1:
+        buffer = b"".join(struct.pack("<I", rng.choice([0, 1, 3, 2**31, 2**32 - 1])) + b"abc"[:rng.randint(0, 3)]
+                          for _ in range(rng.randint(0, 4)))
+        args, name = (buffer,), "unpack_bytes"
+    elif kind == 2:
+        values = rand_json(rng) if rng.random() < 0.3 else [rand_scalar(rng) for _ in range(rng.randint(0, 20))]
+        args, name = (values if isinstance(values, list) else [values], datatype, shape), "contents_to_array"
+    else:
+        args, name = (rand_json(rng) if rng.random() < 0.5 else mutate(rng, list(range(16))), datatype,
+                      shape), "json_to_array"
+    outcomes = []
+    for codec in filter(None, (pure, native)):
+        try:
+            outcomes.append(("ok", getattr(codec, name)(*args)))
+        except (CodecError, ValueError, OverflowError, TypeError) as exc:
+            # The codec's contract: CodecError for bad data; the callers map ValueError/OverflowError too.
+            if not isinstance(exc, (CodecError, ValueError, OverflowError)):
+                raise
+            outcomes.append(("refused", None))
+    if len(outcomes) == 2:
+        (a, x), (b, y) = outcomes
+        if a != b:
+            raise Broken(f"twins disagree on {name}{args!r:.200}: pure {a}, native {b}")
+        if a == "ok" and not _same(x, y):
+            raise Broken(f"twins give different results for {name}{args!r:.200}")
+
+
+def _same(x, y) -> bool:
+    if isinstance(x, list):
+        return x == y
+    return x.dtype == y.dtype and x.shape == y.shape and (
+        np.array_equal(x, y, equal_nan=x.dtype.kind == "f") if x.dtype != object else x.tolist() == y.tolist())
+
+
+_NATIVE: list = []
+
+
+def _native_codec():
+    if not _NATIVE:
+        try:
+            _NATIVE.append(load("tensorcodec", pure=False))
+        except ImportError:
+            _NATIVE.append(None)
+    return _NATIVE[0]
+
+
+def target_kserve_rest(rng: random.Random) -> None:
+    document, binary = valid_rest_request(rng)
+    roll = rng.random()
+    if roll < 0.6:
+        document = mutate(rng, document)
+    body = to_body(document)
+    header_length = len(body) if binary is not None else None
+    if binary is not None:
+        body += binary if rng.random() < 0.7 else mutate_bytes(rng, binary)
+    if roll > 0.85:
+        body = mutate_bytes(rng, body)
+    if rng.random() < 0.1:
+        header_length = rng.choice([-1, 0, len(body) + 5, rng.randint(0, len(body))])
+    request, _ = kserve_rest.decode_infer_request(body, header_length, "m", None)
+    _validate(request)
+
+
+def target_kserve_grpc(rng: random.Random) -> None:
+    data = valid_grpc_request()
+    if rng.random() < 0.8:
+        data = mutate_bytes(rng, data)
+    message = kserve.ModelInferRequest.FromString(data)
+    request = kserve_grpc.decode_infer_request(message)
+    _validate(request)
+
+
+def target_tfs(rng: random.Random) -> None:
+    if rng.random() < 0.5:
+        data = valid_tfs_request()
+        if rng.random() < 0.8:
+            data = mutate_bytes(rng, data)
+        request = tfs.decode_predict(tfs_predict.PredictRequest.FromString(data))
+    else:
+        document = mutate(rng, {"instances": [{"INPUT0": list(range(16))}]} if rng.random() < 0.5
+                          else {"inputs": {"INPUT0": [list(range(16))]}})
+        request, _ = tfs.decode_rest_predict(document, "m", None, SPECS[0].inputs)
+    _validate(request)
+
+
+def target_openai(rng: random.Random) -> None:
+    chat = rng.random() < 0.6
+    base = ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": False,
+             "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}
+            if chat else {"model": "m", "prompt": "hi", "max_tokens": 5})
+    body = to_body(mutate(rng, base) if rng.random() < 0.9 else rand_json(rng))
+    if rng.random() < 0.1:
+        body = mutate_bytes(rng, body)
+    openai.decode_generate(openai.parse_body(body), chat=chat)
+
+
+def target_pull(rng: random.Random) -> None:
+    if rng.random() < 0.5:
+        entry = {"type": "file", "path": "model.bin", "size": 10, "oid": "a" * 40, "lfs": {"oid": "b" * 64}}
+        page = mutate(rng, [entry, {"type": "directory", "path": "x"}]) if rng.random() < 0.9 else rand_json(rng)
+        body = to_body(page)
+        if rng.random() < 0.1:
+            body = mutate_bytes(rng, body)
+        parse_tree_page(body, "http://hub/api/models/x/tree/sha")
+        return
+    headers = {}
+    for name in ("content-range", "content-length", "location"):
+        if rng.random() < 0.6:
+            headers[name] = rng.choice([f"bytes {rng.randint(-5, 50)}-{rng.randint(-5, 50)}/{rng.randint(0, 60)}",
+                                        "bytes */*", str(rng.randint(-5, 70)), "", "garbage", "\u00e9", "bytes 0-9/*"])
+    verdict = classify(rng.choice([200, 206, 204, 301, 302, 404, 416, 500, 100, 0, 999]), headers,
+                       next_offset=rng.randint(0, 50), segment_end=rng.randint(0, 60), file_size=rng.randint(0, 60),
+                       ranged=rng.random() < 0.5, single_segment=rng.random() < 0.5)
+    if not isinstance(verdict, Verdict):
+        raise Broken(f"classify returned {verdict!r}")
+
+
+TARGETS: dict[str, Callable[[random.Random], None]] = {
+    "codec twins": target_codec, "kserve rest": target_kserve_rest, "kserve grpc": target_kserve_grpc,
+    "tfs": target_tfs, "openai": target_openai, "pull responses": target_pull,
+}
+
+
+@dataclasses.dataclass
+class Report:
+    inputs: int = 0
+    refused: int = 0
+    crashes: list = dataclasses.field(default_factory=list)
+    hangs: list = dataclasses.field(default_factory=list)
+    slowest: float = 0.0
+
+
+class _Hang(BaseException):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Hang()
+
+
+def run(target: str, count: int, seed: int, *, keep: int = 5) -> Report:
+    """Feed ``count`` inputs to ``target``; crashes and hangs are kept (at most ``keep`` each) with their seed."""
+    fn = TARGETS[target]
+    report = Report()
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    try:
+        for i in range(count):
+            rng = random.Random(f"{seed}-{target}-{i}")
+            started = time.perf_counter()
+            signal.setitimer(signal.ITIMER_REAL, HANG_SECONDS)
+            try:
+                fn(rng)
+            except REFUSALS:
+                report.refused += 1
+            except _Hang:
+                if len(report.hangs) < keep:
+                    report.hangs.append(f"input {seed}-{target}-{i}: over {HANG_SECONDS} s")
+            except Exception:
+                if len(report.crashes) < keep:
+                    report.crashes.append(f"input {seed}-{target}-{i}:\n{traceback.format_exc(limit=6)}")
+                else:
+                    report.crashes.append("...")
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            report.slowest = max(report.slowest, time.perf_counter() - started)
+            report.inputs += 1
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    return report
