@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--model_repository_cache", default="",
                         help="where models from s3://, gs:// and az:// repositories are downloaded (kept across "
                              "restarts); default: a temporary directory removed at exit")
+    server.add_argument("--model_download_api", action="store_true",
+                        help="serve the model download API (/api/v1, as python -m ovms.download) on the REST port, "
+                             "downloading into --model_repository_path or the config file's directory")
     server.add_argument("--metrics_enable", action="store_true", help="serve Prometheus metrics on /metrics")
     server.add_argument("--metrics_list", default="", help="comma-separated metric families to enable")
     model = parser.add_argument_group("model (single-model mode; exclusive with --config_path)")
@@ -248,6 +251,20 @@ def serve(args: argparse.Namespace) -> int:
                               poll_seconds=max(0, args.file_system_poll_wait_seconds), metrics_families=families,
                               openai=openai, cache_dir=args.cache_dir or None,
                               repository_cache=args.model_repository_cache or None)
+    if args.model_download_api:
+        if not args.rest_port:
+            print("--model_download_api needs --rest_port", file=sys.stderr)
+            return EX_USAGE
+        models_dir = getattr(args, "model_repository_path", None) or (
+            str(pathlib.Path(args.config_path).parent) if args.config_path and "://" not in args.config_path else "")
+        if not models_dir:
+            print("--model_download_api needs --model_repository_path or a local --config_path", file=sys.stderr)
+            return EX_USAGE
+        from ovms.download.routes import add_routes
+        from ovms.download.service import DownloadService
+        from ovms.transport import rest_server
+
+        rest_server.EXTRA_ROUTES.append(lambda app: add_routes(app, DownloadService(pathlib.Path(models_dir))))
     try:
         import uvloop
         runner = uvloop.run

@@ -20,6 +20,9 @@ from ovms.transport import openai_rest
 log = logging.getLogger("ovms.rest")
 
 DATAPLANE = web.AppKey("dataplane", DataPlane)
+# Route sets the composition root adds to the REST application (ovms/cli.py: the model download API with
+# --model_download_api); each is called with the app once it has the serving routes.
+EXTRA_ROUTES: list = []
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_BODY_BYTES = 1 << 30
 
@@ -202,4 +205,6 @@ def create_app(dataplane: DataPlane) -> web.Application:
         add("GET", base + "/metadata", tfs_metadata)
         add("POST", base + ":predict", tfs_predict)
     openai_rest.add_routes(app, dataplane)
+    for mount in EXTRA_ROUTES:
+        mount(app)
     return app
