@@ -29,6 +29,10 @@ NUMPY_DTYPE: dict[str, np.dtype] = {
     "BYTES": np.dtype(object),
 }
 
+# JSON "data" nested deeper than this is refused (a tensor has a handful of dimensions; deep nesting only
+# costs stack: Python's recursion limit is 1000).
+MAX_DATA_DEPTH = 64
+
 # No tensor has more elements: 2^40 (a terabyte of UINT8); larger counts overflow the native code's sizes.
 MAX_ELEMENTS = 1 << 40
 

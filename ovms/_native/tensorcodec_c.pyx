@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 
 from ovms._native.codec_errors import CodecError
-from ovms._native.dtypes import element_count, numpy_dtype
+from ovms._native.dtypes import MAX_DATA_DEPTH, element_count, numpy_dtype
 from ovms._native import tensorcodec_py as _py
 
 cdef extern from "Python.h":
@@ -111,12 +111,14 @@ contents_to_array = _py.contents_to_array
 array_to_contents = _py.array_to_contents
 
 
-cdef Py_ssize_t _flatten(object data, list out, int kind, str name) except -1:
+cdef Py_ssize_t _flatten(object data, list out, int kind, str name, int depth) except -1:
     # kind: 0 float, 1 int, 2 bool, 3 bytes; checks each leaf as the pure twin does.
     cdef object item
+    if depth > MAX_DATA_DEPTH:
+        raise CodecError(f"data is nested deeper than {MAX_DATA_DEPTH} levels")
     for item in data:
         if type(item) is list:
-            _flatten(item, out, kind, name)
+            _flatten(item, out, kind, name, depth + 1)
             continue
         if kind == 3:
             if type(item) is not str:
@@ -133,7 +135,7 @@ cdef Py_ssize_t _flatten(object data, list out, int kind, str name) except -1:
             if kind != 0:
                 raise CodecError(f"{name} data must be integers, got {item!r}")
         elif isinstance(item, list):
-            _flatten(item, out, kind, name)
+            _flatten(item, out, kind, name, depth + 1)
             continue
         else:
             raise CodecError(f"{name} data must be numbers, got {type(item).__name__}")
@@ -153,7 +155,7 @@ def json_to_array(data, str datatype, shape):
         k = numpy_dtype(datatype).kind
         kind = 0 if k == "f" else (2 if k == "b" else 1)
     cdef list flat = []
-    _flatten(data, flat, kind, datatype)
+    _flatten(data, flat, kind, datatype, 1)
     cdef Py_ssize_t count = element_count(shape)
     if len(flat) != count:
         raise CodecError(f"Expected: {count} values; Actual: {len(flat)}")

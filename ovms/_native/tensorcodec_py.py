@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ovms._native.codec_errors import CodecError
-from ovms._native.dtypes import element_count, numpy_dtype
+from ovms._native.dtypes import MAX_DATA_DEPTH, element_count, numpy_dtype
 
 _LENGTH = struct.Struct("<I")
 
@@ -100,10 +100,12 @@ def array_to_contents(array: np.ndarray, datatype: str) -> list:
     return flat.tolist()
 
 
-def _flatten(data: Any, out: list) -> None:
+def _flatten(data: Any, out: list, depth: int = 1) -> None:
+    if depth > MAX_DATA_DEPTH:
+        raise CodecError(f"data is nested deeper than {MAX_DATA_DEPTH} levels")
     for item in data:
         if isinstance(item, list):
-            _flatten(item, out)
+            _flatten(item, out, depth + 1)
         else:
             out.append(item)
 

@@ -30,6 +30,8 @@ def parse_json(body) -> object:
             return json.loads(bytes(body))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ServingError(Kind.JSON_INVALID, f"request body is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise ServingError(Kind.JSON_INVALID, "request body is nested too deeply to parse") from None
 
 
 def _bad(details: str) -> ServingError:

@@ -39,6 +39,8 @@ def parse_body(body: bytes) -> dict:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ServingError(Kind.OPENAI_JSON_INVALID, f"request body: {exc}") from None
+    except RecursionError:
+        raise ServingError(Kind.OPENAI_JSON_INVALID, "request body: nested too deeply to parse") from None
     if not isinstance(document, dict):
         raise ServingError(Kind.OPENAI_JSON_INVALID, "request body must be a JSON object")
     return document

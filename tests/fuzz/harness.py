@@ -118,8 +118,14 @@ def mutate_bytes(rng: random.Random, data: bytes) -> bytes:
     return bytes(data)
 
 
-def to_body(document) -> bytes:
-    return json.dumps(document, allow_nan=True).encode()
+def to_body(document, rng: random.Random | None = None) -> bytes:
+    """JSON text of ``document``; sometimes one value is swapped for a list nested hundreds to thousands deep."""
+    body = json.dumps(document, allow_nan=True).encode()
+    if rng is not None and rng.random() < 0.03:
+        depth = rng.choice([63, 65, 999, 1025, 5000])
+        deep = b"[" * depth + b"1" + b"]" * depth
+        body = body.replace(b"[", deep[:-1] + b",", 1) if rng.random() < 0.5 else deep
+    return body
 
 
 def valid_rest_request(rng: random.Random) -> tuple[dict, bytes | None]:
@@ -227,7 +233,7 @@ def target_kserve_rest(rng: random.Random) -> None:
     roll = rng.random()
     if roll < 0.6:
         document = mutate(rng, document)
-    body = to_body(document)
+    body = to_body(document, rng)
     header_length = len(body) if binary is not None else None
     if binary is not None:
         body += binary if rng.random() < 0.7 else mutate_bytes(rng, binary)
@@ -266,7 +272,7 @@ def target_openai(rng: random.Random) -> None:
     base = ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": False,
              "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}
             if chat else {"model": "m", "prompt": "hi", "max_tokens": 5})
-    body = to_body(mutate(rng, base) if rng.random() < 0.9 else rand_json(rng))
+    body = to_body(mutate(rng, base) if rng.random() < 0.9 else rand_json(rng), rng)
     if rng.random() < 0.1:
         body = mutate_bytes(rng, body)
     openai.decode_generate(openai.parse_body(body), chat=chat)

@@ -62,3 +62,23 @@ def test_server_still_serves_after_fuzz(server):
         "/inference.GRPCInferenceService/ServerLive", request_serializer=pb.ServerLiveRequest.SerializeToString,
         response_deserializer=pb.ServerLiveResponse.FromString)
     assert stub(pb.ServerLiveRequest(), timeout=10).live
+
+
+def test_deeply_nested_json_is_a_clear_400(server):
+    """Nesting costs stack, not bytes: a 5,000-deep body (about 10 KB) and a 100-deep "data" are refused with a
+    message, where they used to reach Python's recursion limit (an internal error)."""
+    deep = b"[" * 5000 + b"1" + b"]" * 5000
+    request = urllib.request.Request(f"http://{server.rest_url}/v2/models/dummy/infer", data=deep, method="POST")
+    try:
+        urllib.request.urlopen(request, timeout=30)
+        raise AssertionError("accepted")
+    except urllib.error.HTTPError as error:
+        assert error.code == 400 and "nested too deeply" in json.loads(error.read())["error"]
+    data = "[" * 100 + "1" + "]" * 100
+    body = f'{{"inputs":[{{"name":"b","datatype":"FP32","shape":[1],"data":{data}}}]}}'.encode()
+    request = urllib.request.Request(f"http://{server.rest_url}/v2/models/dummy/infer", data=body, method="POST")
+    try:
+        urllib.request.urlopen(request, timeout=30)
+        raise AssertionError("accepted")
+    except urllib.error.HTTPError as error:
+        assert error.code == 400 and "nested deeper than 64 levels" in json.loads(error.read())["error"]
