@@ -132,3 +132,18 @@ def test_progress_as_server_sent_events(hub, service):
     # A finished job's stream is its record, then the end.
     with requests.get(f"{service.url}/jobs/{job_id}/events", timeout=10) as r:
         assert r.text.count("event: progress") == 1 and r.text.rstrip().endswith('data: {"status": "completed"}')
+
+
+def test_parallel_downloads_false_runs_the_request_in_order(hub, service):
+    slow_repo(hub, "OpenVINO/first-ov", size=2 << 20)
+    slow_repo(hub, "OpenVINO/second-ov", size=1 << 20)
+    ids = service.download([{"name": "OpenVINO/first-ov", "hub": "huggingface"},
+                            {"name": "OpenVINO/second-ov", "hub": "huggingface"}]).json()["job_ids"]
+    wait_progress(service, ids[0], 0.05)
+    assert service.job(ids[1])["status"] == "queued"
+    first, second = service.wait(ids[0]), service.wait(ids[1])
+    assert first["status"] == second["status"] == "completed"
+    first_done = max(i for i, r in enumerate(hub.requests) if "/cdn/" in r["path"] and r["path"].endswith(
+        hub.repos["OpenVINO/first-ov"].files["openvino_model.bin"].sha256))
+    second_start = min(i for i, r in enumerate(hub.requests) if "second-ov" in r["path"])
+    assert second_start > first_done, "the second model was not asked for before the first one's bytes"
