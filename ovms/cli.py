@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--rest_bind_address", default="0.0.0.0", help="address REST listens on")
     server.add_argument("--grpc_workers", type=int, default=1, help="gRPC server instances (1 to CPU count)")
     server.add_argument("--rest_workers", type=int, default=None, help="REST worker count (2 to 10000)")
+    server.add_argument("--grpc_channel_arguments", default="",
+                        help="gRPC server arguments, comma separated, e.g. grpc.max_concurrent_streams=64,"
+                             "grpc.max_connection_age_ms=60000")
     server.add_argument("--log_level", default=os.environ.get("LOG_LEVEL", "INFO"),
                         help="TRACE, DEBUG, INFO, WARNING or ERROR (env LOG_LEVEL)")
     server.add_argument("--log_path", default=os.environ.get("LOG_PATH"), help="log file (env LOG_PATH)")
@@ -130,6 +133,7 @@ def validate(args: argparse.Namespace) -> None:
     cores = os.cpu_count() or 1
     if not 0 <= args.drain_timeout_seconds <= 24 * 3600:
         raise UsageError("drain_timeout_seconds should be from 0 to 86400")
+    parse_channel_arguments(args.grpc_channel_arguments)
     if not 1 <= args.grpc_workers <= cores:
         raise UsageError(f"grpc_workers count should be from 1 to CPU core count : {cores}")
     if args.rest_workers is not None:
@@ -150,6 +154,19 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError("port and rest_port cannot have the same values")
     if args.log_level not in ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR"):
         raise UsageError("log_level should be one of: TRACE, DEBUG, INFO, WARNING, ERROR")
+
+
+def parse_channel_arguments(text: str) -> tuple[tuple[str, object], ...]:
+    """``grpc.x=1,grpc.y=text`` as gRPC server options (integers where the value is one)."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip().startswith("grpc.") or not value.strip():
+            raise UsageError(f"grpc_channel_arguments: {item!r} is not name=value with a grpc.* name, e.g. "
+                             "grpc.max_concurrent_streams=64")
+        value = value.strip()
+        pairs.append((name.strip(), int(value) if value.lstrip("-").isdigit() else value))
+    return tuple(pairs)
 
 
 def single_model(args: argparse.Namespace):
@@ -250,6 +267,7 @@ def serve(args: argparse.Namespace) -> int:
                               grpc_workers=args.grpc_workers, rest_workers=args.rest_workers,
                               poll_seconds=max(0, args.file_system_poll_wait_seconds), metrics_families=families,
                               openai=openai, cache_dir=args.cache_dir or None,
+                              grpc_channel_arguments=parse_channel_arguments(args.grpc_channel_arguments),
                               repository_cache=args.model_repository_cache or None)
     if args.model_download_api:
         if not args.rest_port:

@@ -37,6 +37,7 @@ class ServerSettings:
     openai: object = None  # ovms.transport.openai_rest.OpenAISettings (API key, CORS) or None for defaults
     cache_dir: str | None = None  # --cache_dir: OpenVINO's compiled-model cache
     repository_cache: str | None = None  # --model_repository_cache: local copies of s3:// gs:// az:// models
+    grpc_channel_arguments: tuple = ()  # --grpc_channel_arguments: (name, value) gRPC server options
 
 
 def _load_servable(config: ModelConfig, version: int):
@@ -81,7 +82,8 @@ class Server:
     async def start(self) -> None:
         s = self.settings
         if s.grpc_port is not None:
-            self._grpc = grpc_server.create_server(self.dataplane, reuse_port=s.reuse_port)
+            self._grpc = grpc_server.create_server(self.dataplane, reuse_port=s.reuse_port,
+                                                   channel_arguments=s.grpc_channel_arguments)
             self.grpc_port = self._grpc.add_insecure_port(f"{s.grpc_bind_address}:{s.grpc_port}")
             if self.grpc_port == 0:
                 raise OSError(f"cannot listen for gRPC on {s.grpc_bind_address}:{s.grpc_port}: the address is in "

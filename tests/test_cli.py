@@ -41,6 +41,10 @@ def run_ovms(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     (["--model_name", "m", "--model_path", "/x", "--port", "1", "--metrics_enable"],
      "rest_port setting is missing, metrics are enabled on rest port"),
     (["--no_such_flag"], "error parsing options: unrecognized arguments: --no_such_flag"),
+    (["--model_name", "m", "--model_path", "/x", "--port", "1", "--grpc_channel_arguments", "max_streams=2"],
+     "grpc_channel_arguments: 'max_streams=2' is not name=value with a grpc.* name"),
+    (["--model_name", "m", "--model_path", "/x", "--port", "1", "--drain_timeout_seconds", "-1"],
+     "drain_timeout_seconds should be from 0 to 86400"),
 ])
 def test_usage_errors_exit_64(args, message):
     result = run_ovms(*args)

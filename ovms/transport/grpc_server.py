@@ -25,6 +25,7 @@ KSERVE_SERVICE = "inference.GRPCInferenceService"
 TFS_PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 TFS_MODEL_SERVICE = "tensorflow.serving.ModelService"
 STREAM_WINDOW = 64  # requests of one ModelStreamInfer stream in flight at once
+MAX_CONCURRENT_STREAMS = 256  # calls in flight per client connection (grpc.max_concurrent_streams)
 # Answered while the server drains (probes and status); every other call is refused then, and counted until done.
 STATUS_METHODS = {"ServerLive", "ServerReady", "ModelReady", "GetModelStatus"}
 
@@ -265,13 +266,22 @@ def _handlers(servicer, service_descriptor, messages) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(service_descriptor.full_name, methods)
 
 
-def create_server(dataplane: DataPlane, *, reuse_port: bool = False) -> grpc.aio.Server:
-    """A grpc.aio server with the KServe service, health checking and reflection registered."""
-    server = grpc.aio.server(options=[
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.so_reuseport", 1 if reuse_port else 0),
-    ])
+def create_server(dataplane: DataPlane, *, reuse_port: bool = False,
+                  channel_arguments: tuple[tuple[str, object], ...] = ()) -> grpc.aio.Server:
+    """A grpc.aio server with the KServe service, health checking and reflection registered.
+
+    ``channel_arguments`` (``--grpc_channel_arguments``) override the defaults below, as in OVMS.
+    """
+    options = {
+        "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+        "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+        "grpc.so_reuseport": 1 if reuse_port else 0,
+        # One connection may not run more calls than this at once; further streams wait for a slot (HTTP/2
+        # SETTINGS_MAX_CONCURRENT_STREAMS) instead of each taking memory and a task in this process.
+        "grpc.max_concurrent_streams": MAX_CONCURRENT_STREAMS,
+    }
+    options.update(channel_arguments)
+    server = grpc.aio.server(options=list(options.items()))
     server.add_generic_rpc_handlers((
         _handlers(InferenceServicer(dataplane), pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], pb),
         _handlers(PredictionServicer(dataplane),
