@@ -46,6 +46,15 @@ def json_body(data: np.ndarray) -> bytes:
                                    "data": [round(float(v), 3) for v in data.ravel()]}]}).encode()
 
 
+def binary_body(data: np.ndarray) -> tuple[bytes, int]:
+    """A KServe REST body with the binary-data extension (JSON header, then the raw tensor; output binary too),
+    and the header's length for Inference-Header-Content-Length."""
+    header = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": list(data.shape),
+                                     "parameters": {"binary_data_size": data.nbytes}}],
+                         "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": True}}]}).encode()
+    return header + data.astype("<f4").tobytes(), len(header)
+
+
 def sample(shape: list[int]) -> np.ndarray:
     return np.random.default_rng(0).random(shape, dtype=np.float32)  # non-negative: ovms' model is Relu
 
@@ -140,10 +149,22 @@ wrk.headers["Content-Type"] = "application/json"
 '''
 
 
+WRK_BINARY_LUA = '''\
+local f = assert(io.open("{body}", "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/octet-stream"
+wrk.headers["Inference-Header-Content-Length"] = "{header_length}"
+'''
+
+
 def run_wrk(server: Server, model: str, body_file: pathlib.Path, concurrency: int, *,
-            seconds: int, workdir: pathlib.Path) -> Result:
-    script = workdir / "post_body.lua"
-    script.write_text(WRK_LUA.format(body=body_file))
+            seconds: int, workdir: pathlib.Path, header_length: int | None = None) -> Result:
+    """wrk posting ``body_file``: KServe JSON, or with ``header_length`` the binary-data extension."""
+    script = workdir / f"post_body_{model}_{'bin' if header_length is not None else 'json'}.lua"
+    script.write_text(WRK_LUA.format(body=body_file) if header_length is None
+                      else WRK_BINARY_LUA.format(body=body_file, header_length=header_length))
     url = f"{server.http_url}/v2/models/{model}/infer"
     cmd = ["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{seconds}s", "--timeout", "10s", "--latency",
            "-s", str(script), url]

@@ -12,7 +12,8 @@ Clients, none written here:
           It asks the server for Triton's ModelConfig, which MLServer does not have ("Method not found"), so
           MLServer gets no pa number; over HTTP it also needs GET /v2/models/<m>/stats.
   h2load  (gRPC) replays one pre-encoded ModelInferRequest frame, -m 1 per connection: all three servers.
-  wrk     (HTTP) posts one pre-encoded KServe JSON body (MLServer has no binary extension): all three servers.
+  wrk     (HTTP) posts one pre-encoded KServe JSON body: all three servers; (httpbin) the same tensor with the
+          binary-data extension in and out: ovms and Triton (MLServer has no binary extension).
 
 Peers come from bench/.venv-peers (run bench/setup_peers.sh once). Every process started here is stopped on exit,
 Ctrl+C or error; every wait is bounded.
@@ -34,12 +35,12 @@ import sys
 import tempfile
 import time
 
-from bench_clients import (Result, check_grpc_frame, json_body, model_infer_frame, perf_analyzer_binary,
-                           run_h2load, run_perf_analyzer, run_wrk, sample)
+from bench_clients import (Result, binary_body, check_grpc_frame, json_body, model_infer_frame,
+                           perf_analyzer_binary, run_h2load, run_perf_analyzer, run_wrk, sample)
 from bench_servers import PEERS_PYTHON, SERVER_CLASSES, WORKLOADS, Server, Triton, http_status, wait_all_idle
 
 BENCH = pathlib.Path(__file__).resolve().parent
-PROTOCOLS = ("grpc", "http")
+PROTOCOLS = ("grpc", "http", "httpbin")
 CONCURRENCY = (1, 8, 32)
 SERVERS = ("ovms", "triton", "mlserver")
 
@@ -62,7 +63,7 @@ def ratio(a: Result | None, b: Result | None) -> str:
 
 def table(points, results, servers, clients) -> str:
     """results[(model, protocol, concurrency, client, server)] -> Result (median over passes)."""
-    load = {"grpc": "h2load", "http": "wrk JSON"}
+    load = {"grpc": "h2load", "http": "wrk JSON", "httpbin": "wrk binary"}
     both = {"ovms", "triton"} <= set(servers)
     columns = []  # (header, cell(model, protocol, c))
     for client in clients:
@@ -109,7 +110,7 @@ def parse_only(tokens: list[str]):
         elif tok in ("pa", "load"):
             kinds.setdefault("client", set()).add(tok)
         else:
-            raise SystemExit(f"--only: unknown token {tok!r} (use grpc|http, c1|c8|c32, "
+            raise SystemExit(f"--only: unknown token {tok!r} (use grpc|http|httpbin, c1|c8|c32, "
                              f"{'|'.join(WORKLOADS)}, pa|load)")
     return kinds
 
@@ -175,7 +176,9 @@ def main(argv=None) -> int:
             frame.write_bytes(model_infer_frame(model, data))
             body = workdir / f"{model}.json"
             body.write_bytes(json_body(data))
-            payloads[model] = (frame, body, data.nbytes)
+            binary, header_length = binary_body(data)
+            (workdir / f"{model}.bin").write_bytes(binary)
+            payloads[model] = (frame, body, data.nbytes, workdir / f"{model}.bin", header_length)
         by_name = {}
         for name in servers:
             server = Triton(workdir, instances=args.triton_instances) if name == "triton" \
@@ -189,7 +192,7 @@ def main(argv=None) -> int:
             print(f"  {name} ready in {time.monotonic() - t0:.1f}s", file=sys.stderr)
             by_name[name] = server
         for name, server in by_name.items():
-            for model, (frame, body, nbytes) in payloads.items():
+            for model, (frame, body, nbytes, _, _) in payloads.items():
                 check_grpc_frame(server.grpc_port, frame.read_bytes(), nbytes)
                 status = http_status(f"{server.http_url}/v2/models/{model}/infer", body=body.read_bytes(),
                                      headers={"Content-Type": "application/json"}, timeout=30)
@@ -198,13 +201,15 @@ def main(argv=None) -> int:
 
         for pass_no in range(args.passes):
             for model, protocol, c in points:
-                frame, body, _ = payloads[model]
+                frame, body, _, binary, header_length = payloads[model]
                 for client in clients:
                     # Alternate the server order each pass so no server always runs right after another.
                     order = servers if pass_no % 2 == 0 else servers[::-1]
                     for name in order:
-                        if client == "pa" and name == "mlserver":
-                            continue  # no ModelConfig RPC: perf_analyzer cannot drive MLServer
+                        if name == "mlserver" and (client == "pa" or protocol == "httpbin"):
+                            continue  # no ModelConfig RPC (perf_analyzer), no binary extension
+                        if client == "pa" and protocol == "httpbin":
+                            continue  # perf_analyzer's HTTP already sends binary tensors: the http row
                         server = by_name[name]
                         waited = wait_all_idle(by_name.values(), timeout=args.idle_timeout)
                         cpu0, t0 = server.cpu_seconds(), time.monotonic()
@@ -214,6 +219,9 @@ def main(argv=None) -> int:
                                                   workdir=workdir)
                         elif protocol == "grpc":
                             r = run_h2load(server, model, frame, c, seconds=args.seconds, workdir=workdir)
+                        elif protocol == "httpbin":
+                            r = run_wrk(server, model, binary, c, seconds=args.seconds, workdir=workdir,
+                                        header_length=header_length)
                         else:
                             r = run_wrk(server, model, body, c, seconds=args.seconds, workdir=workdir)
                         if server.proc.poll() is not None:

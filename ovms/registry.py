@@ -284,7 +284,9 @@ class Registry:
 
     @staticmethod
     def _set_model_error(model: Model, error: str) -> None:
-        if model.error != error:
+        # A remote model's copy is missing only when its bucket could not be read: the management layer has
+        # logged that error with its cause, so it is not logged twice.
+        if model.error != error and model.config.source_url is None:
             log.error("model %s: %s", model.name, error)
         model.error = error
 
