@@ -52,20 +52,19 @@ def mapped_errors(method, message_module=pb):
     """
     name = {"HandleReloadConfigRequest": "ReloadConfig"}.get(method.__name__, method.__name__)
     message_type = getattr(message_module, name + "Request")
-    if method.__name__ in STATUS_METHODS:
-        counted = method
-    else:
-        async def counted(self, request, context):
-            self.dp.drain.enter()  # refused while the server drains
-            try:
-                return await method(self, request, context)
-            finally:
-                self.dp.drain.leave()
+    counted = method.__name__ not in STATUS_METHODS  # others are refused while draining, and counted
 
     @functools.wraps(method)
     async def wrapper(self, request, context):
+        drain = self.dp.drain
         try:
-            return await counted(self, _parse(message_type, request), context)
+            if counted:
+                drain.enter()
+                try:
+                    return await method(self, _parse(message_type, request), context)
+                finally:
+                    drain.leave()
+            return await method(self, _parse(message_type, request), context)
         except ServingError as exc:
             error = exc
             if log.isEnabledFor(logging.DEBUG):

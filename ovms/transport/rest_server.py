@@ -27,14 +27,27 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_BODY_BYTES = 1 << 30
 
 
+# Answered while the server drains (probes, metrics, status); every other request is refused then.
+STATUS_PATHS = ("/v2/health/", "/metrics", "/v1/config")
+
+
 def _error_response(error: ServingError) -> web.Response:
     return web.json_response({"error": error.message}, status=error.http_status)
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler):
+    """OVMS's error bodies for every failure; and the drain: requests other than probes, metrics and status are
+    counted until answered (an SSE stream until its last event) and refused while the server drains."""
     try:
-        return await handler(request)
+        if request.path.startswith(STATUS_PATHS):
+            return await handler(request)
+        drain = request.app[DATAPLANE].drain
+        drain.enter()
+        try:
+            return await handler(request)
+        finally:
+            drain.leave()
     except ServingError as exc:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("request %s: %s %s refused: %s", uuid.uuid4().hex[:12], request.method, request.path,
@@ -52,23 +65,6 @@ async def error_middleware(request: web.Request, handler):
         request_id = uuid.uuid4().hex[:12]
         log.exception("request %s: %s %s failed unexpectedly", request_id, request.method, request.path)
         return _error_response(ServingError(Kind.INTERNAL_ERROR, f"request id {request_id}; see the server log"))
-
-
-# Answered while the server drains (probes, metrics, status); every other request is refused then, and counted
-# until its response (an SSE stream: its last event) is written.
-STATUS_PATHS = ("/v2/health/", "/metrics", "/v1/config")
-
-
-@web.middleware
-async def drain_middleware(request: web.Request, handler):
-    if request.path.startswith(STATUS_PATHS):
-        return await handler(request)
-    drain = request.app[DATAPLANE].drain
-    drain.enter()
-    try:
-        return await handler(request)
-    finally:
-        drain.leave()
 
 
 def _version(request: web.Request) -> int | None:
@@ -183,7 +179,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def create_app(dataplane: DataPlane) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, drain_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     app[DATAPLANE] = dataplane
     add = app.router.add_route
     add("GET", "/v2/health/live", live)
