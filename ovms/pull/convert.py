@@ -30,7 +30,11 @@ def export_command(source_model: str, target: pathlib.Path, task: str, weight_fo
         cmd.append("--trust-remote-code")
     cmd += ["--weight-format", weight_format]
     if task == "embeddings":
-        cmd += ["--task", "feature-extraction", "--library", "sentence_transformers"]
+        # OVMS passes --library sentence_transformers; that IR has two outputs (token_embeddings,
+        # sentence_embedding) and openvino_genai 2026.4's TextEmbeddingPipeline refuses it ("Model must have
+        # exactly one output, got 2"). The transformers export has one (last_hidden_state); the graph's
+        # pooling/normalize options then do what the sentence-transformers head did (tests/pull/test_real_export.py).
+        cmd += ["--task", "feature-extraction", "--library", "transformers"]
     elif task == "rerank":
         cmd += ["--task", "text-classification"]
     if extra_quantization_params:

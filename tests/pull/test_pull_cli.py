@@ -381,7 +381,8 @@ def fake_tools(bin_dir, calls) -> None:
         script.chmod(script.stat().st_mode | stat.S_IEXEC)
 
 
-# Expected command lines: OVMS src/pull_module/optimum_export.cpp (getTextGenCmd overloads per graph kind).
+# Expected command lines: OVMS src/pull_module/optimum_export.cpp (getTextGenCmd overloads per graph kind), but
+# embeddings export with --library transformers (see ovms/pull/convert.py; test_real_export.py runs the real tool).
 @pytest.mark.parametrize("task,config,flags,export_args,parsed,calls_tokenizer,calculator", [
     ("text_generation", {"architectures": ["LlamaForCausalLM"]},
      ["--weight-format", "int4", "--extra_quantization_params", "--sym --group-size -1"],
@@ -391,8 +392,8 @@ def fake_tools(bin_dir, calls) -> None:
      True, "HttpLLMCalculator"),
     ("embeddings", {"architectures": ["BertModel"]}, ["--task", "embeddings", "--weight-format", "fp16"],
      ["--disable-convert-tokenizer", "--model", "{src}", "--trust-remote-code", "--weight-format", "fp16",
-      "--task", "feature-extraction", "--library", "sentence_transformers"],
-     {"weight_format": "fp16", "task": "feature-extraction", "library": "sentence_transformers",
+      "--task", "feature-extraction", "--library", "transformers"],
+     {"weight_format": "fp16", "task": "feature-extraction", "library": "transformers",
       "trust_remote_code": True, "disable_convert_tokenizer": True},
      True, "EmbeddingsCalculatorOV"),
     ("rerank", {"architectures": ["BertForSequenceClassification"]}, ["--task", "rerank", "--weight-format", "int8"],
