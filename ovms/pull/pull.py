@@ -116,6 +116,7 @@ def _download(paths: ModelPaths, settings: PullSettings, hub: HubClient, revisio
               progress_stream, on_progress=None) -> PullResult:
     model_dir = paths.model_dir
     model_dir.mkdir(parents=True, exist_ok=True)
+    state.remove_stale_temporaries([paths.record])  # a run killed while writing the record
     total = sum(f.size for f in files)
     log.info("Pulling %s@%s (commit %s): %d files, %.1f MiB to %s", paths.source_model, revision, commit[:12],
              len(files), total / 2**20, model_dir)

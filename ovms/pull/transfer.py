@@ -119,6 +119,8 @@ class Downloader:
     def run(self, jobs: list[FileJob]) -> None:
         self.jobs = jobs
         try:
+            for stale in state.remove_stale_temporaries([state.sidecar_path(job.final) for job in jobs]):
+                log.debug("Removed %s, left by a run killed while it recorded progress", stale)
             for job in jobs:
                 self._begin(job)
             self._loop()
@@ -199,6 +201,8 @@ class Downloader:
             if problem is None:
                 self.progress.update(job.remote.size)
                 job.phase = "done"
+                # A run killed between the rename and the sidecar's removal left the sidecar behind.
+                state.discard_partial(job.final)
                 log.debug("%s already on disk and verified", job.remote.path)
                 return
             log.warning("%s on disk does not match the hub (%s); downloading it again", job.remote.path, problem)
