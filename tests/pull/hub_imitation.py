@@ -13,7 +13,9 @@ The hub listens on ``http://127.0.0.1:<port>`` and redirects LFS downloads to th
 - ``GET /cdn/{sha256}``: the bytes, honouring one ``Range``
 
 Errors carry ``X-Error-Code`` like the real hub (``RepoNotFound`` 401, ``GatedRepo`` 401/403,
-``RevisionNotFound``/``EntryNotFound`` 404). Faults are set per file path with :class:`Faults`.
+``RevisionNotFound``/``EntryNotFound`` 404). Faults are set per file path with :class:`Faults`. Every request
+is kept in ``requests`` with the body bytes it was sent and when it started and ended
+(``bench/pull_kill_resume.py`` counts from them what a killed and resumed pull fetched twice).
 
 Run standalone (for the benchmark) with ``python -m tests.pull.hub_imitation --spec spec.json``: it prints one
 JSON line ``{"endpoint": ...}`` when ready and serves until stdin closes.
@@ -182,10 +184,15 @@ class HubImitation:
         return [r for r in self.requests if r["path"].endswith(path_suffix)]
 
     # ---- HTTP ------------------------------------------------------------------------------------------
-    def _record(self, origin: str, request: web.Request) -> None:
-        self.requests.append({"origin": origin, "method": request.method, "path": request.path,
-                              "range": request.headers.get("Range"),
-                              "auth": request.headers.get("Authorization")})
+    def _record(self, origin: str, request: web.Request) -> dict:
+        # "sent": body bytes handed to the transport so far (None when aiohttp sends the file with sendfile, the
+        # unthrottled fast path); "offset": where the body starts in the file; "started"/"ended": time.monotonic()
+        # when the request arrived and when its handler returned (None while it runs).
+        record = {"origin": origin, "method": request.method, "path": request.path,
+                  "range": request.headers.get("Range"), "auth": request.headers.get("Authorization"),
+                  "sent": 0, "offset": None, "started": time.monotonic(), "ended": None}
+        self.requests.append(record)
+        return record
 
     def _error(self, status: int, code: str, message: str) -> web.Response:
         return web.json_response({"error": message}, status=status, headers={"X-Error-Code": code})
@@ -252,7 +259,7 @@ class HubImitation:
         return request.headers.get("Authorization") == f"Bearer {self.token}"
 
     async def _resolve(self, request: web.Request) -> web.StreamResponse:
-        self._record("hub", request)
+        record = self._record("hub", request)
         repo, err = self._find(request)
         if err:
             return err
@@ -272,23 +279,26 @@ class HubImitation:
             return web.Response(status=302, headers={**common, "Location": location, "ETag": f'"{f.blob_sha1}"',
                                                      "X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(f.size),
                                                      "Content-Length": "0"})
-        return await self._serve(request, repo.repo_id, f, {**common, "ETag": f'"{f.blob_sha1}"'})
+        return await self._serve(request, repo.repo_id, f, {**common, "ETag": f'"{f.blob_sha1}"'}, record)
 
     async def _cdn(self, request: web.Request) -> web.StreamResponse:
-        self._record("cdn", request)
+        record = self._record("cdn", request)
         f = self.blobs.get(request.match_info["oid"])
         if f is None:
             return web.Response(status=404, text="NoSuchKey")
         repo_id = next((r.repo_id for r in self.repos.values() if r.files.get(f.path) is f), "")
-        return await self._serve(request, repo_id, f, {"ETag": f'"{f.sha256}"'})
+        return await self._serve(request, repo_id, f, {"ETag": f'"{f.sha256}"'}, record)
 
-    async def _serve(self, request: web.Request, repo_id: str, f: HubFile, headers: dict) -> web.StreamResponse:
+    async def _serve(self, request: web.Request, repo_id: str, f: HubFile, headers: dict,
+                     record: dict) -> web.StreamResponse:
         try:
-            return await self._serve_body(request, repo_id, f, headers)
+            return await self._serve_body(request, repo_id, f, headers, record)
         except ConnectionError:  # the client went away (a killed pull): nothing to answer
             return web.Response(status=499)
+        finally:
+            record["ended"] = time.monotonic()
 
-    async def _serve_body(self, request: web.Request, repo_id: str, f: HubFile, headers: dict
+    async def _serve_body(self, request: web.Request, repo_id: str, f: HubFile, headers: dict, record: dict
                           ) -> web.StreamResponse:
         faults = self.faults.get((repo_id, f.path))
         if faults is not None and faults.fail_first > 0:
@@ -311,7 +321,9 @@ class HubImitation:
         if request.method == "HEAD":
             return web.Response(status=200, headers={**headers, "Content-Length": str(size)})
         misbehave = faults is not None and faults.applies(start, end)
+        record["offset"] = start
         if not misbehave and f.disk_path is not None:
+            record["sent"] = None
             # The fast path: let aiohttp (sendfile) handle the file and its Range header.
             return web.FileResponse(f.disk_path, headers={k: v for k, v in headers.items()
                                                           if k != "Content-Range"})
@@ -331,12 +343,14 @@ class HubImitation:
                 n = faults.drop_after - sent
                 if n > 0:
                     await resp.write(f.read(pos, pos + n))
+                    record["sent"] += n
                 request.transport.close()  # drop mid-body: the client sees a short read
                 return resp
             if misbehave and faults.stall_after is not None and sent + n > faults.stall_after:
                 n = max(0, faults.stall_after - sent)
                 if n:
                     await resp.write(f.read(pos, pos + n))
+                    record["sent"] += n
                 await asyncio.sleep(faults.stall_seconds)
                 request.transport.close()
                 return resp
@@ -346,6 +360,7 @@ class HubImitation:
                 buf[faults.flip_at - pos] ^= 0xFF
                 chunk = bytes(buf)
             await resp.write(chunk)
+            record["sent"] += n
             pos += n
             sent += n
             if misbehave and faults.throttle_bps:
