@@ -442,7 +442,14 @@ def clean_pull(hub: HubImitation, accounting: Accounting, files: dict, env: dict
     return {"seconds": t_end - t_marker, "total": total, "files": len(files)}
 
 
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # Ctrl+C and SIGTERM both end in the cleanup below (a background job of a script starts with SIGINT ignored).
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--seed", type=int, help="kill points and file contents (default: random, printed)")
