@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--grpc_bind_address", default="0.0.0.0", help="address gRPC listens on")
     server.add_argument("--rest_bind_address", default="0.0.0.0", help="address REST listens on")
     server.add_argument("--grpc_workers", type=int, default=1, help="gRPC server instances (1 to CPU count)")
-    server.add_argument("--rest_workers", type=int, default=None, help="REST worker count (2 to 10000)")
+    server.add_argument("--rest_workers", type=int, default=None,
+                        help="accepted as OVMS has it (2 to 10000) and not used: one event loop serves REST, with "
+                             "no thread pool to size (a warning says so)")
     server.add_argument("--grpc_channel_arguments", default="",
                         help="gRPC server arguments, comma separated, e.g. grpc.max_concurrent_streams=64,"
                              "grpc.max_connection_age_ms=60000")

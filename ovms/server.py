@@ -100,6 +100,9 @@ class Server:
             self.rest_port = site._server.sockets[0].getsockname()[1]
         log.info("Started gRPC server on %s:%s, REST server on %s:%s", s.grpc_bind_address, self.grpc_port,
                  s.rest_bind_address, self.rest_port)
+        if s.rest_workers is not None and self.rest_port is not None:
+            log.warning("--rest_workers %d is accepted as OVMS has it and not used: one event loop serves REST here, "
+                        "with no thread pool to size", s.rest_workers)
         result = await self.manager.reload()
         if result.error is not None:
             raise ConfigError(result.error)

@@ -265,3 +265,13 @@ def test_relative_config_path_serves_models_and_graphs(model_repo, tmp_path):
                 assert len(json.loads(response.read())["data"][0]["embedding"]) > 8
     finally:
         stop(process)
+
+
+def test_rest_workers_is_accepted_and_says_it_is_not_used(model_repo, tmp_path):
+    process, grpc_port, rest_port = serve("--model_name", "dummy", "--model_path", str(model_repo / "dummy"),
+                                          "--rest_workers", "4", log_path=tmp_path / "ovms.log")
+    try:
+        wait_ready(rest_port, process)
+    finally:
+        stop(process)
+    assert "--rest_workers 4 is accepted as OVMS has it and not used" in (tmp_path / "ovms.log").read_text()
