@@ -24,6 +24,7 @@ from ovms.download import schema
 from ovms.download.hubs.base import BadName, FetchTask, Plugin, Refused
 from ovms.download.jobs import ACTIVE, STATE_DIR, Job, JobStore, now_iso
 from ovms.download.plugins import default_plugins
+from ovms.pull import convert
 from ovms.pull.errors import InterruptedPull, PullError
 
 log = logging.getLogger("ovms.download")
@@ -238,7 +239,8 @@ class DownloadService:
         base = self.models_dir / job.request["download_path"]
         task = FetchTask(request=job.request, credentials=credentials, base=base, staging=self._staging(job),
                          final=pathlib.Path(job.output_dir), stop_requested=lambda: control.stop,
-                         on_progress=lambda done, total: self._progress_from_thread(job, control, done, total))
+                         on_progress=lambda done, total: self._progress_from_thread(job, control, done, total),
+                         on_status=lambda status: self.loop.call_soon_threadsafe(self._set_status, job, status))
         try:
             result = await self.loop.run_in_executor(self.executor, self._work, plugin, task, job, control)
         except InterruptedPull:
@@ -358,11 +360,12 @@ class DownloadService:
 
 
 def converter_plugins() -> list[Plugin]:
-    return [Plugin("openvino", type="converter", description="Conversion of transformers models to OpenVINO IR "
-                   "with optimum-intel", available=False,
-                   unavailable_reason="conversion with optimum-intel is not implemented in this service; request "
-                                      "repositories already in OpenVINO format (is_ovms: true lays them out for "
-                                      "OVMS)")]
+    """optimum-intel's export, available exactly when ``optimum-cli`` is on the service's PATH (asked each time)."""
+    available = convert.optimum_available()
+    return [Plugin("openvino", type="converter", description="Conversion of transformers-format Hugging Face "
+                   "models to OpenVINO IR with optimum-intel (optimum-cli export openvino; is_ovms: true, weight "
+                   "format from config.precision)", available=available,
+                   unavailable_reason=None if available else "optimum-cli is not on PATH. " + convert.INSTALL_HINT)]
 
 
 def _decode_credentials(raw: dict | None) -> dict[str, str]:

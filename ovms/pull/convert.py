@@ -8,10 +8,14 @@ from __future__ import annotations
 import logging
 import pathlib
 import shlex
+import os
 import shutil
+import signal
 import subprocess
+import time
+from typing import Callable
 
-from ovms.pull.errors import ConversionError
+from ovms.pull.errors import ConversionError, InterruptedPull
 
 log = logging.getLogger("ovms.pull")
 
@@ -20,8 +24,16 @@ INSTALL_HINT = ('Install optimum-intel into the Python environment that runs ovm
                 'from the OpenVINO organization (e.g. OpenVINO/<name>-int4-ov) without --weight-format.')
 
 
+# The optimum task of a local directory, where optimum-cli cannot infer it ("Cannot infer the task from a local
+# directory yet"); embeddings and rerank always name theirs (export_command).
+LOCAL_TASK = {"text_generation": "text-generation-with-past", "image_generation": "text-to-image"}
+NPU_QUANTIZATION = "--sym --ratio 1.0 --group-size -1"  # OVMS and the Model Download microservice, for NPU (int4)
+STOP_POLL_SECONDS = 0.2
+
+
 def export_command(source_model: str, target: pathlib.Path, task: str, weight_format: str,
-                   extra_quantization_params: str | None) -> list[str]:
+                   extra_quantization_params: str | None, *, optimum_task: str | None = None) -> list[str]:
+    """``optimum_task`` adds ``--task`` where OVMS gives none (a local source directory needs it)."""
     cmd = ["optimum-cli", "export", "openvino"]
     if task in ("embeddings", "rerank"):
         cmd.append("--disable-convert-tokenizer")
@@ -37,24 +49,62 @@ def export_command(source_model: str, target: pathlib.Path, task: str, weight_fo
         cmd += ["--task", "feature-extraction", "--library", "transformers"]
     elif task == "rerank":
         cmd += ["--task", "text-classification"]
+    elif optimum_task:
+        cmd += ["--task", optimum_task]
     if extra_quantization_params:
         cmd += shlex.split(extra_quantization_params)
     cmd.append(str(target))
     return cmd
 
 
+def optimum_available(path: str | None = None) -> bool:
+    return shutil.which("optimum-cli", path=path) is not None
+
+
+def _run(cmd: list[str], env: dict | None, stop_requested: Callable[[], str | None] | None) -> int:
+    """The command's exit code. With ``stop_requested``, polled while it runs: when it returns a reason the
+    command's whole process group is killed (SIGKILL) and InterruptedPull raised."""
+    if stop_requested is None:
+        return subprocess.run(cmd, env=env, check=False).returncode
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        while True:
+            try:
+                return proc.wait(STOP_POLL_SECONDS)
+            except subprocess.TimeoutExpired:
+                pass
+            reason = stop_requested()
+            if reason:
+                raise InterruptedPull(f"{cmd[0]} stopped ({reason}).")
+    finally:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        else:  # children it left behind in its group
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 def convert(source_model: str, target: pathlib.Path, task: str, weight_format: str,
-            extra_quantization_params: str | None, *, env: dict | None = None) -> None:
-    """Run the export (and convert_tokenizer if needed) into ``target``; ConversionError on any failure."""
+            extra_quantization_params: str | None, *, env: dict | None = None, optimum_task: str | None = None,
+            stop_requested: Callable[[], str | None] | None = None) -> None:
+    """Run the export (and convert_tokenizer if needed) into ``target``; ConversionError on any failure,
+    InterruptedPull when ``stop_requested`` says so (the tools are killed)."""
     if shutil.which("optimum-cli", path=(env or {}).get("PATH")) is None:
         raise ConversionError(
             f"optimum-cli is not installed: converting {source_model} to OpenVINO IR (--weight-format "
             f"{weight_format}) needs optimum-intel.", remedy=INSTALL_HINT)
-    cmd = export_command(source_model, target, task, weight_format, extra_quantization_params)
+    cmd = export_command(source_model, target, task, weight_format, extra_quantization_params,
+                         optimum_task=optimum_task)
     log.info("Converting %s: %s", source_model, shlex.join(cmd))
-    result = subprocess.run(cmd, env=env, check=False)
-    if result.returncode != 0:
-        raise ConversionError(f"optimum-cli failed (exit {result.returncode}) converting {source_model}.",
+    returncode = _run(cmd, env, stop_requested)
+    if returncode != 0:
+        raise ConversionError(f"optimum-cli failed (exit {returncode}) converting {source_model}.",
                               remedy="Read its output above; check --weight-format/--extra_quantization_params "
                                      "and that the model is supported by optimum-intel, then re-run.")
     if task in ("text_generation", "embeddings", "rerank") and not (target / "openvino_tokenizer.xml").exists():
@@ -63,6 +113,6 @@ def convert(source_model: str, target: pathlib.Path, task: str, weight_format: s
                                   remedy="pip install openvino-tokenizers, then re-run with --overwrite_models.")
         tok = ["convert_tokenizer", source_model, "--with-detokenizer", "-o", str(target)]
         log.info("Adding the tokenizer IR: %s", shlex.join(tok))
-        if subprocess.run(tok, env=env, check=False).returncode != 0:
+        if _run(tok, env, stop_requested) != 0:
             raise ConversionError(f"convert_tokenizer failed for {source_model}.",
                                   remedy="Read its output above, then re-run with --overwrite_models.")

@@ -1,6 +1,7 @@
 """huggingface and openvino hubs on the pull engine, against the Hub imitation: files verified and identical, the
 OVMS layout with graph.pbtxt, identical requests sharing a job, a completed one answered without a fetch,
-credentials used and never stored, hub errors in the job."""
+credentials used and never stored, hub errors in the job. Conversion of transformers-format repositories
+(is_ovms: true) is in test_conversion.py."""
 from __future__ import annotations
 
 import base64
@@ -65,16 +66,6 @@ def test_openvino_hub_and_task_inferred_from_config_json(hub, service):
     job = service.wait(service.download([{"name": "tiny-int4-ov", "hub": "openvino"}]).json()["job_ids"][0])
     assert job["status"] == "completed", job
     assert "HttpLLMCalculator" in (service.models_dir / "models" / "OpenVINO" / "tiny-int4-ov" / "graph.pbtxt").read_text()
-
-
-def test_is_ovms_on_a_repository_that_needs_conversion_fails_with_the_reason(hub, service):
-    hub.add_repo("org/plain-transformers", {"config.json": b'{"architectures": ["Qwen2ForCausalLM"]}',
-                                            "model.safetensors": b"\0" * 2048})
-    job = service.wait(service.download([{"name": "org/plain-transformers", "hub": "huggingface",
-                                          "is_ovms": True}]).json()["job_ids"][0])
-    assert job["status"] == "failed"
-    assert "not in OpenVINO format" in job["error"] and "optimum-intel is not available" in job["error"]
-    assert not (service.models_dir / "models" / "org").exists()
 
 
 def test_identical_concurrent_requests_share_one_job_and_a_completed_one_is_not_fetched_again(hub, service):

@@ -31,6 +31,7 @@ class FetchTask:
     final: pathlib.Path  # where the finished model lives
     stop_requested: Callable[[], str | None]  # a reason ("canceled", "shutdown") when the job must stop
     on_progress: Callable[[int, int], None]  # (bytes on disk, total)
+    on_status: Callable[[str], None] = lambda status: None  # "converting" once the download is done
 
 
 @dataclasses.dataclass
