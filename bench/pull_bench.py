@@ -1,12 +1,15 @@
 """ovms pull vs huggingface_hub.snapshot_download on the same Hub imitation and files, on loopback.
 
     .venv/bin/python bench/pull_bench.py [--large 4] [--large-mib 256] [--small 50] [--rounds 3]
+        [--per-connection-mib 0 25] [--clients ovms,huggingface_hub] [--skip-resume]
 
 The imitation runs in its own process (tests/pull/hub_imitation.py, aiohttp with sendfile); each client runs in a
 fresh process into a fresh target directory, in an order reversed every round. ovms verifies every file (sha256 /
 git blob sha1) before renaming it and, by default, fdatasyncs the files before writing its completion record;
 "ovms-nosync" (OVMS_PULL_SYNC=0) skips only that flush, to compare with huggingface_hub, which checks sizes and
-never syncs. Then a resume measurement: an ovms pull is SIGKILLed halfway and re-run; the overhead is
+never syncs. ``--per-connection-mib`` caps every response (so every connection) of the imitation at that many
+MiB/s, as a CDN edge does (0 = no cap, sendfile); several values run as separate imitations in the same rounds,
+alternating with the clients. Then a resume measurement: an ovms pull is SIGKILLed halfway and re-run; the overhead is
 (killed run + resumed run) - median clean run.
 """
 from __future__ import annotations
@@ -49,9 +52,9 @@ def make_files(work: pathlib.Path, large: int, large_mib: int, small: int) -> di
     return {"repos": {REPO: spec}}
 
 
-def start_hub(work: pathlib.Path, spec: dict) -> tuple[subprocess.Popen, str]:
-    spec_path = work / "spec.json"
-    spec_path.write_text(json.dumps(spec))
+def start_hub(work: pathlib.Path, spec: dict, cap_mib: float = 0) -> tuple[subprocess.Popen, str]:
+    spec_path = work / f"spec-{cap_mib:g}.json"
+    spec_path.write_text(json.dumps({**spec, "throttle_bps": int(cap_mib * 2**20)} if cap_mib else spec))
     proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "pull" / "hub_imitation.py"), "--spec",
                              str(spec_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
@@ -90,55 +93,72 @@ def run_hf(endpoint: str, target: pathlib.Path, env: dict) -> float:
     return time.perf_counter() - t0
 
 
+def cond_name(cap: float) -> str:
+    return f"{cap:g} MiB/s per connection" if cap else "unthrottled"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--large", type=int, default=4)
     parser.add_argument("--large-mib", type=int, default=256)
     parser.add_argument("--small", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--per-connection-mib", type=float, nargs="+", default=[0.0],
+                        help="cap each connection of the imitation at this many MiB/s (0: no cap); several "
+                             "values are measured in the same rounds")
+    parser.add_argument("--clients", default="ovms,ovms-nosync,huggingface_hub",
+                        help="comma-separated, from ovms, ovms-nosync, huggingface_hub")
+    parser.add_argument("--skip-resume", action="store_true", help="no SIGKILL-and-resume measurement")
     parser.add_argument("--workdir", default=None, help="where blobs and targets go (default: a temp dir)")
     args = parser.parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="pull_bench_", dir=args.workdir))
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "GIT_LFS_", "OVMS_PULL_"))}
     total_mib = args.large * args.large_mib + args.small * 5 / 1024
-    hub, endpoint = start_hub(work, make_files(work, args.large, args.large_mib, args.small))
+    spec = make_files(work, args.large, args.large_mib, args.small)
+    caps = args.per_connection_mib
+    clients = tuple(c.strip() for c in args.clients.split(",") if c.strip())
+    hubs: dict[float, tuple[subprocess.Popen, str]] = {}
+    times: dict[tuple[float, str], list[float]] = {(cap, c): [] for cap in caps for c in clients}
+    cpu: dict[tuple[float, str], list[float]] = {(cap, c): [] for cap in caps for c in clients}
+    resume_runs: list[tuple[float, float]] = []
     try:
-        clients = ("ovms", "ovms-nosync", "huggingface_hub")
-        times: dict[str, list[float]] = {c: [] for c in clients}
-        cpu: dict[str, list[float]] = {c: [] for c in clients}
+        for cap in caps:
+            hubs[cap] = start_hub(work, spec, cap)
         for r in range(args.rounds):
-            order = clients if r % 2 == 0 else clients[::-1]
-            for name in order:
-                target = work / f"{name}-{r}"
+            for cap in caps:
+                endpoint = hubs[cap][1]
+                order = clients if r % 2 == 0 else clients[::-1]
+                for name in order:
+                    target = work / f"{name}-{cap:g}-{r}"
+                    target.mkdir()
+                    cpu0 = children_cpu()
+                    if name == "huggingface_hub":
+                        elapsed = run_hf(endpoint, target / "snapshot", env)
+                    else:
+                        elapsed = run_ovms(endpoint, target / "models",
+                                           {**env, "OVMS_PULL_SYNC": "0"} if name == "ovms-nosync" else env)
+                    times[cap, name].append(elapsed)
+                    cpu[cap, name].append(children_cpu() - cpu0)
+                    print(f"round {r + 1} {cond_name(cap):26s} {name:16s} {elapsed:7.2f} s  "
+                          f"{total_mib / elapsed:8.1f} MiB/s  client CPU {cpu[cap, name][-1]:.2f} s", flush=True)
+                    shutil.rmtree(target)
+        if not args.skip_resume and "ovms" in clients:
+            # Resume: SIGKILL halfway through, re-run the same command; compare with a clean run.
+            cap = caps[0]
+            ovms_med = statistics.median(times[cap, "ovms"])
+            for r in range(args.rounds):
+                target = work / f"resume-{r}"
                 target.mkdir()
-                cpu0 = children_cpu()
-                if name == "huggingface_hub":
-                    elapsed = run_hf(endpoint, target / "snapshot", env)
-                else:
-                    elapsed = run_ovms(endpoint, target / "models",
-                                       {**env, "OVMS_PULL_SYNC": "0"} if name == "ovms-nosync" else env)
-                times[name].append(elapsed)
-                cpu[name].append(children_cpu() - cpu0)
-                print(f"round {r + 1} {name:16s} {elapsed:7.2f} s  {total_mib / elapsed:8.1f} MiB/s  "
-                      f"client CPU {cpu[name][-1]:.2f} s", flush=True)
+                killed = run_ovms(hubs[cap][1], target / "models", env, kill_after=ovms_med / 2)
+                resumed = run_ovms(hubs[cap][1], target / "models", env)
+                resume_runs.append((killed, resumed))
+                print(f"resume {r + 1}: killed at {killed:.2f} s, re-run {resumed:.2f} s", flush=True)
                 shutil.rmtree(target)
-        ovms_med = statistics.median(times["ovms"])
-        hf_med = statistics.median(times["huggingface_hub"])
-        # Resume: SIGKILL halfway through, re-run the same command; compare with a clean run.
-        resume_runs = []
-        for r in range(args.rounds):
-            target = work / f"resume-{r}"
-            target.mkdir()
-            killed = run_ovms(endpoint, target / "models", env, kill_after=ovms_med / 2)
-            resumed = run_ovms(endpoint, target / "models", env)
-            resume_runs.append((killed, resumed))
-            print(f"resume {r + 1}: killed at {killed:.2f} s, re-run {resumed:.2f} s", flush=True)
-            shutil.rmtree(target)
-        killed, resumed = sorted(resume_runs, key=sum)[len(resume_runs) // 2]
     finally:
-        hub.stdin.close()
-        hub.wait(30)
+        for proc, _ in hubs.values():
+            proc.stdin.close()
+            proc.wait(30)
         shutil.rmtree(work, ignore_errors=True)
     print()
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {platform.machine()}, "
@@ -146,21 +166,31 @@ def main() -> None:
           f"load average before: {load_before}")
     print(f"files: {args.large} x {args.large_mib} MiB + {args.small} small ({total_mib:.0f} MiB), loopback, "
           f"{args.rounds} alternating rounds, fresh target each run")
-    print()
-    print("| client | median s | MiB/s | client CPU s (median) | runs (s) |")
-    print("|---|---|---|---|---|")
     labels = {"ovms": "ovms --pull (sha256/sha1 verified, fdatasync before the record)",
               "ovms-nosync": "ovms --pull, OVMS_PULL_SYNC=0 (verified, no fdatasync)",
               "huggingface_hub": "huggingface_hub.snapshot_download (size checked, no fsync)"}
-    for key, name in labels.items():
-        med = statistics.median(times[key])
-        print(f"| {name} | {med:.2f} | {total_mib / med:.0f} | {statistics.median(cpu[key]):.2f} | "
-              f"{', '.join(f'{t:.2f}' for t in times[key])} |")
-    print()
-    print(f"speed-up of ovms over huggingface_hub: {hf_med / ovms_med:.2f}x (without fdatasync, like "
-          f"huggingface_hub: {hf_med / statistics.median(times['ovms-nosync']):.2f}x)")
-    print(f"resume (median of {len(resume_runs)}): killed at {killed:.2f} s + re-run {resumed:.2f} s = "
-          f"{killed + resumed:.2f} s vs clean {ovms_med:.2f} s: overhead {killed + resumed - ovms_med:+.2f} s")
+    for cap in caps:
+        print()
+        print(f"{cond_name(cap)}:")
+        print()
+        print("| client | median s | MiB/s | client CPU s (median) | runs (s) |")
+        print("|---|---|---|---|---|")
+        for key in clients:
+            med = statistics.median(times[cap, key])
+            print(f"| {labels[key]} | {med:.2f} | {total_mib / med:.0f} | {statistics.median(cpu[cap, key]):.2f} | "
+                  f"{', '.join(f'{t:.2f}' for t in times[cap, key])} |")
+        if "huggingface_hub" in clients:
+            hf_med = statistics.median(times[cap, "huggingface_hub"])
+            for key in ("ovms", "ovms-nosync"):
+                if key in clients:
+                    print(f"speed-up of {key} over huggingface_hub ({cond_name(cap)}): "
+                          f"{hf_med / statistics.median(times[cap, key]):.2f}x")
+    if resume_runs:
+        killed, resumed = sorted(resume_runs, key=sum)[len(resume_runs) // 2]
+        ovms_med = statistics.median(times[caps[0], "ovms"])
+        print(f"resume ({cond_name(caps[0])}, median of {len(resume_runs)}): killed at {killed:.2f} s + re-run "
+              f"{resumed:.2f} s = {killed + resumed:.2f} s vs clean {ovms_med:.2f} s: overhead "
+              f"{killed + resumed - ovms_med:+.2f} s")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "sha1. With --pull ovms exits after the download; without it, it serves the model. An "
                      "interrupted pull (Ctrl+C, kill, power cut) resumes when the same command is run again. "
                      "Environment: GIT_LFS_RESUME_ATTEMPTS (retries per file, default 5, 0 = no resume), "
-                     "GIT_LFS_RESUME_INTERVAL_SECONDS (default 10), OVMS_PULL_CONNECTIONS (default 8), "
+                     "GIT_LFS_RESUME_INTERVAL_SECONDS (default 10), OVMS_PULL_CONNECTIONS (most "
+                     "connections, default 32; it starts with OVMS_PULL_INITIAL_CONNECTIONS, default 8, and adds "
+                     "more while the total rate grows), "
                      "OVMS_PULL_STALL_SECONDS (abort a silent transfer, default 30), OVMS_PULL_SYNC=0 (skip "
                      "fdatasync; faster, not power-cut safe)."))
     _add(g, "--pull", action="store_true", help="Pull the model and exit (no serving).")

@@ -25,7 +25,8 @@ class PullSettings:
     proxy: str | None = None
     resume_attempts: int = 5
     resume_interval: float = 10.0
-    connections: int = 8
+    connections: int = 32  # the most transfers at once; the engine starts with `initial_connections` and adds
+    initial_connections: int = 8  # more while the total rate grows (ovms/pull/transfer.py ConnectionControl)
     segment_bytes: int = 16 << 20  # files larger than this are split into up to `connections` ranges
     connect_timeout: float = 10.0
     stall_seconds: float = 30.0  # abort a transfer that received nothing for this long, then retry
@@ -65,7 +66,8 @@ def from_environment(env: dict | None = None) -> PullSettings:
         proxy=env.get("https_proxy") or env.get("HTTPS_PROXY") or None,
         resume_attempts=int(_number(env, "GIT_LFS_RESUME_ATTEMPTS", 5, integer=True)),
         resume_interval=_number(env, "GIT_LFS_RESUME_INTERVAL_SECONDS", 10.0),
-        connections=int(_number(env, "OVMS_PULL_CONNECTIONS", 8, integer=True, minimum=1)),
+        connections=int(_number(env, "OVMS_PULL_CONNECTIONS", 32, integer=True, minimum=1)),
+        initial_connections=int(_number(env, "OVMS_PULL_INITIAL_CONNECTIONS", 8, integer=True, minimum=1)),
         segment_bytes=int(_number(env, "OVMS_PULL_SEGMENT_BYTES", 16 << 20, integer=True, minimum=1 << 20)),
         connect_timeout=_number(env, "OVMS_PULL_CONNECT_TIMEOUT_SECONDS", 10.0, minimum=0.1),
         stall_seconds=_number(env, "OVMS_PULL_STALL_SECONDS", 30.0, minimum=0.1),
@@ -78,6 +80,8 @@ def from_environment(env: dict | None = None) -> PullSettings:
 def log_settings(settings: PullSettings) -> None:
     """The resolved configuration, in OVMS's words first (users grep for it)."""
     log.info("LFS resume: attempts=%d interval=%g s", settings.resume_attempts, settings.resume_interval)
-    log.info("Pull from %s: %d connections, files over %d MiB fetched as parallel ranges, stall timeout %g s%s%s",
-             settings.endpoint, settings.connections, settings.segment_bytes >> 20, settings.stall_seconds,
+    log.info("Pull from %s: %d to %d connections (more while the total rate grows), files over %d MiB fetched as "
+             "parallel ranges, stall timeout %g s%s%s", settings.endpoint,
+             min(settings.initial_connections, settings.connections), settings.connections,
+             settings.segment_bytes >> 20, settings.stall_seconds,
              ", HF_TOKEN set" if settings.token else "", f", proxy {settings.proxy}" if settings.proxy else "")

@@ -6,6 +6,13 @@ retried from the last byte on disk after ``GIT_LFS_RESUME_INTERVAL_SECONDS``, at
 ``GIT_LFS_RESUME_ATTEMPTS`` times per file. When all ranges of a file are in, a worker thread checks its size
 and hash; only then does it take its final name. Redirects are followed by hand so the bearer token goes to the
 hub's own origin only (the CDN URL is pre-signed).
+
+How many transfers run at once is not a constant: ``ConnectionControl`` starts with a few, measures the total
+rate over short windows while every slot is busy, and doubles the count while that rate grows by more than a
+margin (a CDN edge that caps each connection rewards more of them; a saturated link or CPU does not), up to
+``OVMS_PULL_CONNECTIONS``. When slots are free and nothing is queued, the range in flight that would still take
+longest at the observed rate per connection is stopped where its bytes on disk end and its rest split into new
+ranges (the sidecar records the new tiling before any of them starts).
 """
 from __future__ import annotations
 
@@ -35,6 +42,11 @@ BUFFER_BYTES = 1 << 20  # CURLOPT_BUFFERSIZE: larger socket reads (libcurl allow
 SINK_BYTES = 4 << 20  # RangeSink block: one pwrite per 4 MiB
 MAX_REDIRECTS = 10
 ERROR_BODY_BYTES = 4096
+PROBE_SECONDS = 0.3  # length of one rate measurement window (all slots busy throughout)
+WARMUP_SECONDS = 0.1  # after a change of the count, before the next window starts (new requests under way)
+GROWTH_MARGIN = 0.15  # more connections are kept only if the total rate grew by more than this fraction
+SPLIT_SECONDS = 1.0  # split a range in flight whose rest would take longer than this at the rate per connection
+MIN_SPLIT_BYTES = 4 << 20  # never make a range smaller than this by splitting
 
 
 def disk_full(path: pathlib.Path, needed: int | None = None) -> DiskFullError:
@@ -62,6 +74,7 @@ class FileJob:
     redirects: int = 0
     active: set = dataclasses.field(default_factory=set)
     dirty: bool = False
+    splittable: bool = True  # False once the server ignored a Range request (one stream from byte 0 then)
 
     @property
     def part(self) -> pathlib.Path:
@@ -70,6 +83,62 @@ class FileJob:
     @property
     def done_bytes(self) -> int:
         return sum(s.done for s in self.segments)
+
+
+class ConnectionControl:
+    """How many transfers to run at once, chosen from the throughput they show.
+
+    ``observe`` is called every turn of the loop with the bytes received so far and the transfers in flight. A
+    window counts only while every slot is busy (else the rate says nothing about the count); after
+    ``PROBE_SECONDS`` its rate is compared with the previous level's: more than ``GROWTH_MARGIN`` better, the
+    count doubles (up to ``most``); worse by more than the margin, it goes back to the previous count; either way
+    short of growth, it stays there.
+    """
+
+    def __init__(self, start: int, most: int) -> None:
+        self.most = max(1, most)
+        self.limit = max(1, min(start, self.most))
+        self.settled = self.limit >= self.most
+        self.window_start: float | None = None
+        self.window_bytes = 0
+        self.not_before = 0.0  # no window starts before this (warm-up after a change)
+        self.best: tuple[int, float] | None = None  # (count, rate) of the best level measured
+        self.rate = 0.0  # the last measured total rate (bytes/s)
+        self.per_connection = 0.0  # bytes/s per connection in the last window
+
+    def observe(self, now: float, received: int, active: int) -> None:
+        if active < self.limit:
+            self.window_start = None  # not saturated: what we would measure is the work, not the connections
+            return
+        if self.window_start is None:
+            if now >= self.not_before:
+                self.window_start, self.window_bytes = now, received
+            return
+        elapsed = now - self.window_start
+        if elapsed < PROBE_SECONDS:
+            return
+        rate = (received - self.window_bytes) / elapsed
+        self.rate, self.per_connection = rate, rate / active
+        self.window_start = None
+        self.not_before = now + WARMUP_SECONDS
+        if self.settled:
+            return
+        if self.best is None or rate > self.best[1] * (1 + GROWTH_MARGIN):
+            self.best = (self.limit, rate)
+            grown = min(self.most, self.limit * 2)
+            log.debug("%d connections: %.1f MiB/s (%.1f per connection); %s", self.limit, rate / 2**20,
+                      self.per_connection / 2**20, f"trying {grown}" if grown > self.limit else "at the bound")
+            self.settled = grown == self.limit
+            self.limit = grown
+            return
+        if rate < self.best[1] * (1 - GROWTH_MARGIN):
+            log.debug("%d connections: %.1f MiB/s, less than %.1f MiB/s with %d; back to %d", self.limit,
+                      rate / 2**20, self.best[1] / 2**20, self.best[0], self.best[0])
+            self.limit = self.best[0]
+        else:
+            log.debug("%d connections: %.1f MiB/s, not more than %.1f MiB/s with %d; staying", self.limit,
+                      rate / 2**20, self.best[1] / 2**20, self.best[0])
+        self.settled = True
 
 
 @dataclasses.dataclass(eq=False)
@@ -114,6 +183,8 @@ class Downloader:
         self.verifier = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="ovms-verify")
         self.verifying: dict[concurrent.futures.Future, FileJob] = {}
         self.jobs: list[FileJob] = []
+        self.control = ConnectionControl(settings.initial_connections, settings.connections)
+        self.received = 0  # body bytes received by all transfers (the rate the control measures)
 
     # ---- public ----------------------------------------------------------------------------------------
     def run(self, jobs: list[FileJob]) -> None:
@@ -304,6 +375,7 @@ class Downloader:
         if t.sink.received != t.reported:
             t.job.dirty = True
             self.progress.update(t.sink.received - t.reported)
+            self.received += max(0, t.sink.received - t.reported)
             t.reported = t.sink.received
 
     def _write_failure(self, t: Transfer, err: int) -> PullError:
@@ -386,6 +458,7 @@ class Downloader:
             self._release(other)
         self.queue = collections.deque(item for item in self.queue if item[0] is not job)
         self.progress.update(-job.done_bytes)
+        job.splittable = False
         job.segments = [state.Segment(0, job.remote.size)]
         state.save_sidecar(job.final, job.remote, self.commit, job.segments)
         self.queue.append((job, job.segments[0]))
@@ -419,7 +492,7 @@ class Downloader:
     # ---- the loop ----------------------------------------------------------------------------------------
     def _schedule(self, now: float) -> None:
         waiting = []
-        while self.queue and len(self.transfers) < self.settings.connections:
+        while self.queue and len(self.transfers) < self.control.limit:
             job, seg = self.queue.popleft()
             if job.phase != "downloading" or seg.complete:
                 continue
@@ -429,6 +502,50 @@ class Downloader:
             self._start(job, seg)
         self.queue.extendleft(reversed(waiting))
 
+    def _split(self) -> None:
+        """Free slots and nothing queued: stop the range in flight that would take longest and queue its rest as
+        several ranges, one per free slot (and one for itself), if it would still take over ``SPLIT_SECONDS``."""
+        free = self.control.limit - len(self.transfers)
+        per_connection = self.control.per_connection
+        if free <= 0 or self.queue or per_connection <= 0:
+            return
+        body = [t for t in self.transfers.values()
+                if t.kind == "body" and t.job.phase == "downloading" and t.sink.mode == self.writer.MODE_BODY]
+        if not body:
+            return
+        def left(t: Transfer) -> int:
+            return t.segment.end - (t.segment.start + t.base_done + t.sink.received)
+
+        t = max((t for t in body if t.job.splittable), key=left, default=None)
+        if t is None:
+            return
+        left = left(t)
+        pieces = min(free + 1, left // MIN_SPLIT_BYTES)
+        if pieces < 2 or left / per_connection < SPLIT_SECONDS:
+            return
+        job, seg = t.job, t.segment
+        self._release(t)  # flushes the sink: seg.done is every byte that reached the disk
+        if t.fatal is not None:
+            raise t.fatal
+        if seg.remaining < 2 * MIN_SPLIT_BYTES:
+            self.queue.appendleft((job, seg))
+            return
+        pieces = min(pieces, seg.remaining // MIN_SPLIT_BYTES)
+        start, end = seg.next_offset, seg.end
+        step = -(-(end - start) // pieces)
+        cuts = [start + i * step for i in range(pieces)] + [end]
+        seg.end = cuts[1]
+        new = [state.Segment(a, b) for a, b in zip(cuts[1:-1], cuts[2:])]
+        at = job.segments.index(seg) + 1
+        job.segments[at:at] = new
+        # The new tiling is on disk before any of its ranges starts (a kill now resumes from it).
+        state.save_sidecar(job.final, job.remote, self.commit, job.segments)
+        job.dirty = False
+        for s in reversed([seg, *new]):
+            self.queue.appendleft((job, s))
+        log.debug("%s: split %.1f MiB left at offset %d into %d ranges (%.1f MiB/s per connection)",
+                  job.remote.path, (end - start) / 2**20, start, pieces, per_connection / 2**20)
+
     def _watch(self, now: float) -> None:
         """Progress of the transfers in flight, and our own stall timer (libcurl's LOW_SPEED_TIME averages
         the speed over ~5 s and reacts late)."""
@@ -437,6 +554,7 @@ class Downloader:
             if t.sink.received != t.reported:
                 t.last_activity = now
                 self.progress.update(t.sink.received - t.reported)
+                self.received += max(0, t.sink.received - t.reported)
                 t.reported = t.sink.received
                 t.job.dirty = True
         for t in [t for t in self.transfers.values() if now - t.last_activity > limit]:
@@ -464,6 +582,9 @@ class Downloader:
             if signal_name:
                 raise InterruptedPull(f"Pull of {self.repo_id} stopped by {signal_name}.", remedy=RESUME_HINT)
             now = time.monotonic()
+            self._schedule(now)
+            self.control.observe(now, self.received, len(self.transfers))
+            self._split()
             self._schedule(now)
             while True:
                 ret, _ = self.multi.perform()

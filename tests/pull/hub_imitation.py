@@ -455,13 +455,17 @@ class HubImitation:
 def _main() -> None:
     parser = argparse.ArgumentParser(description="Serve a Hub imitation until stdin closes.")
     parser.add_argument("--spec", required=True,
-                        help='JSON: {"repos": {"org/name": {"path": "/file/on/disk" or {"text": "..."}}}}')
+                        help='JSON: {"repos": {"org/name": {"path": "/file/on/disk" or {"text": "..."}}}, '
+                             '"throttle_bps": optional cap per response}')
     args = parser.parse_args()
     spec = json.loads(pathlib.Path(args.spec).read_text())
     hub = HubImitation()
     for repo_id, files in spec["repos"].items():
         content = {p: (v["text"].encode() if isinstance(v, dict) else pathlib.Path(v)) for p, v in files.items()}
         hub.add_repo(repo_id, content)
+        if spec.get("throttle_bps"):  # every response (so every connection) capped, as a CDN edge does
+            for path in content:
+                hub.set_faults(repo_id, path, Faults(throttle_bps=int(spec["throttle_bps"]), times=1 << 62))
     hub.start()
     print(json.dumps({"endpoint": hub.hub_url, "cdn": hub.cdn_url}), flush=True)
     sys.stdin.read()
