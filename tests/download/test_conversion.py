@@ -129,7 +129,8 @@ def test_cancel_kills_the_converter_and_leaves_nothing(hub, service_factory, tmp
     path, calls = fake_optimum(tmp_path)
     publish_transformers(hub)
     service = service_factory(service_env(hub, PATH=path, FAKE_OPTIMUM_SLEEP="120"))
-    job_id = service.download([{"name": SRC, "hub": "huggingface", "type": "llm", "is_ovms": True}]).json()["job_ids"][0]
+    model = {"name": SRC, "hub": "huggingface", "type": "llm", "is_ovms": True}
+    job_id = service.download([model]).json()["job_ids"][0]
     service.wait(job_id, until=("converting", "failed", "completed"))
     deadline = time.monotonic() + 30
     while not read_calls(calls):
