@@ -10,9 +10,11 @@ hub's own origin only (the CDN URL is pre-signed).
 How many transfers run at once is not a constant: ``ConnectionControl`` starts with a few, measures the total
 rate over short windows while every slot is busy, and doubles the count while that rate grows by more than a
 margin (a CDN edge that caps each connection rewards more of them; a saturated link or CPU does not), up to
-``OVMS_PULL_CONNECTIONS``. When slots are free and nothing is queued, the range in flight that would still take
-longest at the observed rate per connection is stopped where its bytes on disk end and its rest split into new
-ranges (the sidecar records the new tiling before any of them starts).
+``OVMS_PULL_CONNECTIONS``. How many ranges a file is fetched in follows the same measure: a range about to start
+is cut to what one connection brings in ``RANGE_SECONDS`` at the observed rate (its rest stays queued, first in
+line, for the next free connection), so the last ranges in flight end close together and free connections always
+find work. Only ranges not yet requested are cut (a request in flight is never stopped: the bytes in the pipe
+would come twice); the sidecar records the new tiling before the cut range starts.
 """
 from __future__ import annotations
 
@@ -45,8 +47,8 @@ ERROR_BODY_BYTES = 4096
 PROBE_SECONDS = 0.3  # length of one rate measurement window (all slots busy throughout)
 WARMUP_SECONDS = 0.1  # after a change of the count, before the next window starts (new requests under way)
 GROWTH_MARGIN = 0.15  # more connections are kept only if the total rate grew by more than this fraction
-SPLIT_SECONDS = 1.0  # split a range in flight whose rest would take longer than this at the rate per connection
-MIN_SPLIT_BYTES = 4 << 20  # never make a range smaller than this by splitting
+RANGE_SECONDS = 1.0  # a range about to start is cut to what one connection brings in this long
+MIN_RANGE_BYTES = 1 << 20  # never cut a range smaller than this
 
 
 def disk_full(path: pathlib.Path, needed: int | None = None) -> DiskFullError:
@@ -499,52 +501,30 @@ class Downloader:
             if job.not_before > now:
                 waiting.append((job, seg))
                 continue
+            self._cut(job, seg)
             self._start(job, seg)
         self.queue.extendleft(reversed(waiting))
 
-    def _split(self) -> None:
-        """Free slots and nothing queued: stop the range in flight that would take longest and queue its rest as
-        several ranges, one per free slot (and one for itself), if it would still take over ``SPLIT_SECONDS``."""
-        free = self.control.limit - len(self.transfers)
+    def _cut(self, job: FileJob, seg: state.Segment) -> None:
+        """Cut ``seg`` (not in flight) to about ``RANGE_SECONDS`` of one connection's observed rate; its rest is
+        queued first in line as a new range. Before the first measurement the planned ranges go as they are."""
         per_connection = self.control.per_connection
-        if free <= 0 or self.queue or per_connection <= 0:
+        if not job.splittable or per_connection <= 0:
             return
-        body = [t for t in self.transfers.values()
-                if t.kind == "body" and t.job.phase == "downloading" and t.sink.mode == self.writer.MODE_BODY]
-        if not body:
+        size = per_connection * RANGE_SECONDS
+        size = max(MIN_RANGE_BYTES, -(-int(size) // MIN_RANGE_BYTES) * MIN_RANGE_BYTES)
+        if seg.remaining < size + max(MIN_RANGE_BYTES, size // 2):  # no sliver left behind
             return
-        def left(t: Transfer) -> int:
-            return t.segment.end - (t.segment.start + t.base_done + t.sink.received)
-
-        t = max((t for t in body if t.job.splittable), key=left, default=None)
-        if t is None:
-            return
-        left = left(t)
-        pieces = min(free + 1, left // MIN_SPLIT_BYTES)
-        if pieces < 2 or left / per_connection < SPLIT_SECONDS:
-            return
-        job, seg = t.job, t.segment
-        self._release(t)  # flushes the sink: seg.done is every byte that reached the disk
-        if t.fatal is not None:
-            raise t.fatal
-        if seg.remaining < 2 * MIN_SPLIT_BYTES:
-            self.queue.appendleft((job, seg))
-            return
-        pieces = min(pieces, seg.remaining // MIN_SPLIT_BYTES)
-        start, end = seg.next_offset, seg.end
-        step = -(-(end - start) // pieces)
-        cuts = [start + i * step for i in range(pieces)] + [end]
-        seg.end = cuts[1]
-        new = [state.Segment(a, b) for a, b in zip(cuts[1:-1], cuts[2:])]
-        at = job.segments.index(seg) + 1
-        job.segments[at:at] = new
-        # The new tiling is on disk before any of its ranges starts (a kill now resumes from it).
-        state.save_sidecar(job.final, job.remote, self.commit, job.segments)
-        job.dirty = False
-        for s in reversed([seg, *new]):
-            self.queue.appendleft((job, s))
-        log.debug("%s: split %.1f MiB left at offset %d into %d ranges (%.1f MiB/s per connection)",
-                  job.remote.path, (end - start) / 2**20, start, pieces, per_connection / 2**20)
+        cut = seg.next_offset + size
+        rest = state.Segment(cut, seg.end)
+        seg.end = cut
+        job.segments.insert(job.segments.index(seg) + 1, rest)
+        if not job.fresh:  # a fresh part gets its first sidecar (with this tiling) when it is created
+            state.save_sidecar(job.final, job.remote, self.commit, job.segments)
+        self.queue.appendleft((job, rest))
+        log.debug("%s: range at %d cut to %.1f MiB (%.1f MiB/s per connection); %.1f MiB queued",
+                  job.remote.path, seg.next_offset, size / 2**20, per_connection / 2**20,
+                  rest.remaining / 2**20)
 
     def _watch(self, now: float) -> None:
         """Progress of the transfers in flight, and our own stall timer (libcurl's LOW_SPEED_TIME averages
@@ -584,7 +564,6 @@ class Downloader:
             now = time.monotonic()
             self._schedule(now)
             self.control.observe(now, self.received, len(self.transfers))
-            self._split()
             self._schedule(now)
             while True:
                 ret, _ = self.multi.perform()
