@@ -16,8 +16,8 @@ to ``--rate-mib`` per connection (a CDN edge's cap) so that a pull lasts a few s
    in-flight state left, graph.pbtxt written;
 4. counts bytes: the hub records the body bytes it sent on every request. ``excess`` = bytes sent for the run
    (both processes) - the files' sizes. The bound is the bytes sent on the ranges in flight at the kill. The
-   engine (``transfer.py``) splits a file over 16 MiB into up to 8 ranges of at least 16 MiB, runs at most 8 at
-   once, and records the bytes of each on disk in the file's sidecar at every 0.5 s checkpoint (and when the
+   engine (``transfer.py``) splits large files into ranges, runs up to OVMS_PULL_CONNECTIONS (32) at once
+   (how many it chooses from the measured throughput), and records the bytes of each on disk in the file's sidecar at every 0.5 s checkpoint (and when the
    file's last range ends): what it received after its last record of a file is lost at a kill. So a request
    is in flight when the hub still served it at the kill, or ended it less than ``SOCKET_SLACK`` before the
    last write of its file's sidecar (the sidecar's mtime: the engine's own clock, so a pull starved of CPU

@@ -17,13 +17,15 @@ def document() -> dict:
                    "schema": {"type": "string"}} for name, required, text in route.query]
         if "{job_id}" in route.path:
             params.append({"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}})
+        if "{name}" in route.path:
+            params.append({"name": "name", "in": "path", "required": True, "schema": {"type": "string"}})
         if params:
             op["parameters"] = params
         if route.body is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{route.body.name}"}}}}
-        if route.answer == "text/event-stream":
-            content = {"text/event-stream": {"schema": {"type": "string"}}}
+        if "/" in route.answer:  # a media type (server-sent events, the docs page and its assets)
+            content = {route.answer: {"schema": {"type": "string"}}}
         elif route.answer == "object":
             content = {"application/json": {"schema": {"type": "object"}}}
         else:

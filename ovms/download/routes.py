@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import json
 import logging
+import pathlib
 import uuid
 
 from aiohttp import web
@@ -130,6 +131,32 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+DOCS_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>ovms Model Download API</title>
+<link rel="stylesheet" href="{prefix}/docs/static/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="{prefix}/docs/static/swagger-ui-bundle.js"></script>
+<script>window.ui = SwaggerUIBundle({{url: "{prefix}/openapi.json", dom_id: "#swagger-ui"}});</script>
+</body></html>
+"""
+DOCS_ASSETS = {"swagger-ui.css": "text/css", "swagger-ui-bundle.js": "application/javascript"}
+
+
+async def docs(request: web.Request) -> web.Response:
+    """Swagger UI on the OpenAPI document; its assets come from the swagger-ui-bundle package (no CDN)."""
+    return web.Response(text=DOCS_PAGE.format(prefix=PREFIX), content_type="text/html")
+
+
+async def docs_asset(request: web.Request) -> web.StreamResponse:
+    import swagger_ui_bundle
+
+    name = request.match_info["name"]
+    if name not in DOCS_ASSETS:
+        raise web.HTTPNotFound()
+    return web.FileResponse(pathlib.Path(swagger_ui_bundle.swagger_ui_path) / name,
+                            headers={"Content-Type": DOCS_ASSETS[name]})
+
+
 async def openapi(request: web.Request) -> web.Response:
     from ovms.download.openapi import document
     return _json(document())
@@ -164,6 +191,10 @@ ROUTES = (
     Route("GET", "/plugins", plugins, "Hubs and converters, each with available and unavailable_reason."),
     Route("POST", "/models/list", list_models, "Hub listing: not implemented (400).", errors=(400,)),
     Route("GET", "/openapi.json", openapi, "This document."),
+    Route("GET", "/docs", docs, "Swagger UI on this document (assets served from the swagger-ui-bundle package).",
+          answer="text/html"),
+    Route("GET", "/docs/static/{name}", docs_asset, "The Swagger UI's stylesheet and script.",
+          answer="application/octet-stream", errors=(404,)),
 )
 
 

@@ -159,3 +159,18 @@ def test_unit_validation_round_trip():
     assert ok["models"][0]["hub"] == "huggingface" and ok["models"][0]["config"]["device"] == "GPU"
     assert ok["models"][0]["config"]["extra"] == 1 and ok["parallel_downloads"] is False
     assert tiny_repo_files()["config.json"].startswith(b"{")
+
+
+def test_docs_page_serves_its_assets_locally(service):
+    """The Swagger UI page and its script and stylesheet come from the service itself (no CDN)."""
+    import urllib.request
+
+    base = service.url.removesuffix("/api/v1")
+    with urllib.request.urlopen(f"{base}/api/v1/docs", timeout=10) as response:
+        page = response.read().decode()
+        assert response.status == 200 and response.headers["Content-Type"].startswith("text/html")
+    assert "/api/v1/openapi.json" in page and "http://" not in page and "https://" not in page
+    for asset, kind in (("swagger-ui-bundle.js", "application/javascript"), ("swagger-ui.css", "text/css")):
+        assert f"/api/v1/docs/static/{asset}" in page
+        with urllib.request.urlopen(f"{base}/api/v1/docs/static/{asset}", timeout=10) as response:
+            assert response.headers["Content-Type"].startswith(kind) and len(response.read()) > 10_000
