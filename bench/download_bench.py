@@ -21,6 +21,7 @@ import time
 import requests
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the imitations import tests.pull.hub_imitation
 sys.path.insert(0, str(ROOT / "tests" / "pull"))
 sys.path.insert(0, str(ROOT / "tests" / "download"))
 

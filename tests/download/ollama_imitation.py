@@ -15,10 +15,11 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import threading
 import time
 
 from aiohttp import web
+
+from tests.pull.hub_imitation import BackgroundApps
 
 CHUNK = 64 * 1024
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
@@ -35,17 +36,17 @@ class BlobFaults:
     used: int = 0
 
 
-class OllamaImitation:
+class OllamaImitation(BackgroundApps):
+    thread_name = "ollama imitation"
+
     def __init__(self) -> None:
+        super().__init__()
         self.manifests: dict[tuple[str, str, str], bytes] = {}
         self.blobs: dict[str, bytes] = {}
         self.faults: dict[str, BlobFaults] = {}
         self.requests: list[dict] = []
         self.url = ""
         self.cdn_url = ""
-        self._loop = None
-        self._thread = None
-        self._runners: list[web.AppRunner] = []
 
     def add_model(self, name: str, tag: str, layers: dict[str, bytes]) -> dict:
         """Publish ``[namespace/]name:tag`` with ``layers`` {media type suffix or full type: bytes}; returns the
@@ -135,43 +136,14 @@ class OllamaImitation:
             pass
         return resp
 
-    async def _start_async(self) -> None:
+    def _apps(self) -> list[web.Application]:
         registry = web.Application()
         registry.router.add_get("/v2/{ns}/{model}/manifests/{tag}", self._manifest)
         registry.router.add_get("/v2/{ns}/{model}/blobs/{digest}", self._blob)
         cdn = web.Application()
         cdn.router.add_get("/cdn/{digest}", self._cdn)
-        ports = []
-        for app in (registry, cdn):
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self._runners.append(runner)
-            ports.append(runner.addresses[0][1])
+        return [registry, cdn]
+
+    def _listening(self, ports: list[int]) -> None:
         self.url = f"http://127.0.0.1:{ports[0]}"
         self.cdn_url = f"http://localhost:{ports[1]}"
-
-    def start(self) -> "OllamaImitation":
-        ready = threading.Event()
-
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self._start_async())
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="ollama-imitation", daemon=True)
-        self._thread.start()
-        if not ready.wait(30):
-            raise RuntimeError("ollama imitation did not start")
-        return self
-
-    def stop(self) -> None:
-        async def cleanup() -> None:
-            for runner in self._runners:
-                await runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(cleanup(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(30)

@@ -33,7 +33,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 from aiohttp import web
 
@@ -122,10 +122,81 @@ class HubRepo:
     gated: bool = False
 
 
-class HubImitation:
+class BackgroundApps:
+    """aiohttp applications served on 127.0.0.1 (free ports) by a thread with its own event loop.
+
+    Subclasses give ``_apps()`` (the applications) and ``_listening(ports)`` (told the ports, in the same
+    order); the Hub, Ollama registry and Azure Blob imitations share this.
+    """
+
+    thread_name = "imitation"
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runners: list[web.AppRunner] = []
+
+    def _apps(self) -> Sequence[web.Application]:
+        raise NotImplementedError
+
+    def _listening(self, ports: list[int]) -> None:
+        raise NotImplementedError
+
+    async def _start_async(self) -> None:
+        ports = []
+        for app in self._apps():
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self._runners.append(runner)
+            ports.append(runner.addresses[0][1])
+        self._listening(ports)
+
+    def start(self):
+        """Serve in a background thread with its own event loop; returns once every application listens."""
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            try:
+                self._loop.run_until_complete(self._start_async())
+            except BaseException as exc:  # surfaced to the caller below
+                errors.append(exc)
+                ready.set()
+                return
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name=self.thread_name, daemon=True)
+        self._thread.start()
+        if not ready.wait(30) or errors:
+            raise RuntimeError(f"{self.thread_name} did not start: {errors}")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+
+        async def cleanup() -> None:
+            for runner in self._runners:
+                await runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(cleanup(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+        self._loop = None
+        self._runners = []
+
+
+class HubImitation(BackgroundApps):
     """Repositories, fault knobs and request records; ``start()`` serves them on two loopback origins."""
 
+    thread_name = "hub imitation"
+
     def __init__(self, *, token: str = "hf_test_token", tree_page_size: int = 1000) -> None:
+        super().__init__()
         self.repos: dict[str, HubRepo] = {}
         self.faults: dict[tuple[str, str], Faults] = {}
         self.token = token
@@ -134,9 +205,6 @@ class HubImitation:
         self.blobs: dict[str, HubFile] = {}
         self.hub_url = ""
         self.cdn_url = ""
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runners: list[web.AppRunner] = []
 
     # ---- content ---------------------------------------------------------------------------------------
     def add_repo(self, repo_id: str, files: dict[str, bytes | pathlib.Path], *, lfs: Callable[[str, int], bool] | None
@@ -403,54 +471,9 @@ class HubImitation:
         cdn.router.add_get("/cdn/{oid}", self._cdn)
         return hub, cdn
 
-    async def _start_async(self) -> None:
-        hub, cdn = self._apps()
-        ports = []
-        for app in (hub, cdn):
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self._runners.append(runner)
-            ports.append(runner.addresses[0][1])
+    def _listening(self, ports: list[int]) -> None:
         self.hub_url = f"http://127.0.0.1:{ports[0]}"
         self.cdn_url = f"http://localhost:{ports[1]}"  # another origin than the hub, as a real CDN
-
-    def start(self) -> "HubImitation":
-        """Serve in a background thread with its own event loop; returns once both origins listen."""
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            try:
-                self._loop.run_until_complete(self._start_async())
-            except BaseException as exc:  # surfaced to the caller below
-                errors.append(exc)
-                ready.set()
-                return
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="hub-imitation", daemon=True)
-        self._thread.start()
-        if not ready.wait(30) or errors:
-            raise RuntimeError(f"hub imitation did not start: {errors}")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-
-        async def cleanup() -> None:
-            for runner in self._runners:
-                await runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(cleanup(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(30)
-        self._loop = None
-
 
 def _main() -> None:
     parser = argparse.ArgumentParser(description="Serve a Hub imitation until stdin closes.")

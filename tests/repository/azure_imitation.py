@@ -24,7 +24,6 @@ so a change in what the SDK sends fails the tests instead of passing by accident
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import email.utils
@@ -37,6 +36,8 @@ import uuid
 from xml.sax.saxutils import escape
 
 from aiohttp import web
+
+from tests.pull.hub_imitation import BackgroundApps
 
 ACCOUNT = "devstoreaccount1"
 # Azurite's well-known development key (public, in Microsoft's documentation).
@@ -56,18 +57,19 @@ def _http_date(seconds: float) -> str:
     return email.utils.formatdate(seconds, usegmt=True)
 
 
-class AzureBlobImitation:
+class AzureBlobImitation(BackgroundApps):
     """Containers of blobs in memory; ``start()`` serves them on 127.0.0.1 as the Blob endpoint of ``account``."""
 
+    thread_name = "Azure Blob imitation"
+
     def __init__(self, *, account: str = ACCOUNT, key: str = ACCOUNT_KEY, page_size: int = 2) -> None:
+        super().__init__()
         self.account, self.key, self.page_size = account, base64.b64decode(key), page_size
         self.containers: dict[str, dict[str, Blob]] = {}
         self.requests: list[dict] = []  # method, path, query, range, status of every request
         self.endpoint = ""
         self._lock = threading.Lock()
         self._generation = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
 
     def connection_string(self, key: str = ACCOUNT_KEY) -> str:
         return (f"DefaultEndpointsProtocol=http;AccountName={self.account};AccountKey={key};"
@@ -210,42 +212,11 @@ class AzureBlobImitation:
                             headers=headers)
 
     # Serving.
-    async def _start_async(self) -> None:
+    def _apps(self) -> list[web.Application]:
         app = web.Application()
         app.router.add_route("*", "/{account}/{container}", self._handle)
         app.router.add_route("*", "/{account}/{container}/{blob:.+}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.endpoint = f"http://127.0.0.1:{self._runner.addresses[0][1]}/{self.account}"
+        return [app]
 
-    def start(self) -> "AzureBlobImitation":
-        """Serve in a background thread with its own event loop; returns once it listens."""
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            try:
-                self._loop.run_until_complete(self._start_async())
-            except BaseException as exc:  # surfaced to the caller below
-                errors.append(exc)
-                ready.set()
-                return
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="azure-blob-imitation", daemon=True)
-        self._thread.start()
-        if not ready.wait(30) or errors:
-            raise RuntimeError(f"Azure Blob imitation did not start: {errors}")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(30)
-        self._loop = None
+    def _listening(self, ports: list[int]) -> None:
+        self.endpoint = f"http://127.0.0.1:{ports[0]}/{self.account}"
