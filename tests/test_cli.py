@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import shutil
 import signal
@@ -93,6 +94,41 @@ def serve(*args: str, log_path: pathlib.Path, cwd: pathlib.Path = ROOT) -> tuple
                                 "127.0.0.1", "--log_path", str(log_path), *args], cwd=cwd,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return process, grpc_port, rest_port
+
+
+class OvmsProcess:
+    """`python -m ovms` in a subprocess on free loopback ports, logging to ``tmp_path/ovms.log``, with the
+    given environment added (credentials, endpoints)."""
+
+    def __init__(self, tmp_path: pathlib.Path, env: dict | None, *args: str) -> None:
+        self.grpc_port, self.rest_port = free_port(), free_port()
+        self.log = tmp_path / "ovms.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ovms", "--port", str(self.grpc_port), "--rest_port", str(self.rest_port),
+             "--grpc_bind_address", "127.0.0.1", "--rest_bind_address", "127.0.0.1", "--log_path", str(self.log),
+             *args], cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait_ready(self) -> None:
+        wait_ready(self.rest_port, self.process, timeout=120)
+
+    def wait_log(self, text: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.log.read_text() if self.log.exists() else ""
+            if text in log:
+                return log
+            assert self.process.poll() is None, self.process.communicate()
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not logged:\n{self.log.read_text()[-4000:]}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait(10)
 
 
 def stop(process: subprocess.Popen) -> None:

@@ -7,7 +7,6 @@ import json
 import os
 import pathlib
 import shutil
-import time
 import urllib.error
 import urllib.request
 
@@ -20,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.fixtures.models import dummy
 from tests.test_cli import serve, stop, wait_ready
+from tests.test_reload import wait_for
 
 
 def get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
@@ -37,16 +37,6 @@ def states(port: int) -> dict[str, dict[str, str]]:
     assert status == 200, body
     return {name: {v["version"]: v["state"] for v in model["model_version_status"]}
             for name, model in json.loads(body).items()}
-
-
-def wait_until(predicate, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def samples(port: int) -> dict[tuple, float]:
@@ -137,11 +127,9 @@ def test_poll_default_picks_up_versions_and_zero_disables_it(model_repo, tmp_pat
         wait_ready(rest_b, still)
         assert states(rest_a) == states(rest_b) == {"dummy": {"1": "AVAILABLE", "2": "AVAILABLE"}}
         add_version(tmp_path / "dummy", 3)
-        wait_until(lambda: states(rest_a)["dummy"].get("3") == "AVAILABLE", "the default poll to load version 3",
-                   timeout=15)
+        wait_for(lambda: states(rest_a)["dummy"].get("3") == "AVAILABLE", 15, "the default poll to load version 3")
         add_version(tmp_path / "dummy", 4)
-        wait_until(lambda: states(rest_a)["dummy"].get("4") == "AVAILABLE", "the default poll to load version 4",
-                   timeout=15)
+        wait_for(lambda: states(rest_a)["dummy"].get("4") == "AVAILABLE", 15, "the default poll to load version 4")
         assert infer_dummy(grpc_a) == 4.0
         assert states(rest_b) == {"dummy": {"1": "AVAILABLE", "2": "AVAILABLE"}}
         assert infer_dummy(grpc_b) == 2.0
@@ -177,7 +165,7 @@ def test_state_changes_and_an_invalid_config_in_the_log(model_repo, tmp_path):
             "STATE CHANGED: model dummy version 2 -> LOADING", "STATE CHANGED: model dummy version 2 -> AVAILABLE"]
         assert all("[ovms.registry][INFO]" in line for line in log_lines(log, "STATE CHANGED"))
         add_version(tmp_path / "dummy", 3)
-        wait_until(lambda: states(rest_port)["dummy"] == {"2": "END", "3": "AVAILABLE"}, "version 3 to replace 2")
+        wait_for(lambda: states(rest_port)["dummy"] == {"2": "END", "3": "AVAILABLE"}, 30, "version 3 to replace 2")
         changes = [line.split("STATE CHANGED: ", 1)[1] for line in log_lines(log, "STATE CHANGED")]
         assert changes[2:] == ["model dummy version 3 -> LOADING", "model dummy version 3 -> AVAILABLE",
                                "model dummy version 2 -> UNLOADING", "model dummy version 2 -> END"]
@@ -185,7 +173,7 @@ def test_state_changes_and_an_invalid_config_in_the_log(model_repo, tmp_path):
         before = get(rest_port, "/v1/config")[1]
         config.write_text(json.dumps({"model_config_list": [{"config": {"name": "dummy", "base_path": str(
             tmp_path / "dummy"), "oops": 1}}]}))
-        error = wait_until(lambda: log_lines(log, "configuration not applied"), "the poll to log the invalid file")
+        error = wait_for(lambda: log_lines(log, "configuration not applied"), 30, "the poll to log the invalid file")
         assert len(error) == 1 and "[ERROR]" in error[0]
         assert "configuration not applied, the previous one stays in force: " in error[0]
         assert "unknown field(s) 'oops'" in error[0]
@@ -195,8 +183,8 @@ def test_state_changes_and_an_invalid_config_in_the_log(model_repo, tmp_path):
         add_version(tmp_path / "dummy", 4)
         valid["model_config_list"][0]["config"]["nireq"] = 2  # a valid file again, with a change
         config.write_text(json.dumps(valid))
-        wait_until(lambda: log_lines(log, "configuration is valid again"), "the poll to take the valid file")
-        wait_until(lambda: states(rest_port)["dummy"].get("4") == "AVAILABLE", "version 4 after the fix")
+        wait_for(lambda: log_lines(log, "configuration is valid again"), 30, "the poll to take the valid file")
+        wait_for(lambda: states(rest_port)["dummy"].get("4") == "AVAILABLE", 30, "version 4 after the fix")
         assert len(log_lines(log, "configuration not applied")) == 1  # logged once, not at every poll
         assert infer_dummy(grpc_port) == 4.0
     finally:
@@ -217,8 +205,8 @@ def test_grpc_workers_count_their_own_metrics(model_repo, tmp_path):
              ("version", "1"))
     try:
         wait_ready(rest_port, process)
-        wait_until(lambda: len({line.split("][")[1] for line in log_lines(log, "Server ready")}) == 2,
-                   "both workers ready")
+        wait_for(lambda: len({line.split("][")[1] for line in log_lines(log, "Server ready")}) == 2, 30,
+                 "both workers ready")
         a = np.ones((1, 16), np.int32)
         on_worker0 = on_worker1 = 0
         for _ in range(24):

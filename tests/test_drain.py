@@ -12,8 +12,6 @@ import pathlib
 import queue
 import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +27,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.genai.conftest import LLM_DIR, LLM_GRAPH
-from tests.test_cli import ROOT, free_port, wait_ready
+from tests.test_cli import OvmsProcess
+from tests.test_reload import wait_for
 
 SHUTTING_DOWN = "Server is shutting down"
 
@@ -62,16 +61,13 @@ def repository(tmp_path_factory, model_repo) -> pathlib.Path:
     return root
 
 
-class Running:
-    def __init__(self, repository: pathlib.Path, log: pathlib.Path, *extra: str) -> None:
-        self.grpc_port, self.rest_port, self.log = free_port(), free_port(), log
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ovms", "--config_path", str(repository / "config.json"),
-             "--port", str(self.grpc_port), "--rest_port", str(self.rest_port), "--grpc_bind_address", "127.0.0.1",
-             "--rest_bind_address", "127.0.0.1", "--log_path", str(log), "--metrics_enable",
-             "--metrics_list", "ovms_current_requests", *extra],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_ready(self.rest_port, self.process, timeout=120)
+class Running(OvmsProcess):
+    """A server on the drain repository, reporting ovms_current_requests; ready when constructed."""
+
+    def __init__(self, repository: pathlib.Path, tmp_path: pathlib.Path, *extra: str) -> None:
+        super().__init__(tmp_path, None, "--config_path", str(repository / "config.json"), "--metrics_enable",
+                         "--metrics_list", "ovms_current_requests", *extra)
+        self.wait_ready()
 
     def worker_pid(self) -> int:
         """The LLM's generation worker process, as the server logged it."""
@@ -96,26 +92,10 @@ class Running:
         assert found, f"no ovms_current_requests sample for {model}"
         return float(found[0])
 
-    def wait_log(self, text: str, timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            log = self.log.read_text() if self.log.exists() else ""
-            if text in log:
-                return log
-            time.sleep(0.05)
-        raise AssertionError(f"{text!r} not logged; log:\n{self.log.read_text()[-3000:]}")
-
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(10)
-
-
-def wait_until(predicate, timeout: float = 20, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def start_sse(server: Running, max_tokens: int):
@@ -130,7 +110,7 @@ def start_sse(server: Running, max_tokens: int):
 
 
 def test_sigterm_drains_streams_in_flight_then_exits_0(repository, tmp_path):
-    server = Running(repository, tmp_path / "ovms.log")
+    server = Running(repository, tmp_path)
     worker = None
     try:
         chunks = start_sse(server, max_tokens=200)
@@ -143,7 +123,7 @@ def test_sigterm_drains_streams_in_flight_then_exits_0(repository, tmp_path):
         x = grpcclient.InferInput("x", [1, 1], "FP32")
         x.set_data_from_numpy(np.full((1, 1), 3.0, np.float32))
         stream_client.async_stream_infer("slow", [x], request_id="in-flight")
-        wait_until(lambda: server.current_requests("slow") == 1, what="the slow request in flight")
+        wait_for(lambda: server.current_requests("slow") == 1, what="the slow request in flight")
 
         server.process.send_signal(signal.SIGTERM)
         log = server.wait_log("SIGTERM received: draining")
@@ -194,7 +174,7 @@ def test_sigterm_drains_streams_in_flight_then_exits_0(repository, tmp_path):
 
 @pytest.mark.parametrize("how", ["second signal", "timeout"])
 def test_second_signal_or_drain_timeout_cuts_the_drain_short(repository, tmp_path, how):
-    server = Running(repository, tmp_path / "ovms.log", "--drain_timeout_seconds", "60" if how != "timeout" else "1")
+    server = Running(repository, tmp_path, "--drain_timeout_seconds", "60" if how != "timeout" else "1")
     worker = None
     try:
         start_sse(server, max_tokens=200)

@@ -31,11 +31,12 @@ def rest(url, method, path, body=None):
 
 
 def wait_for(predicate, timeout=20.0, what=""):
+    """Poll ``predicate`` until it is truthy and return that value; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if predicate():
-                return
+            if value := predicate():
+                return value
         except InferenceServerException:  # e.g. the model does not exist yet
             pass
         time.sleep(0.05)

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import os
 import pathlib
-import subprocess
-import sys
-import time
 
 import pytest
 
-from tests.test_cli import ROOT, free_port, wait_ready
+from tests.test_cli import free_port
 
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
 
@@ -43,40 +40,6 @@ def s3(s3_endpoint):
 def upload_tree(client, bucket: str, local: pathlib.Path, prefix: str) -> None:
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
-
-
-class RemoteServer:
-    """`python -m ovms` in a subprocess with the given environment (credentials, endpoints)."""
-
-    def __init__(self, tmp_path: pathlib.Path, env: dict, *args: str) -> None:
-        self.grpc_port, self.rest_port = free_port(), free_port()
-        self.log = tmp_path / "ovms.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ovms", "--port", str(self.grpc_port), "--rest_port", str(self.rest_port),
-             "--grpc_bind_address", "127.0.0.1", "--rest_bind_address", "127.0.0.1", "--log_path", str(self.log),
-             *args], cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def wait_ready(self) -> None:
-        wait_ready(self.rest_port, self.process, timeout=120)
-
-    def wait_log(self, text: str, timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            log = self.log.read_text() if self.log.exists() else ""
-            if text in log:
-                return log
-            assert self.process.poll() is None, self.process.communicate()
-            time.sleep(0.05)
-        raise AssertionError(f"{text!r} not logged:\n{self.log.read_text()[-4000:]}")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        return self.process.wait(10)
 
 
 @pytest.fixture(scope="session")

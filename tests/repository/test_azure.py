@@ -19,9 +19,10 @@ import openvino as ov
 import tritonclient.grpc as grpcclient
 
 from tests.fixtures.models import dummy
-from tests.repository.conftest import RemoteServer
-from tests.repository.test_s3 import Caller, infer_dummy, states
-from tests.test_reload import wait_for
+from tests.test_cli import OvmsProcess
+from tests.repository.test_s3 import states
+from tests.test_reload import infer_dummy, wait_for
+from tests.test_version_swap import DefaultVersionClient
 
 
 def test_serve_from_azure_with_versions_changing_live(azure, model_repo, tmp_path):
@@ -35,7 +36,7 @@ def test_serve_from_azure_with_versions_changing_live(azure, model_repo, tmp_pat
         {"config": {"name": "gone", "base_path": f"az://no-such-{container}/models/gone"}}]}).encode())
     ov.save_model(dummy(2.0), str(tmp_path / "v2" / "model.xml"))
 
-    server = RemoteServer(tmp_path, {"AZURE_STORAGE_CONNECTION_STRING": store.connection_string()},
+    server = OvmsProcess(tmp_path, {"AZURE_STORAGE_CONNECTION_STRING": store.connection_string()},
                           "--config_path", f"az://{container}/repo/config.json",
                           "--model_repository_cache", str(tmp_path / "cache"), "--file_system_poll_wait_seconds", "1")
     try:
@@ -46,7 +47,7 @@ def test_serve_from_azure_with_versions_changing_live(azure, model_repo, tmp_pat
                 "The specified container does not exist. The model is not served")
         assert lost in log and gone in log, log[-4000:]
         url = f"127.0.0.1:{server.grpc_port}"
-        with grpcclient.InferenceServerClient(url) as grpc_client, Caller(url) as caller:
+        with grpcclient.InferenceServerClient(url) as grpc_client, DefaultVersionClient(url) as caller:
             assert infer_dummy(grpc_client) == 1.0  # version 1: b + 1
             assert states(server, "simple") == {"1": "AVAILABLE"}
             # Version 2 added in the container: loaded, and the default version moves to it.
@@ -82,7 +83,7 @@ def test_wrong_account_key_is_one_clear_error_while_a_local_model_serves(azure, 
         {"config": {"name": "dummy", "base_path": str(model_repo / "dummy")}},
         {"config": {"name": "remote", "base_path": f"az://{container}/repo/dummy"}}]}))
     wrong_key = base64.b64encode(b"not the account key, 64 bytes long, as real account keys are...").decode()
-    server = RemoteServer(tmp_path, {"AZURE_STORAGE_CONNECTION_STRING": store.connection_string(wrong_key)},
+    server = OvmsProcess(tmp_path, {"AZURE_STORAGE_CONNECTION_STRING": store.connection_string(wrong_key)},
                           "--config_path", str(config), "--file_system_poll_wait_seconds", "1")
     error = (f"model remote: cannot use az://{container}/repo/dummy: AuthenticationFailed: Server failed to "
              "authenticate the request. Make sure the value of Authorization header is formed correctly including "

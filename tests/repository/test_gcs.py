@@ -11,10 +11,11 @@ import openvino as ov
 import tritonclient.grpc as grpcclient
 
 from tests.fixtures.models import dummy
-from tests.repository.conftest import RemoteServer, upload_tree
-from tests.repository.test_s3 import Caller, infer_dummy, states
-from tests.test_cli import free_port
-from tests.test_reload import wait_for
+from tests.repository.conftest import upload_tree
+from tests.repository.test_s3 import states
+from tests.test_cli import OvmsProcess, free_port
+from tests.test_reload import infer_dummy, wait_for
+from tests.test_version_swap import DefaultVersionClient
 
 
 def test_serve_from_gcs_with_versions_changing_live(gcs, gcs_endpoint, model_repo, tmp_path):
@@ -27,7 +28,7 @@ def test_serve_from_gcs_with_versions_changing_live(gcs, gcs_endpoint, model_rep
         {"config": {"name": "gone", "base_path": f"gs://{missing_bucket}/models/gone"}}]}).encode())
     ov.save_model(dummy(2.0), str(tmp_path / "v2" / "model.xml"))
 
-    server = RemoteServer(tmp_path, {"STORAGE_EMULATOR_HOST": gcs_endpoint},
+    server = OvmsProcess(tmp_path, {"STORAGE_EMULATOR_HOST": gcs_endpoint},
                           "--config_path", f"gs://{bucket}/repo/config.json",
                           "--model_repository_cache", str(tmp_path / "cache"), "--file_system_poll_wait_seconds", "1")
     try:
@@ -38,7 +39,7 @@ def test_serve_from_gcs_with_versions_changing_live(gcs, gcs_endpoint, model_rep
         gone = f"model gone: cannot use gs://{missing_bucket}/models/gone: 404 Not Found"
         assert lost in log and gone in log and "(the bucket does not exist)" in log
         url = f"127.0.0.1:{server.grpc_port}"
-        with grpcclient.InferenceServerClient(url) as grpc_client, Caller(url) as caller:
+        with grpcclient.InferenceServerClient(url) as grpc_client, DefaultVersionClient(url) as caller:
             assert infer_dummy(grpc_client) == 1.0  # version 1: b + 1
             # Version 2 added in the bucket: loaded, and the default version moves to it.
             upload_tree(client, bucket, tmp_path / "v2", "repo/dummy/2")
@@ -65,7 +66,7 @@ def test_unreachable_endpoint_is_a_quick_clear_error(tmp_path):
     """Nothing listens at STORAGE_EMULATOR_HOST: the model's error says so in well under a minute (the client's
     default retry would block the first configuration for two minutes per model)."""
     endpoint = f"http://127.0.0.1:{free_port()}"
-    server = RemoteServer(tmp_path, {"STORAGE_EMULATOR_HOST": endpoint}, "--model_name", "dummy",
+    server = OvmsProcess(tmp_path, {"STORAGE_EMULATOR_HOST": endpoint}, "--model_name", "dummy",
                           "--model_path", "gs://models/dummy")
     started = time.monotonic()
     try:

@@ -4,52 +4,21 @@ calls the model, and a missing bucket that leaves the other models serving."""
 from __future__ import annotations
 
 import json
-import threading
 import urllib.request
 
 import numpy as np
 import openvino as ov
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
 
 from tests.fixtures.models import dummy
 from tests.genai.conftest import EMBEDDER_DIR, EMBEDDINGS_GRAPH
-from tests.repository.conftest import S3_CREDENTIALS, RemoteServer, upload_tree
-from tests.test_reload import wait_for
+from tests.repository.conftest import S3_CREDENTIALS, upload_tree
+from tests.test_cli import OvmsProcess
+from tests.test_reload import infer_dummy, wait_for
+from tests.test_version_swap import DefaultVersionClient
 
 
-def infer_dummy(client) -> float:
-    inp = grpcclient.InferInput("b", [1, 10], "FP32")
-    inp.set_data_from_numpy(np.zeros((1, 10), np.float32))
-    return float(client.infer("dummy", [inp]).as_numpy("a")[0, 0])
-
-
-class Caller:
-    """Calls dummy's default version from a thread until stopped (at most 20,000 calls); keeps failures."""
-
-    def __init__(self, url: str) -> None:
-        self.url, self.answers, self.failures = url, [], []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        with grpcclient.InferenceServerClient(self.url) as client:
-            while not self._stop.is_set() and len(self.answers) + len(self.failures) < 20_000:
-                try:
-                    self.answers.append(infer_dummy(client))
-                except InferenceServerException as exc:
-                    self.failures.append(exc.message())
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self.thread.join(30)
-
-
-def states(server: RemoteServer, model: str) -> dict[str, str]:
+def states(server: OvmsProcess, model: str) -> dict[str, str]:
     with urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/v1/config", timeout=10) as response:
         body = json.loads(response.read())
     return {v["version"]: v["state"] for v in body.get(model, {}).get("model_version_status", [])}
@@ -71,14 +40,14 @@ def test_serve_from_s3_with_versions_changing_live(s3, s3_endpoint, model_repo, 
     ov.save_model(dummy(3.0), str(tmp_path / "v3" / "model.xml"))
 
     env = {**S3_CREDENTIALS, "S3_ENDPOINT": s3_endpoint}
-    server = RemoteServer(tmp_path, env, "--config_path", f"s3://{bucket}/repo/config.json",
+    server = OvmsProcess(tmp_path, env, "--config_path", f"s3://{bucket}/repo/config.json",
                           "--model_repository_cache", str(tmp_path / "cache"), "--file_system_poll_wait_seconds", "1")
     try:
         log = server.wait_log("Server ready", timeout=120)
         # The missing bucket is one clear error naming the model and the URL; the others serve.
         assert "model lost: cannot use s3://no-such-bucket/models/lost: NoSuchBucket" in log
         url = f"127.0.0.1:{server.grpc_port}"
-        with grpcclient.InferenceServerClient(url) as grpc_client, Caller(url) as caller:
+        with grpcclient.InferenceServerClient(url) as grpc_client, DefaultVersionClient(url) as caller:
             assert infer_dummy(grpc_client) == 1.0
             a = np.arange(16, dtype=np.int32).reshape(1, 16)
             inputs = [grpcclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
@@ -120,14 +89,14 @@ def test_model_path_on_s3_and_a_missing_prefix(s3, s3_endpoint, model_repo, tmp_
     client, bucket = s3
     upload_tree(client, bucket, model_repo / "dummy", "single/dummy")
     env = {**S3_CREDENTIALS, "S3_ENDPOINT": s3_endpoint}
-    server = RemoteServer(tmp_path, env, "--model_name", "dummy", "--model_path", f"s3://{bucket}/single/dummy")
+    server = OvmsProcess(tmp_path, env, "--model_name", "dummy", "--model_path", f"s3://{bucket}/single/dummy")
     try:
         server.wait_ready()
         with grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}") as grpc_client:
             assert infer_dummy(grpc_client) == 2.0  # the demo dummy's version 2: b + 2
     finally:
         assert server.stop() == 0
-    missing = RemoteServer(tmp_path / "missing", env, "--model_name", "dummy", "--model_path",
+    missing = OvmsProcess(tmp_path / "missing", env, "--model_name", "dummy", "--model_path",
                            f"s3://{bucket}/no/such/prefix")
     (tmp_path / "missing").mkdir()
     try:
