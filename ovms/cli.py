@@ -14,6 +14,7 @@ import sys
 from ovms import __version__, logging_setup
 from ovms.errors import ConfigError
 from ovms.pull import cli as pull_cli
+from ovms.repository import is_remote
 
 EX_USAGE = 64
 MAX_PORT = 65535
@@ -177,7 +178,7 @@ def single_model(args: argparse.Namespace):
 
     path = pathlib.Path(args.model_path)
     task = getattr(args, "task", None)
-    if "://" in args.model_path and task:  # a GenAI model in a bucket: mirrored whole, then served with the task
+    if is_remote(args.model_path) and task:  # a GenAI model in a bucket: mirrored whole, then served with the task
         from ovms.config import ModelConfig
 
         model_config_from_dict({"name": args.model_name, "base_path": args.model_path}, where="command line")
@@ -247,7 +248,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from ovms.repository.storage import read_text
 
-    config_path = args.config_path if "://" in args.config_path else pathlib.Path(args.config_path) \
+    config_path = args.config_path if is_remote(args.config_path) else pathlib.Path(args.config_path) \
         if args.config_path else None
     metrics_enable, metrics_list = args.metrics_enable, args.metrics_list or None
     try:

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from ovms.errors import ConfigError
+from ovms.repository import is_remote, join, split_url
 
 # Fields of a model_config_list[].config entry that OVMS's schema accepts (src/schema.cpp).
 MODEL_CONFIG_FIELDS = {
@@ -157,15 +158,16 @@ Location = "pathlib.Path | str"  # a local directory, or a remote URL (str) such
 
 def _remote(value: str, relative_to, where: str) -> str | None:
     """The URL ``value`` names when it is remote, or relative to a remote config file; else None."""
-    if "://" in value:
+    if is_remote(value):
         url = value
     elif isinstance(relative_to, str) and not os.path.isabs(value):
-        url = relative_to.rstrip("/") + "/" + value
+        url = join(relative_to, value)
     else:
         return None
-    if not re.match(r"^(s3|gs|az|azure)://[^/]+", url):
-        raise ConfigError(f"{where}: base_path {url} is not a repository this server reads; use a local path, "
-                          "s3://bucket/path, gs://bucket/path or az://container/path")
+    try:
+        split_url(url)  # the schemes ovms.repository reads
+    except ValueError as exc:
+        raise ConfigError(f"{where}: base_path {exc}") from None
     return url
 
 
@@ -280,7 +282,7 @@ def load_config_file(path, *, read_text=None) -> list[ModelConfig]:
     ``path`` is a local path, or a remote URL (str) read with ``read_text(url)``; relative paths in the file are
     relative to its directory, local or remote.
     """
-    remote = isinstance(path, str) and "://" in path
+    remote = is_remote(path)
     try:
         text = read_text(path) if remote else pathlib.Path(path).read_text()
     except OSError as exc:
@@ -363,7 +365,7 @@ def version_files(config: "ModelConfig", version: int) -> tuple[tuple[str, int, 
 def load_monitoring(path, *, read_text=None) -> tuple[bool, list[str] | None]:
     """The ``monitoring.metrics`` section of a config.json: (enable, metrics_list or None)."""
     try:
-        remote = isinstance(path, str) and "://" in path
+        remote = is_remote(path)
         document = json.loads(read_text(path) if remote else pathlib.Path(path).read_text())
     except Exception:
         return False, None  # load_config_file reports file problems
