@@ -145,26 +145,17 @@ local f = assert(io.open("{body}", "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
-wrk.headers["Content-Type"] = "application/json"
-'''
-
-
-WRK_BINARY_LUA = '''\
-local f = assert(io.open("{body}", "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/octet-stream"
-wrk.headers["Inference-Header-Content-Length"] = "{header_length}"
-'''
+{headers}'''
 
 
 def run_wrk(server: Server, model: str, body_file: pathlib.Path, concurrency: int, *,
             seconds: int, workdir: pathlib.Path, header_length: int | None = None) -> Result:
     """wrk posting ``body_file``: KServe JSON, or with ``header_length`` the binary-data extension."""
+    headers = {"Content-Type": "application/json"} if header_length is None else {
+        "Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(header_length)}
     script = workdir / f"post_body_{model}_{'bin' if header_length is not None else 'json'}.lua"
-    script.write_text(WRK_LUA.format(body=body_file) if header_length is None
-                      else WRK_BINARY_LUA.format(body=body_file, header_length=header_length))
+    script.write_text(WRK_LUA.format(body=body_file, headers="".join(
+        f'wrk.headers["{name}"] = "{value}"\n' for name, value in headers.items())))
     url = f"{server.http_url}/v2/models/{model}/infer"
     cmd = ["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{seconds}s", "--timeout", "10s", "--latency",
            "-s", str(script), url]

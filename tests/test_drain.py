@@ -61,6 +61,15 @@ def repository(tmp_path_factory, model_repo) -> pathlib.Path:
     return root
 
 
+def current_requests(rest_port: int, model: str) -> float:
+    """The ovms_current_requests gauge of ``model`` from /metrics (the server must list that family)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = re.findall(rf'^ovms_current_requests{{[^}}]*name="{model}"[^}}]*}} (\S+)$', text, re.M)
+    assert found, f"no ovms_current_requests sample for {model}"
+    return float(found[0])
+
+
 class Running(OvmsProcess):
     """A server on the drain repository, reporting ovms_current_requests; ready when constructed."""
 
@@ -86,11 +95,7 @@ class Running(OvmsProcess):
             return error.code
 
     def current_requests(self, model: str) -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.rest_port}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        found = re.findall(rf'^ovms_current_requests{{[^}}]*name="{model}"[^}}]*}} (\S+)$', text, re.M)
-        assert found, f"no ovms_current_requests sample for {model}"
-        return float(found[0])
+        return current_requests(self.rest_port, model)
 
     def kill(self) -> None:
         if self.process.poll() is None:

@@ -107,7 +107,6 @@ def test_a_version_removed_from_disk_under_a_real_request_answers_it_before_its_
     import json
     import re
     import shutil
-    import time
     import urllib.request
 
     import numpy as np
@@ -117,6 +116,7 @@ def test_a_version_removed_from_disk_under_a_real_request_answers_it_before_its_
 
     from tests.test_cli import serve, stop, wait_ready
     from tests.test_drain import slow_model
+    from tests.test_reload import wait_for
 
     ov.save_model(slow_model(), str(tmp_path / "slow" / "1" / "model.xml"), compress_to_fp16=False)
     shutil.copytree(tmp_path / "slow" / "1", tmp_path / "slow" / "2")
@@ -139,12 +139,6 @@ def test_a_version_removed_from_disk_under_a_real_request_answers_it_before_its_
         found = re.findall(r'^ovms_current_requests{[^}]*name="slow"[^}]*} (\S+)$', http("/metrics")[1], re.M)
         return sum(float(f) for f in found)
 
-    def until(predicate, what: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.02)
-
     def infer(version: str):
         with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
             x = grpcclient.InferInput("x", [1, 1], "FP32")
@@ -157,15 +151,15 @@ def test_a_version_removed_from_disk_under_a_real_request_answers_it_before_its_
         assert version_states() == {"1": "AVAILABLE", "2": "AVAILABLE"}
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             requests = [pool.submit(infer, "1") for _ in range(2)]
-            until(lambda: in_flight() == 2, "both requests in flight")
+            wait_for(lambda: in_flight() == 2, 30, "both requests in flight")
             shutil.rmtree(tmp_path / "slow" / "1")
             reload = pool.submit(http, "/v1/config/reload", "POST")  # answers once the change is applied
-            until(lambda: version_states()["1"] != "AVAILABLE", "version 1 to leave AVAILABLE")
+            wait_for(lambda: version_states()["1"] != "AVAILABLE", 30, "version 1 to leave AVAILABLE")
             assert version_states() == {"1": "UNLOADING", "2": "AVAILABLE"}
             assert not all(r.done() for r in requests), "the requests ended before the removal was seen"
             answers = [r.result(60) for r in requests]
             assert reload.result(60)[0] == 201
-        until(lambda: version_states()["1"] == "END", "version 1 to reach END")
+        wait_for(lambda: version_states()["1"] == "END", 30, "version 1 to reach END")
         assert answers[0] == answers[1] and answers[0][0] == "1"
         assert infer("2") == ("2", answers[0][1])  # the same model: the right answer
         assert in_flight() == 0

@@ -18,12 +18,7 @@ import types
 
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, wrappers_pb2
 from google.protobuf.internal import enum_type_wrapper
-
-try:  # protobuf >= 4.22
-    from google.protobuf.message_factory import GetMessageClass as _message_class
-except ImportError:  # pragma: no cover - older runtimes
-    from google.protobuf import message_factory as _mf
-    _message_class = _mf.MessageFactory().GetPrototype
+from google.protobuf.message_factory import GetMessageClass as _message_class  # protobuf >= 4.22; floor 4.25
 
 DESCRIPTOR_SET = "descriptors.binpb"
 # Files of the runtime itself: added from its own modules, never from our set.

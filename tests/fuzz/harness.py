@@ -11,13 +11,14 @@ Used by tests/fuzz/test_fuzz.py (a short run in `make test`) and bench/fuzz.py (
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import random
 import signal
 import struct
 import time
 import traceback
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -216,16 +217,13 @@ def _same(x, y) -> bool:
         np.array_equal(x, y, equal_nan=x.dtype.kind == "f") if x.dtype != object else x.tolist() == y.tolist())
 
 
-_NATIVE: list = []
-
-
+@functools.cache
 def _native_codec():
-    if not _NATIVE:
-        try:
-            _NATIVE.append(load("tensorcodec", pure=False))
-        except ImportError:
-            _NATIVE.append(None)
-    return _NATIVE[0]
+    """The compiled twin, or None in a build without it."""
+    try:
+        return load("tensorcodec", pure=False)
+    except ImportError:
+        return None
 
 
 def target_kserve_rest(rng: random.Random) -> None:

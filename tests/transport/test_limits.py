@@ -2,25 +2,15 @@
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
-import urllib.request
 
 import numpy as np
 import openvino as ov
 import tritonclient.grpc as grpcclient
 
 from tests.test_cli import serve, stop, wait_ready
-from tests.test_drain import slow_model
-
-
-def current_requests(rest_port: int, model: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    found = re.findall(rf'^ovms_current_requests{{[^}}]*name="{model}"[^}}]*}} (\S+)$', text, re.M)
-    assert found, "no ovms_current_requests sample"
-    return float(found[0])
+from tests.test_drain import current_requests, slow_model
 
 
 def test_calls_per_connection_are_bounded_and_the_rest_wait(tmp_path):
