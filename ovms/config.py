@@ -119,6 +119,10 @@ class ModelConfig:
     # (``localize``). source_graph: the entry's graph_path, relative to the remote directory.
     source_url: str | None = None
     source_graph: str | None = None
+    # A servable that calls other served models (a DAG pipeline, a graph with model nodes): the registry loads
+    # it after the models it may use and checks it again (``Servable.revalidate``) whenever they change.
+    uses_models: bool = False
+    pipeline: Any = None  # kind "pipeline": its ovms.pipelines.definition.PipelineDefinition
 
     def describe(self) -> dict:
         """The entry as /v1/config and logs show it."""
@@ -349,6 +353,8 @@ def version_files(config: "ModelConfig", version: int) -> tuple[tuple[str, int, 
     Two equal results mean nothing was written in between: a version that failed to load (a directory copied
     in file by file) is tried again when this changes and then holds still.
     """
+    if config.kind == "pipeline":
+        return ()  # no files: a pipeline lives in config.json
     root = config.base_path if config.kind == "graph" else config.base_path / str(version)
     found = []
     for directory, _, files in os.walk(root):

@@ -43,6 +43,25 @@ class Kind(enum.Enum):
     REST_UNSUPPORTED_METHOD = ("Unsupported method", "UNIMPLEMENTED", 406)
     CONFIG_RELOAD_FAILED = ("Reloading config file failed. Check server logs for more info.", "INVALID_ARGUMENT",
                             400)
+    # DAG pipelines (src/status.cpp; gRPC codes from src/grpc_utils.cpp, HTTP from src/http_server.cpp).
+    PIPELINE_NOT_LOADED_YET = ("Pipeline is not loaded yet", "UNAVAILABLE", 404)
+    PIPELINE_NOT_LOADED_ANYMORE = ("Pipeline is retired", "NOT_FOUND", 404)
+    PIPELINE_DEMULTIPLEXER_NO_RESULTS = ("Pipeline execution aborted due to no content from custom node", "ABORTED",
+                                         204)
+    PIPELINE_WRONG_NUMBER_OF_DIMENSIONS_TO_DEMULTIPLY = ("Wrong number of dimensions in a tensor to be sharded",
+                                                         "INVALID_ARGUMENT", 400)
+    PIPELINE_DEMULTIPLY_COUNT_MISMATCH = ("Demultiplication count does not match tensor first dimension",
+                                          "INVALID_ARGUMENT", 400)
+    PIPELINE_TOO_LARGE_DIMENSION_SIZE_TO_DEMULTIPLY = ("Too large dynamic demultiplication requested.",
+                                                       "INVALID_ARGUMENT", 400)
+    PIPELINE_INCONSISTENT_SHARD_DIMENSIONS = ("Gathered tensor shards dimensions are different", "INVALID_ARGUMENT",
+                                              400)
+    PIPELINE_STRING_DEMULTIPLICATION_UNSUPPORTED = ("Demultiplication is not supported for string precision",
+                                                    "INVALID_ARGUMENT", 400)
+    NODE_LIBRARY_EXECUTION_FAILED = ("Custom node failed during execution", "INTERNAL", 500)
+    NODE_LIBRARY_MISSING_OUTPUT = ("Custom node output is missing", "INTERNAL", 500)
+    NODE_LIBRARY_INVALID_SHAPE = ("Custom node has produced tensor with not matching shape", "INTERNAL", 500)
+    NODE_LIBRARY_INVALID_PRECISION = ("Custom node has produced tensor with unspecified precision", "INTERNAL", 500)
     NOT_IMPLEMENTED = ("Not implemented", "UNIMPLEMENTED", 501)
     # OpenAI-compatible endpoints (/v3): OVMS answers a body that is not JSON with 412 (JSON_INVALID ->
     # PRECOND_FAILED in src/http_rest_api_handler.cpp); validation failures name the field.

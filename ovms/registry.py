@@ -136,6 +136,15 @@ class Registry:
         model = self.models.get(name)
         if model is None or (model.retired and model.default_version() is None):
             raise ServingError(Kind.MODEL_NAME_MISSING)
+        if model.config.kind == "pipeline":
+            entry = model.versions.get(version or 1)  # a pipeline's one version is 1, as in OVMS
+            if entry is not None and entry.state is VersionState.AVAILABLE:
+                return entry
+            if entry is not None and entry.state >= VersionState.UNLOADING:
+                raise ServingError(Kind.PIPELINE_NOT_LOADED_ANYMORE)
+            if entry is None and version not in (None, 0, 1):
+                raise ServingError(Kind.MODEL_VERSION_MISSING)
+            raise ServingError(Kind.PIPELINE_NOT_LOADED_YET, entry.error if entry and entry.error else "")
         if not version:  # None or 0: the default version (TFS clients such as ovmsclient send 0)
             entry = model.default_version()
             if entry is None:
@@ -188,7 +197,7 @@ class Registry:
                     model = Model(config, versions=model.versions if model else {})
                     self.models[name] = model
                     changed = True
-                elif model.config != config and config.kind == "model":
+                elif model.config != config and config.kind in ("model", "pipeline"):
                     log.info("model %s configuration changed: loading every version again; the current ones "
                              "serve until the new ones are loaded", name)
                     staged = Model(config)
@@ -207,8 +216,14 @@ class Registry:
                 first_loads = self._sync_versions(model)
                 changed |= any(not retry for _, _, retry in first_loads)
                 loads += first_loads
-            loaded = await asyncio.gather(*(self._load(model, entry) for model, entry, _ in loads),
+            # Servables that call other models (pipelines) load after those models, to be checked against them.
+            loads.sort(key=lambda load: load[0].config.uses_models)
+            independent = [load for load in loads if not load[0].config.uses_models]
+            dependent = loads[len(independent):]
+            loaded = await asyncio.gather(*(self._load(model, entry) for model, entry, _ in independent),
                                           *(self._retire(e) for e in early))
+            loaded = loaded[:len(independent)]
+            loaded += await asyncio.gather(*(self._load(model, entry) for model, entry, _ in dependent))
             changed |= any(ok and retry for ok, (_, _, retry) in zip(loaded, loads))
             for model, staged in swaps:
                 retirements += [e for e in model.versions.values() if e.state < VersionState.UNLOADING]
@@ -219,11 +234,46 @@ class Registry:
                     changed |= bool(superseded)
                     retirements += superseded
             await asyncio.gather(*(self._retire(e) for e in retirements))
+            if changed:
+                await self._revalidate({id(entry) for _, entry, _ in loads})
             return changed
+
+    async def _revalidate(self, just_loaded: set[int]) -> None:
+        """After the served models changed: check every servable that uses them again (OVMS revalidates its
+        pipelines), and load again those that failed because a model they need was missing."""
+        for model in self.models.values():
+            if model.retired or not model.config.uses_models:
+                continue
+            for entry in model.versions.values():
+                if id(entry) in just_loaded or entry.state >= VersionState.UNLOADING:
+                    continue
+                if entry.servable is None:
+                    if entry.error is not None:
+                        log.info("%s: the models it uses changed; trying to load it again", model.name)
+                        await self._load(model, entry)
+                    continue
+                try:
+                    await asyncio.to_thread(entry.servable.revalidate)
+                except ModelLoadError as exc:
+                    if entry.error != str(exc):
+                        log.error("%s no longer fits the models it uses and is not served until it does: %s",
+                                  model.name, exc)
+                    entry.error = str(exc)
+                    # Only the next change of the models it uses makes it fit again, not its (absent) files.
+                    entry.failed_files = entry.seen_files = ()
+                    entry.retry_at = float("inf")
+                    entry.set_state(VersionState.LOADING)
+                    continue
+                if entry.error is not None:
+                    log.info("%s fits the models it uses again and is served", model.name)
+                    entry.error = None
+                    entry.set_state(VersionState.AVAILABLE)
 
     def _present(self, model: Model) -> list[int] | None:
         """The version numbers on disk, or None with ``model.error`` set when there are none."""
         config = model.config
+        if config.kind == "pipeline":
+            return [1]  # a pipeline has no files and one version, as in OVMS
         if not config.base_path.is_dir():
             self._set_model_error(model, "The provided base path is invalid or doesn't exists: "
                                          f"{config.source_url or config.base_path}")

@@ -37,6 +37,13 @@ class Servable(abc.ABC):
     def close(self) -> None:
         """Release device resources; called after the last in-flight request ended."""
 
+    def revalidate(self) -> None:
+        """Check again against the served models it uses, after they changed (config ``uses_models``).
+
+        Raise ``ModelLoadError`` saying what no longer fits; the registry then stops serving this servable until a
+        later check passes.
+        """
+
 
 class InferServable(Servable):
     """A servable that maps named input tensors to named output tensors."""

@@ -40,8 +40,13 @@ class ServerSettings:
     grpc_channel_arguments: tuple = ()  # --grpc_channel_arguments: (name, value) gRPC server options
 
 
-def _load_servable(config: ModelConfig, version: int):
-    """The backend for a configured model: classic OpenVINO models, or GenAI graphs (LLM, embeddings, rerank)."""
+def _load_servable(config: ModelConfig, version: int, registry: Registry):
+    """The backend for a configured model: classic OpenVINO models, GenAI graphs (LLM, embeddings, rerank), or
+    a DAG pipeline (which calls the registry's models)."""
+    if config.kind == "pipeline":
+        from ovms.pipelines import Pipeline
+
+        return Pipeline(config.pipeline, registry)
     if config.kind == "graph":
         from ovms.backends.genai import load_graph_servable
 
@@ -67,7 +72,7 @@ class Server:
         from ovms.backends import cache
 
         cache.configure(settings.cache_dir)
-        self.registry = Registry(_load_servable)
+        self.registry = Registry(lambda config, version: _load_servable(config, version, self.registry))
         self.manager = ConfigManager(self.registry, config_path=config_path, models=models,
                                      on_change=self._models_changed, repository_cache=settings.repository_cache)
         self.metrics = Metrics(settings.metrics_families, gauges=self._gauges)
