@@ -9,6 +9,8 @@ import sys
 
 from aiohttp import web
 
+from ovms.download.hubs.remote_url import ALLOWLIST_ENV, parse_allowlist
+from ovms.download.plugins import default_plugins
 from ovms.download.routes import create_app
 from ovms.download.service import DownloadService
 
@@ -26,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "MODELS_DIR/.ovms_download/jobs.sqlite3")
     parser.add_argument("--max_parallel_downloads", type=int, default=4,
                         help="models downloading at once, across all requests (default 4)")
+    parser.add_argument("--remote_url_allowlist", default=os.environ.get(ALLOWLIST_ENV),
+                        help="hosts (name[:port]) and http(s) URL prefixes, comma-separated, that hub remote-url may "
+                             f"download from (env {ALLOWLIST_ENV}); empty: hub remote-url is unavailable")
     parser.add_argument("--log_level", default=os.environ.get("LOG_LEVEL", "INFO"),
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
@@ -39,9 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_parallel_downloads < 1:
         print("--max_parallel_downloads must be at least 1.", file=sys.stderr)
         return 64
+    try:
+        allowlist = parse_allowlist(args.remote_url_allowlist)
+    except ValueError as exc:
+        print(f"--remote_url_allowlist: {exc}.", file=sys.stderr)
+        return 64
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="[%(asctime)s][%(name)s][%(levelname)s] %(message)s")
-    service = DownloadService(args.models_dir, max_parallel_downloads=args.max_parallel_downloads)
+    service = DownloadService(args.models_dir, max_parallel_downloads=args.max_parallel_downloads,
+                              plugins=default_plugins(remote_url_allowlist=allowlist))
     app = create_app(service)
     print(f"Model download service on http://{args.host}:{args.port}/api/v1 (models in {service.models_dir})",
           file=sys.stderr, flush=True)

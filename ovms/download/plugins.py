@@ -1,14 +1,16 @@
-"""The hubs this service knows, and why the missing ones are missing (``GET /plugins`` shows both)."""
+"""The hubs this service knows, and why the unavailable ones are unavailable (``GET /plugins`` shows both)."""
 from __future__ import annotations
 
 from ovms.download.hubs.base import Plugin
 from ovms.download.hubs.huggingface import HuggingFacePlugin
 from ovms.download.hubs.ollama import OllamaPlugin
+from ovms.download.hubs.remote_url import AllowEntry, RemoteUrlPlugin
 
 NOT_IMPLEMENTED = "not implemented in this service yet"
 
 
-def default_plugins() -> dict[str, Plugin]:
+def default_plugins(*, remote_url_allowlist: list[AllowEntry] | None = None) -> dict[str, Plugin]:
+    """Every hub of the API; ``remote_url_allowlist`` None reads EXTERNAL_SOURCES_URL_ALLOWLIST."""
     plugins: dict[str, Plugin] = {
         "huggingface": HuggingFacePlugin(),
         "openvino": HuggingFacePlugin("openvino", always_ovms=True),
@@ -18,7 +20,6 @@ def default_plugins() -> dict[str, Plugin]:
                                                                    "asset server)"),
         "geti": Plugin("geti", description="Models trained on an Intel Geti server", available=False,
                        unavailable_reason=NOT_IMPLEMENTED + " (needs the Geti SDK, GETI_HOST and GETI_TOKEN)"),
-        "remote-url": Plugin("remote-url", description="A file from an allow-listed HTTP(S) URL", available=False,
-                             unavailable_reason=NOT_IMPLEMENTED),
+        "remote-url": RemoteUrlPlugin(remote_url_allowlist),
     }
     return plugins

@@ -7,6 +7,7 @@ read ``detail``): ``{"detail": [{"type", "loc": ["body", "models", 0, "hub"], "m
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 HUBS = ("huggingface", "ollama", "ultralytics", "geti", "openvino", "remote-url")
@@ -29,6 +30,7 @@ class Field:
     enum: tuple[str, ...] | None = None
     case_insensitive: bool = False  # enum matched ignoring case, answered in its canonical spelling
     min_length: int | None = None
+    pattern: str | None = None  # a string must match it whole (re.fullmatch)
     exclusive_minimum: float | None = None
     minimum: float | None = None
     maximum: float | None = None
@@ -49,6 +51,8 @@ ModelConfig = Schema("ModelConfig", (
     Field("precision", "string", "Weight precision of the OpenVINO model.", enum=PRECISIONS, case_insensitive=True),
     Field("device", "string", "Target device written into graph.pbtxt.", enum=DEVICES, case_insensitive=True),
     Field("cache_size", "integer", "KV cache size in GB written into graph.pbtxt (llm, vlm).", exclusive_minimum=0),
+    Field("sha256", "string", "remote-url: the file's sha256 (hex); the download is verified against it before "
+          "the file takes its name.", pattern="[0-9a-fA-F]{64}"),
 ), additional=True, description="Conversion and graph options; other keys are refused unless a hub uses them.")
 
 ModelRequest = Schema("ModelRequest", (
@@ -140,6 +144,8 @@ def _check_field(f: Field, value: Any, loc: tuple, problems: list[Problem]) -> A
     if f.min_length is not None and len(value) < f.min_length:
         problems.append(Problem(loc, f"String should have at least {f.min_length} character"
                                      f"{'s' if f.min_length > 1 else ''}", "string_too_short", value))
+    if f.pattern is not None and f.kind == "string" and not re.fullmatch(f.pattern, value):
+        problems.append(Problem(loc, f"String should match pattern '{f.pattern}'", "string_pattern_mismatch", value))
     if f.exclusive_minimum is not None and value <= f.exclusive_minimum:
         problems.append(Problem(loc, f"Input should be greater than {f.exclusive_minimum:g}", "greater_than", value))
     if f.minimum is not None and value < f.minimum:
@@ -209,6 +215,8 @@ def json_schema(schema: Schema) -> dict:
             p["enum"] = list(f.enum)
         if f.min_length is not None:
             p["minLength"] = f.min_length
+        if f.pattern is not None:
+            p["pattern"] = f.pattern
         if f.exclusive_minimum is not None:
             p["minimum"] = f.exclusive_minimum
             p["exclusiveMinimum"] = True

@@ -98,7 +98,8 @@ class HuggingFacePlugin(Plugin):
             if key not in CREDENTIAL_KEYS:
                 raise Refused(f"override_credentials.{key} is not used by hub {self.name!r}; it takes HF_TOKEN.")
         config = request.get("config") or {}
-        extra = sorted(k for k in config if k not in ("precision", "device", "cache_size"))
+        extra = sorted(k for k, v in config.items()
+                       if k not in ("precision", "device", "cache_size") and v is not None)
         if extra:
             raise Refused(f"config.{extra[0]} is not supported by hub {self.name!r} in this service.")
         if not self.is_ovms(request):
