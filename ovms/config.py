@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from ovms.errors import ConfigError
+from ovms.pipelines.definition import parse_libraries, parse_pipeline
 from ovms.repository import is_remote, join, split_url
 
 # Fields of a model_config_list[].config entry that OVMS's schema accepts (src/schema.cpp).
@@ -36,9 +37,7 @@ NOT_IMPLEMENTED_MODEL_FIELDS = {
     "subconfig": "graphs with model nodes (a subconfig) are not supported yet; only generative graphs are served",
 }
 NOT_IMPLEMENTED_TOP_LEVEL = {
-    "pipeline_config_list": "DAG pipelines are not supported yet",
     "custom_loader_config_list": "custom model loaders (C libraries) are not supported",
-    "custom_node_library_config_list": "custom node libraries (C) are not supported",
 }
 _SHAPE_RE = re.compile(r"^\s*[\(\[]\s*(-?\d+(:\d+)?)(\s*,\s*-?\d+(:\d+)?)*\s*[\)\]]\s*$")
 
@@ -335,6 +334,23 @@ def load_config_file(path, *, read_text=None) -> list[ModelConfig]:
             raise ConfigError(f"{path}: mediapipe_config_list[{i}]: name {model.name!r} is already used")
         names.add(model.name)
         models.append(model)
+    if remote and (document.get("custom_node_library_config_list") or document.get("pipeline_config_list")):
+        raise ConfigError(f"{path}: pipelines and custom nodes are read from a local config.json only; copy the "
+                          "config file next to the server (its models may stay in the bucket)")
+    libraries = parse_libraries(document.get("custom_node_library_config_list"),
+                                f"{path}: custom_node_library_config_list", directory)
+    pipelines = document.get("pipeline_config_list", [])
+    if not isinstance(pipelines, list):
+        raise ConfigError(f"{path}: pipeline_config_list must be a JSON array")
+    for i, item in enumerate(pipelines):
+        where = f"{path}: pipeline_config_list[{i}]"
+        definition = parse_pipeline(item, where, libraries)
+        if definition.name in names:
+            raise ConfigError(f"{where}: Pipeline has the same name as model: {definition.name!r}; names must be "
+                              "unique across models, graphs and pipelines")
+        names.add(definition.name)
+        models.append(ModelConfig(name=definition.name, base_path=directory, kind="pipeline", uses_models=True,
+                                  pipeline=definition))
     return models
 
 

@@ -53,9 +53,20 @@ def test_valid_config_relative_paths(tmp_path):
     ({"model_config_list": [{"config": {"name": "a", "base_path": "/m", "allow_cache": "yes"}}]},
      "allow_cache must be true or false"),
     ({"model_config_list": [], "pipeline_config_list": [{"name": "p"}]},
-     "pipeline_config_list is not supported by this server (DAG pipelines are not supported yet)"),
-    ({"model_config_list": [], "custom_node_library_config_list": [{"name": "lib"}]},
-     "custom_node_library_config_list is not supported"),
+     "pipeline_config_list[0] (pipeline p): required field 'inputs' is missing"),
+    ({"model_config_list": [], "pipeline_config_list": [{"name": "p", "inputs": ["x"], "outputs": [], "nodes": [
+        {"name": "n", "type": "python", "inputs": [], "outputs": []}]}]},
+     "nodes[0] (node n): Unsupported node type 'python'"),
+    ({"model_config_list": [], "pipeline_config_list": [{"name": "p", "inputs": ["x"], "outputs": [], "nodes": [
+        {"name": "n", "type": "custom", "library_name": "nolib", "inputs": [], "outputs": []}]}]},
+     "Pipeline refers to incorrect library: 'nolib' is not in custom_node_library_config_list"),
+    ({"model_config_list": [{"config": {"name": "p", "base_path": "/m"}}], "pipeline_config_list": [
+        {"name": "p", "inputs": ["x"], "outputs": [], "nodes": []}]},
+     "Pipeline has the same name as model: 'p'"),
+    ({"model_config_list": [], "custom_node_library_config_list": [{"name": "lib", "base_path": "/libs/node.so"}]},
+     "not a Python file. This server runs custom nodes written in Python, not C libraries (.so)"),
+    ({"model_config_list": [], "custom_node_library_config_list": [{"name": "lib", "base_path": "/no/node.py"}]},
+     "Custom node library not found: /no/node.py"),
     ({"mediapipe_config_list": [{"name": "g", "base_path": "/g", "subconfig": "s.json"}]},
      "field 'subconfig' is not supported by this server (graphs with model nodes"),
 ])
