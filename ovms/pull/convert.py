@@ -90,6 +90,9 @@ def _run(cmd: list[str], env: dict | None, stop_requested: Callable[[], str | No
                 pass
 
 
+run_tool = _run  # the download service runs its other exporters (ultralytics' yolo) the same way
+
+
 def convert(source_model: str, target: pathlib.Path, task: str, weight_format: str,
             extra_quantization_params: str | None, *, env: dict | None = None, optimum_task: str | None = None,
             stop_requested: Callable[[], str | None] | None = None) -> None:

@@ -36,7 +36,8 @@ def free_port() -> int:
 
 
 def service_env(hub: HubImitation | None = None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "GIT_LFS_", "OVMS_PULL_", "OLLAMA_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(
+        ("HF_", "GIT_LFS_", "OVMS_PULL_", "OLLAMA_", "GETI_", "ULTRALYTICS_", "EXTERNAL_SOURCES_"))}
     if hub is not None:
         env["HF_ENDPOINT"] = hub.hub_url
     env["OLLAMA_REGISTRY"] = "http://127.0.0.1:9"  # never the public registry from a test; tests set their own

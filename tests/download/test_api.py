@@ -76,11 +76,15 @@ def test_empty_list_is_200_with_no_jobs(service):
     assert r.json() == {"message": "Started processing 0 model(s)", "job_ids": [], "status": "processing"}
 
 
-@pytest.mark.parametrize("hub_name", ["ultralytics", "geti"])
-def test_hub_not_available_is_400_with_the_reason(service, hub_name):
-    r = service.download([{"name": "yolo11n", "hub": hub_name}])
+@pytest.mark.parametrize("hub_name, reason", [("ultralytics", "the ultralytics package is not installed"),
+                                              ("geti", "GETI_HOST, GETI_ORGANIZATION_ID, GETI_WORKSPACE_ID, "
+                                                       "GETI_TOKEN not set"),
+                                              ("remote-url", "no URL is allow-listed")])
+def test_hub_not_available_is_400_with_the_reason(service, hub_name, reason):
+    name = "https://example.com/yolo11n.pt" if hub_name == "remote-url" else "yolo11n"
+    r = service.download([{"name": name, "hub": hub_name}])
     assert r.status_code == 400
-    assert f"Hub '{hub_name}' is not available: not implemented" in r.json()["detail"]
+    assert f"Hub '{hub_name}' is not available: {reason}" in r.json()["detail"]
     assert service.get("/jobs").json() == {"jobs": []}
 
 
@@ -114,7 +118,7 @@ def test_plugins_say_what_is_available(service):
     assert set(downloaders) == {"huggingface", "openvino", "ollama", "ultralytics", "geti", "remote-url"}
     assert downloaders["ollama"]["available"] is True
     assert downloaders["huggingface"]["available"] is True and downloaders["huggingface"]["unavailable_reason"] is None
-    assert downloaders["geti"]["available"] is False and "not implemented" in downloaders["geti"]["unavailable_reason"]
+    assert downloaders["geti"]["available"] is False and "GETI_TOKEN" in downloaders["geti"]["unavailable_reason"]
     converters = body["available_plugins"]["converter"]
     # available exactly when optimum-cli is on the service's PATH (test_conversion.py sets it either way)
     assert [c["name"] for c in converters] == ["openvino"] and "optimum-intel" in converters[0]["description"]
