@@ -25,6 +25,9 @@ class SamplingParams:
     best_of: int | None = None
     logprobs: int | None = None  # number of top logprobs asked for (only the chosen token's is returned)
     json_schema: str | None = None  # structured output: a JSON schema text
+    num_assistant_tokens: int | None = None  # speculative / prompt lookup decoding: candidates per step
+    assistant_confidence_threshold: float | None = None  # speculative: draft until its confidence drops below
+    max_ngram_size: int | None = None  # prompt lookup: the longest n-gram matched in the prompt
 
 
 IGNORE_EOS_MAX_TOKENS = 4000  # OVMS's bound (and, without max_tokens, the length) of a generation ignoring EOS

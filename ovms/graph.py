@@ -115,7 +115,23 @@ class GenAINodeOptions:
     pooling: str = "CLS"
     truncate: bool = False
     max_allowed_chunks: int = 10000
+    # Speculative decoding (llm_calculator.proto): a draft model and its scheduler; unset fields follow the main
+    # model's. Prompt lookup decoding is plugin_config {"prompt_lookup": true}, as in OVMS.
+    draft_models_path: pathlib.Path | None = None
+    draft_device: str = ""  # "": the main model's device
+    draft_scheduler: dict = dataclasses.field(default_factory=dict)  # max_num_batched_tokens, cache_size, ...
     raw: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def prompt_lookup(self) -> bool:
+        return self.plugin_config.get("prompt_lookup") is True
+
+    @property
+    def decoding(self) -> str:
+        """OVMS's decoding method: prompt_lookup, speculative or standard."""
+        if self.prompt_lookup:
+            return "prompt_lookup"
+        return "speculative" if self.draft_models_path is not None else "standard"
 
 
 def _first(options: dict, name: str, default: Any = None) -> Any:
@@ -170,4 +186,38 @@ def node_options_from(task: str, options: dict, base: pathlib.Path) -> GenAINode
         value = _first(options, name)
         if value is not None:
             setattr(result, name, str(value).upper())
+    _draft_options(result, options, base)
     return result
+
+
+_DRAFT_SCHEDULER = {"draft_max_num_batched_tokens": "max_num_batched_tokens", "draft_cache_size": "cache_size",
+                    "draft_max_num_seqs": "max_num_seqs", "draft_dynamic_split_fuse": "dynamic_split_fuse"}
+
+
+def _draft_options(result: GenAINodeOptions, options: dict, base: pathlib.Path) -> None:
+    """The speculative decoding fields, checked as OVMS checks them (src/llm/language_model/.../
+    servable_initializer.cpp)."""
+    draft_path = _first(options, "draft_models_path")
+    for name, field in _DRAFT_SCHEDULER.items():
+        value = _first(options, name)
+        if value is not None:
+            result.draft_scheduler[field] = value
+    if _first(options, "draft_block_size") is not None:
+        raise ConfigError("graph option draft_block_size is not supported: openvino_genai sizes KV-cache blocks "
+                          "itself (SchedulerConfig has no block size); remove it")
+    if _first(options, "draft_eagle3_mode") is True:
+        raise ConfigError("graph option draft_eagle3_mode is not supported by this server (EAGLE-3 draft models "
+                          "need OVMS's eagle3 pipeline); remove it to use the draft model for plain speculative "
+                          "decoding, or serve the model with OVMS")
+    device = _first(options, "draft_device")
+    if not draft_path:
+        if result.draft_scheduler or device:
+            raise ConfigError("Draft model path is not provided, but draft scheduler options are set: add "
+                              "draft_models_path to the graph, or remove the draft_* options")
+        return
+    if result.prompt_lookup:
+        raise ConfigError("graph sets both draft_models_path and plugin_config prompt_lookup: choose one decoding "
+                          "method (speculative decoding with the draft model, or prompt lookup)")
+    path = pathlib.Path(str(draft_path))
+    result.draft_models_path = path if path.is_absolute() else base / path
+    result.draft_device = str(device or "")

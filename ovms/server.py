@@ -129,7 +129,8 @@ class Server:
                                       ("ovms_infer_req_active", "active")):
                 yield family, model.name, {str(e.version): getattr(e.servable, attribute, 0) for e in live}
             for family, attribute in (("ovms_llm_kv_cache_usage", "kv_cache_usage"),
-                                      ("ovms_llm_generated_tokens", "generated_tokens")):  # GenAI servables
+                                      ("ovms_llm_generated_tokens", "generated_tokens"),
+                                      ("ovms_llm_draft_accepted_tokens", "draft_accepted_tokens")):  # GenAI servables
                 if any(hasattr(e.servable, attribute) for e in live):
                     yield family, model.name, {str(e.version): getattr(e.servable, attribute, 0) for e in live}
 

@@ -196,6 +196,10 @@ class LLMServable(GenerativeServable):
             raise ModelLoadError(f"{name}: pipeline_type {options.pipeline_type}, but {path} has no "
                                  "openvino_language_model.xml / openvino_vision_embeddings_model.xml (not a VLM "
                                  "export); use LM, LM_CB or AUTO")
+        draft = options.draft_models_path
+        if draft is not None and not (draft / "openvino_model.xml").is_file():
+            raise ModelLoadError(f"{name}: draft_models_path {draft} holds no openvino_model.xml; point it at an "
+                                 "exported draft model (--draft_source_model at --pull, or optimum-cli export)")
         if not (path / "openvino_tokenizer.xml").is_file() or not (path / "openvino_detokenizer.xml").is_file():
             raise ModelLoadError(f"{path}: openvino_tokenizer.xml / openvino_detokenizer.xml missing; convert the "
                                  "tokenizer with openvino_tokenizers (optimum-cli ... --convert-tokenizer)")
@@ -229,6 +233,7 @@ class LLMServable(GenerativeServable):
         self.generated_tokens = 0
         self.cancelled_requests = 0
         self.kv_cache_usage = 0.0
+        self.draft_accepted_tokens = 0  # speculative / prompt lookup decoding: tokens taken from the candidates
         eager = not self._lm and os.environ.get("OVMS_GENAI_WORKER_START", "eager") != "lazy"
         if eager:
             self._spawn_worker()  # loads while this process prepares the tokenizer side
@@ -239,7 +244,10 @@ class LLMServable(GenerativeServable):
             self.tokenizer = ov_genai.Tokenizer(str(path), INFERENCE_NUM_THREADS=1)
             if self._lm:
                 pipeline = ov_genai.VLMPipeline if self.vision else ov_genai.LLMPipeline
-                self._pipe = pipeline(str(path), options.device, **options.plugin_config)
+                extra = {}
+                if options.draft_models_path is not None:
+                    extra["draft_model"] = ov_genai.draft_model(str(options.draft_models_path), options.draft_device)
+                self._pipe = pipeline(str(path), options.device, **options.plugin_config, **extra)
                 self._base_config = self._pipe.get_generation_config
             vocab_size = model_config.get("vocab_size") or len(self.tokenizer.get_vocab())
             token_bytes = token_byte_table(path, int(vocab_size))
@@ -317,8 +325,20 @@ class LLMServable(GenerativeServable):
         ours.sendall(wire.frame({"models_path": str(options.models_path), "scheduler": scheduler,
                                  "device": options.device, "plugin_config": dict(options.plugin_config),
                                  "flush_seconds": flush_seconds, "context_length": self.context_length,
-                                 "max_tokens_limit": options.max_tokens_limit, "vision": self.vision}))
+                                 "max_tokens_limit": options.max_tokens_limit, "vision": self.vision,
+                                 "draft": self._draft_spec(scheduler), "assisted": options.decoding != "standard"}))
         log.info("%s: generation worker started (pid %d)", self.name, self._worker.pid)
+
+    def _draft_spec(self, scheduler: dict) -> dict | None:
+        """The draft model of speculative decoding: its path, device and scheduler (the main one's, overridden by
+        the graph's draft_* options, as OVMS does)."""
+        options = self.options
+        if options.draft_models_path is None:
+            return None
+        draft_scheduler = {**scheduler, **{k: (int(v) if not isinstance(v, bool) else v)
+                                           for k, v in options.draft_scheduler.items()}}
+        return {"models_path": str(options.draft_models_path), "device": options.draft_device,
+                "scheduler": draft_scheduler}
 
     def _await_worker_ready(self) -> None:
         """Block until the worker has loaded the pipeline (it answers ready or load_error)."""
@@ -516,6 +536,8 @@ class LLMServable(GenerativeServable):
                 self.cancelled_requests += 1
                 sequence.stream.deliver(_DONE)
             elif kind == wire.DONE:
+                if data:  # assisted decoding: draft tokens the main model accepted
+                    self.draft_accepted_tokens += data
                 sequence.stream.deliver(_DONE)
             else:
                 kind_name, text = data
@@ -678,6 +700,20 @@ class LLMServable(GenerativeServable):
             overrides["num_return_sequences"] = params.n
         if params.logprobs is not None:
             overrides["logprobs"] = max(1, params.logprobs)
+        for name in ("num_assistant_tokens", "assistant_confidence_threshold", "max_ngram_size"):
+            value = getattr(params, name)
+            if value is not None:
+                overrides[name] = value
+        # OVMS's defaults per decoding method (src/llm/io_processing/base_generation_config_builder.cpp)
+        decoding = self.options.decoding
+        if decoding == "speculative" and not overrides.get("num_assistant_tokens") \
+                and not overrides.get("assistant_confidence_threshold"):
+            overrides["num_assistant_tokens"] = 5
+        elif decoding == "prompt_lookup":
+            if not overrides.get("num_assistant_tokens"):
+                overrides["num_assistant_tokens"] = 5
+            if not overrides.get("max_ngram_size"):
+                overrides["max_ngram_size"] = 3
         return overrides
 
     def _config(self, params: SamplingParams, prompt_tokens: int):

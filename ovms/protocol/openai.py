@@ -22,7 +22,8 @@ log = logging.getLogger("ovms.openai")
 
 _COMMON = {"model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p",
            "top_k", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty", "seed", "stop",
-           "include_stop_str_in_output", "ignore_eos", "n", "best_of", "logprobs", "user", "length_penalty"}
+           "include_stop_str_in_output", "ignore_eos", "n", "best_of", "logprobs", "user", "length_penalty",
+           "num_assistant_tokens", "assistant_confidence_threshold", "max_ngram_size"}
 _CHAT = _COMMON | {"messages", "tools", "tool_choice", "response_format", "chat_template_kwargs", "top_logprobs",
                    "parallel_tool_calls"}
 _COMPLETIONS = _COMMON | {"prompt", "echo", "suffix"}
@@ -134,6 +135,10 @@ def _sampling(doc: dict, *, chat: bool) -> SamplingParams:
         # OVMS bounds a generation that ignores EOS (without max_tokens the backend stops it there)
         name = "max_completion_tokens" if chat and doc.get("max_completion_tokens") is not None else "max_tokens"
         raise invalid(f"when ignore_eos is true {name} can not be greater than {IGNORE_EOS_MAX_TOKENS}")
+    # Assisted decoding (speculative, prompt lookup), as OVMS reads them (src/llm/apis/openai_api_handler.cpp)
+    params.num_assistant_tokens = _uint(doc, "num_assistant_tokens")
+    params.assistant_confidence_threshold = _number(doc, "assistant_confidence_threshold")
+    params.max_ngram_size = _uint(doc, "max_ngram_size")
     n = _uint(doc, "n", positive=True)
     params.n = n or 1
     best_of = _uint(doc, "best_of", positive=True)

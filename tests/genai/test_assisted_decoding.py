@@ -1,0 +1,109 @@
+"""Speculative decoding (draft_models_path) and prompt lookup decoding (plugin_config prompt_lookup), as OVMS's
+graphs configure them: greedy answers equal plain greedy decoding token for token, and the engine's accepted
+candidate tokens are counted in /metrics."""
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import urllib.request
+
+import openai
+import pytest
+
+from ovms.errors import ConfigError
+from ovms.graph import read_graph_text
+from tests.conftest import ThreadedServer
+from tests.genai.conftest import LLM_DIR, LLM_GRAPH
+
+PROMPTS = ["hello world this is a test of the tiny model hello world this is",
+           "the quick brown fox jumps over the lazy dog the quick brown",
+           "one two three four one two three four one two"]
+
+
+def graph(**extra) -> str:
+    text = LLM_GRAPH.format(path=LLM_DIR, max_num_seqs=4)
+    options = "".join(f"      {key}: {value},\n" for key, value in extra.items())
+    return text.replace('      device: "CPU",\n', '      device: "CPU",\n' + options)
+
+
+@pytest.fixture(scope="module")
+def assisted_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assisted")
+    graphs = {"plain": graph(),
+              "speculative": graph(draft_models_path=f'"{LLM_DIR}"', draft_max_num_seqs=4),
+              "lookup": graph().replace("plugin_config: '{ }'", "plugin_config: '{\"prompt_lookup\": true}'")}
+    for name, text in graphs.items():
+        (root / name).mkdir()
+        (root / name / "graph.pbtxt").write_text(text)
+    config = root / "config.json"
+    config.write_text(json.dumps({"model_config_list": [{"config": {"name": n, "base_path": str(root / n)}}
+                                                        for n in graphs]}))
+    with ThreadedServer(config_path=config,
+                        metrics_families=frozenset({"ovms_llm_draft_accepted_tokens",
+                                                    "ovms_llm_generated_tokens"})) as server:
+        yield server
+
+
+def complete(client, model: str, prompt: str, **extra) -> str:
+    response = client.completions.create(model=model, prompt=prompt, max_tokens=40, temperature=0,
+                                         extra_body={"ignore_eos": True, **extra})
+    return response.choices[0].text
+
+
+def metric(server, family: str, model: str) -> float:
+    with urllib.request.urlopen(f"http://{server.rest_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    match = re.search(rf'^{family}{{name="{model}",version="1"}} (\S+)$', text, re.MULTILINE)
+    assert match, f"{family} for {model} not in /metrics:\n{text}"
+    return float(match.group(1))
+
+
+def test_speculative_and_prompt_lookup_answer_as_plain_greedy_decoding(assisted_server):
+    client = openai.OpenAI(base_url=f"http://{assisted_server.rest_url}/v3", api_key="unused")
+    for prompt in PROMPTS:
+        plain = complete(client, "plain", prompt)
+        assert plain  # the fixture says something
+        assert complete(client, "speculative", prompt) == plain
+        assert complete(client, "speculative", prompt, num_assistant_tokens=3) == plain
+        assert complete(client, "speculative", prompt, assistant_confidence_threshold=0.4) == plain
+        assert complete(client, "lookup", prompt) == plain
+        assert complete(client, "lookup", prompt, num_assistant_tokens=2, max_ngram_size=2) == plain
+    # The model drafting for itself: the main model accepts candidates, so fewer steps than tokens.
+    accepted = metric(assisted_server, "ovms_llm_draft_accepted_tokens", "speculative")
+    generated = metric(assisted_server, "ovms_llm_generated_tokens", "speculative")
+    assert 0 < accepted < generated
+    assert metric(assisted_server, "ovms_llm_draft_accepted_tokens", "plain") == 0
+
+
+def test_assisted_fields_are_checked_as_ovms_does(assisted_server):
+    client = openai.OpenAI(base_url=f"http://{assisted_server.rest_url}/v3", api_key="unused")
+    with pytest.raises(openai.BadRequestError) as info:
+        complete(client, "speculative", "hi", num_assistant_tokens=-1)
+    assert "num_assistant_tokens is not an unsigned integer" in info.value.response.text
+    with pytest.raises(openai.BadRequestError) as info:
+        complete(client, "lookup", "hi", max_ngram_size="3")
+    assert "max_ngram_size is not an unsigned integer" in info.value.response.text
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"draft_max_num_seqs": 4}, "Draft model path is not provided, but draft scheduler options are set"),
+    ({"draft_device": '"CPU"'}, "Draft model path is not provided"),
+    ({"draft_models_path": '"x"', "draft_eagle3_mode": "true"}, "draft_eagle3_mode is not supported"),
+    ({"draft_models_path": '"x"', "draft_block_size": 32}, "draft_block_size is not supported"),
+])
+def test_draft_options_refused_as_ovms_refuses_them(options, message):
+    with pytest.raises(ConfigError) as info:
+        read_graph_text(graph(**options), pathlib.Path("/graphs"))
+    assert message in str(info.value)
+
+
+def test_draft_path_is_relative_to_the_graph_and_lookup_excludes_a_draft():
+    options = read_graph_text(graph(draft_models_path='"draft"', draft_cache_size=2), pathlib.Path("/graphs/g"))
+    assert options.draft_models_path == pathlib.Path("/graphs/g/draft")
+    assert options.draft_scheduler == {"cache_size": 2}
+    assert options.decoding == "speculative"
+    both = graph(draft_models_path='"draft"').replace("plugin_config: '{ }'",
+                                                      "plugin_config: '{\"prompt_lookup\": true}'")
+    with pytest.raises(ConfigError, match="choose one decoding method"):
+        read_graph_text(both, pathlib.Path("/graphs"))
