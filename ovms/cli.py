@@ -32,7 +32,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ovms", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="OpenVINO Model Server (Python): serves OpenVINO IR / ONNX models over KServe v2 gRPC and "
+        description="OpenVINO Model Server (Python): serves OpenVINO IR, ONNX, PaddlePaddle, TensorFlow and TFLite "
+                    "models over KServe v2 and TFS gRPC and "
                     "REST, and pulls models from the Hugging Face Hub.",
         epilog="Examples:\n"
                "  ovms --model_name resnet --model_path /models/resnet --port 9000 --rest_port 8000\n"
@@ -75,13 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model (single-model mode; exclusive with --config_path)")
     model.add_argument("--config_path", default="", help="config.json with model_config_list")
     model.add_argument("--model_name", default="", help="name clients use for the model")
-    model.add_argument("--model_path", default="", help="directory with numeric version subdirectories")
+    model.add_argument("--model_path", default="", help="directory with numeric version subdirectories, or one "
+                       "model file (.xml, .onnx, .pdmodel, .pb, .tflite) served as version 1")
     model.add_argument("--target_device", default="", help="OpenVINO device: CPU (default), GPU, AUTO, ...")
     model.add_argument("--nireq", type=int, default=0, help="parallel infer requests (0: device optimum)")
     model.add_argument("--plugin_config", default="", help='device properties as JSON, e.g. {"NUM_STREAMS": "2"}')
     model.add_argument("--batch_size", default="", help='batch size: a number, a range "1:8" or "auto"')
     model.add_argument("--shape", default="", help='input shape "(1,3,224,224)", "auto", or JSON per input')
     model.add_argument("--layout", default="", help='input layout "NCHW", "NHWC:NCHW", or JSON per input')
+    model.add_argument("--mean", default="", help='subtracted from the input per channel, inside the model: '
+                       '"[123.675,116.28,103.53]" or one number (needs --layout)')
+    model.add_argument("--scale", default="", help='the input is divided by it per channel, after --mean: '
+                       '"[58.395,57.12,57.375]" or one number (needs --layout)')
+    model.add_argument("--color_format", default="", help="TARGET:SOURCE, e.g. BGR:RGB: clients send SOURCE, the "
+                       "model gets TARGET (RGB, BGR, GRAY, NV12, NV12_2, I420, I420_3; needs --layout)")
+    model.add_argument("--precision", default="", help="TARGET:SOURCE, e.g. uint8:fp32: clients send TARGET, the "
+                       "model gets SOURCE (needs --layout)")
     model.add_argument("--model_version_policy", default="",
                        help='e.g. {"latest": {"num_versions": 2}}, {"all": {}}, {"specific": {"versions": [1]}}')
     openai = parser.add_argument_group("OpenAI-compatible endpoints (/v3)")
@@ -131,8 +141,12 @@ def validate(args: argparse.Namespace) -> None:
     if not args.config_path and not (args.model_name and args.model_path):
         raise UsageError("Use config_path or model_path with model_name")
     if args.config_path and (args.batch_size or args.shape or args.nireq or args.model_version_policy
-                             or args.target_device or args.plugin_config):
+                             or args.target_device or args.plugin_config or args.mean or args.scale
+                             or args.color_format or args.precision):
         raise UsageError("Model parameters in CLI are exclusive with the config file")
+    for flag in ("mean", "scale", "color_format", "precision"):  # OVMS src/cli_parser.cpp
+        if getattr(args, flag) and not args.layout:
+            raise UsageError(f"error parsing options - --{flag} parameter requires --layout to be set")
     cores = os.cpu_count() or 1
     if not 0 <= args.drain_timeout_seconds <= 24 * 3600:
         raise UsageError("drain_timeout_seconds should be from 0 to 86400")
@@ -208,6 +222,9 @@ def single_model_entry(args: argparse.Namespace) -> dict:
             entry[field] = json.loads(value) if value.lstrip().startswith("{") else value
     if args.model_version_policy:
         entry["model_version_policy"] = args.model_version_policy
+    for field in ("mean", "scale", "color_format", "precision"):
+        if getattr(args, field):
+            entry[field] = getattr(args, field)
     return entry
 
 

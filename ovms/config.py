@@ -21,6 +21,7 @@ MODEL_CONFIG_FIELDS = {
     "name", "base_path", "batch_size", "model_version_policy", "shape", "layout", "nireq", "target_device",
     "plugin_config", "stateful", "low_latency_transformation", "max_sequence_number", "idle_sequence_cleanup",
     "allow_cache", "custom_loader_options", "graph_path", "subconfig",
+    "mean", "scale", "color_format", "precision",  # OVMS 2026.0 preprocessing (src/modelconfig.cpp)
 }
 TOP_LEVEL_FIELDS = {
     "model_config_list", "pipeline_config_list", "custom_loader_config_list", "custom_node_library_config_list",
@@ -122,6 +123,15 @@ class ModelConfig:
     # it after the models it may use and checks it again (``Servable.revalidate``) whenever they change.
     uses_models: bool = False
     pipeline: Any = None  # kind "pipeline": its ovms.pipelines.definition.PipelineDefinition
+    # base_path naming one model file (resnet50.xml, model.onnx, ...): base_path is its directory, and the file is
+    # served as version 1 (OVMS: "synthetic version 1"). Local paths only.
+    model_file: str | None = None
+    # Preprocessing built into the compiled model (OVMS 2026.0): per-channel lists or one value for all channels;
+    # color_format and precision as (target, source), e.g. ("BGR", "RGB") for "BGR:RGB".
+    mean: float | tuple[float, ...] | None = None
+    scale: float | tuple[float, ...] | None = None
+    color_format: tuple[str, str] | None = None
+    precision: tuple[str, str] | None = None
 
     def describe(self) -> dict:
         """The entry as /v1/config and logs show it."""
@@ -140,6 +150,49 @@ def _check_shape(value: Any, where: str) -> str | tuple[tuple[str, str], ...] | 
     if isinstance(value, dict):
         return tuple((str(k), _check_shape(v, f"{where} (input {k})")) for k, v in value.items())
     raise ConfigError(f"{where}: shape must be a string or an object of input name -> shape")
+
+
+COLOR_FORMATS = ("RGB", "BGR", "GRAY", "NV12", "NV12_2", "I420", "I420_3")
+PRECISIONS = ("BF16", "FP64", "FP32", "FP16", "INT64", "INT32", "INT16", "INT8", "INT4", "UINT64", "UINT32",
+              "UINT16", "UINT8", "UINT4", "UINT1")
+SINGLE_FILE_SUFFIXES = (".xml", ".onnx", ".pdmodel", ".pdiparams", ".pb", ".tflite")
+
+
+def _floats(value: Any, field: str, where: str) -> float | tuple[float, ...] | None:
+    """OVMS's mean / scale: "[123.675,116.28,103.53]", "(1,2,3)" or one number (a string, or JSON numbers here)."""
+    if value is None or value == "":
+        return None
+    example = f'e.g. "{field}": "[123.675,116.28,103.53]" or "{field}": "255"'
+    if isinstance(value, str):
+        text = value.replace(" ", "")
+        if text[:1] + text[-1:] in ("[]", "()"):
+            value = text[1:-1].split(",")
+        else:
+            value = text
+    try:
+        if isinstance(value, list):
+            numbers = tuple(float(v) for v in value)
+            if not numbers:
+                raise ValueError
+            return numbers
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: The provided float is in wrong format: {field} {value!r}; {example}") from None
+
+
+def _pair(value: Any, field: str, allowed: tuple[str, ...], where: str, example: str) -> tuple[str, str] | None:
+    """OVMS's TARGET:SOURCE pairs (color_format, precision), case-insensitive."""
+    if value is None or value == "":
+        return None
+    what = "color format" if field == "color_format" else "precision"
+    if isinstance(value, str):
+        target, sep, source = value.upper().partition(":")
+        if sep and target in allowed and source in allowed:
+            return target, source
+    raise ConfigError(f"{where}: The provided {what} is in wrong format: {field} {value!r}; expected "
+                      f"TARGET:SOURCE, e.g. {example}, with values from {', '.join(allowed)}")
 
 
 def _plugin_config(value: Any, where: str) -> tuple[tuple[str, Any], ...]:
@@ -188,10 +241,20 @@ def model_config_from_dict(entry: dict, *, where: str, relative_to=None) -> Mode
             raise ConfigError(f"{where}: field {field!r} is not supported by this server ({reason}); remove it")
     source_url = _remote(entry["base_path"], relative_to, where)
     base_path = pathlib.Path(entry["base_path"]).expanduser()
+    model_file = None
     if source_url is not None:
         base_path = pathlib.Path()  # set by localize() once the copy exists
     elif not base_path.is_absolute() and relative_to is not None:
         base_path = relative_to / base_path
+    if source_url is None and base_path.is_file():
+        if base_path.suffix not in SINGLE_FILE_SUFFIXES:
+            raise ConfigError(f"{where}: base_path {base_path} is a file but not a model file; name a directory "
+                              f"of numeric versions or a model file ending in {', '.join(SINGLE_FILE_SUFFIXES)}")
+        base_path, model_file = base_path.parent, base_path.name
+    preprocessing = {
+        "mean": _floats(entry.get("mean"), "mean", where), "scale": _floats(entry.get("scale"), "scale", where),
+        "color_format": _pair(entry.get("color_format"), "color_format", COLOR_FORMATS, where, "BGR:RGB"),
+        "precision": _pair(entry.get("precision"), "precision", PRECISIONS, where, "UINT8:FP32")}
     allow_cache = entry.get("allow_cache")
     if allow_cache is not None and not isinstance(allow_cache, bool):
         raise ConfigError(f"{where}: allow_cache must be true or false")
@@ -214,7 +277,8 @@ def model_config_from_dict(entry: dict, *, where: str, relative_to=None) -> Mode
         layout = tuple((str(k), str(v)) for k, v in layout.items())
     elif layout is not None and not isinstance(layout, str):
         raise ConfigError(f"{where}: layout must be a string like NCHW or an object of input name -> layout")
-    if source_url is None and (graph_path is not None or (base_path / "graph.pbtxt").is_file()):
+    if source_url is None and model_file is None and (graph_path is not None
+                                                       or (base_path / "graph.pbtxt").is_file()):
         # OVMS: a model_config_list entry may point at a graph directory; graph_path is relative to base_path.
         graph = base_path / pathlib.Path(graph_path or "graph.pbtxt").expanduser()
         if not graph.is_file():
@@ -226,7 +290,7 @@ def model_config_from_dict(entry: dict, *, where: str, relative_to=None) -> Mode
                                            where),
         target_device=device, nireq=nireq, plugin_config=_plugin_config(entry.get("plugin_config"), where),
         batch_size=batch, shape=_check_shape(entry.get("shape"), where), layout=layout, allow_cache=allow_cache,
-        source_url=source_url, source_graph=graph_path)
+        source_url=source_url, source_graph=graph_path, model_file=model_file, **preprocessing)
 
 
 def graph_config(name: str, base_path: pathlib.Path, *, graph_path: pathlib.Path | None = None,
@@ -371,6 +435,17 @@ def version_files(config: "ModelConfig", version: int) -> tuple[tuple[str, int, 
     """
     if config.kind == "pipeline":
         return ()  # no files: a pipeline lives in config.json
+    if config.model_file is not None:  # one model file: it and its companions beside it
+        root = config.base_path
+        stem = pathlib.Path(config.model_file).stem
+        found = []
+        for path in sorted(root.glob(f"{stem}.*")) + [root / "mapping_config.json"]:
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            found.append((path.name, stat.st_size, stat.st_mtime_ns))
+        return tuple(found)
     root = config.base_path if config.kind == "graph" else config.base_path / str(version)
     found = []
     for directory, _, files in os.walk(root):

@@ -28,6 +28,14 @@ class Kind(enum.Enum):
     INVALID_CONTENT_SIZE = ("Invalid content size of tensor proto", "INVALID_ARGUMENT", 400)
     INVALID_MESSAGE_STRUCTURE = ("Invalid message structure", "INVALID_ARGUMENT", 400)
     INVALID_INPUT_FORMAT = ("Invalid input format", "INVALID_ARGUMENT", 400)
+    # Binary image inputs (src/status.cpp "Binary inputs"); a payload that is not an image is the client's error.
+    IMAGE_PARSING_FAILED = ("Image parsing failed", "INVALID_ARGUMENT", 400)
+    INVALID_NO_OF_CHANNELS = ("Invalid number of channels in binary input", "INVALID_ARGUMENT", 400)
+    BINARY_IMAGES_RESOLUTION_MISMATCH = ("Binary input images for this endpoint are required to have the same "
+                                         "resolution", "INVALID_ARGUMENT", 400)
+    UNSUPPORTED_LAYOUT = ("Received binary image input but resource not configured to accept NHWC layout",
+                          "INVALID_ARGUMENT", 400)
+    BYTES_CONTENTS_EMPTY = ("Bytes contents is empty", "INVALID_ARGUMENT", 400)
     JSON_INVALID = ("The file is not valid json", "INVALID_ARGUMENT", 400)
     REST_BODY_IS_NOT_AN_OBJECT = ("Request body should be JSON object", "INVALID_ARGUMENT", 400)
     REST_PREDICT_UNKNOWN_ORDER = ("Invalid JSON structure. Could not detect row or column format",

@@ -278,7 +278,7 @@ class Registry:
             self._set_model_error(model, "The provided base path is invalid or doesn't exists: "
                                          f"{config.source_url or config.base_path}")
             return None
-        present = [1] if config.kind == "graph" else numeric_versions(config.base_path)
+        present = [1] if config.kind == "graph" or config.model_file else numeric_versions(config.base_path)
         if not present:
             self._set_model_error(model, f"Not a single model version directory has valid numeric name in "
                                          f"{config.base_path}; put the model files in {config.base_path}/1/")

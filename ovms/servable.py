@@ -12,6 +12,7 @@ import numpy as np
 
 from ovms._native.codec_errors import CodecError
 from ovms.errors import Kind, ServingError
+from ovms.image_input import ImageBatch, is_image_input
 from ovms.types import InferRequest, InferResponse, TensorSpec
 
 if TYPE_CHECKING:
@@ -118,11 +119,12 @@ def _shape_text(shape: Sequence[int]) -> str:
     return "(" + ",".join(str(d) for d in shape) + ")"
 
 
-def validate_inputs(servable: Servable, request: InferRequest) -> dict[str, np.ndarray]:
+def validate_inputs(servable: Servable, request: InferRequest) -> dict[str, "np.ndarray | ImageBatch"]:
     """Check a request against the servable's inputs as OVMS does; return input arrays by name.
 
     Order of checks and messages follow OVMS's request validator: number of inputs, missing names,
-    precision, number of dimensions, shape, then content size.
+    precision, number of dimensions, shape, then content size. BYTES sent to a 4-D numeric input are encoded
+    images (OVMS's binary input): they come back as an ``ImageBatch`` for the backend to decode off the loop.
     """
     specs = servable.inputs
     if len(request.inputs) != len(specs):
@@ -133,6 +135,9 @@ def validate_inputs(servable: Servable, request: InferRequest) -> dict[str, np.n
         tensor = by_name.get(spec.name)
         if tensor is None:
             raise ServingError(Kind.INVALID_MISSING_INPUT, f"Required input: {spec.name}")
+        if is_image_input(tensor, spec):
+            arrays[spec.name] = ImageBatch.from_tensor(tensor, spec)
+            continue
         if tensor.datatype != spec.datatype:
             raise ServingError(Kind.INVALID_PRECISION,
                                f"Expected: {spec.datatype}; Actual: {tensor.datatype}; input name: {spec.name}")

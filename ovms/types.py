@@ -25,11 +25,16 @@ def datatype_of(array: np.ndarray) -> str:
 
 @dataclasses.dataclass(slots=True)
 class TensorSpec:
-    """Name, datatype and shape of a servable input or output; -1 marks a dynamic dimension."""
+    """Name, datatype and shape of a servable input or output; -1 marks a dynamic dimension.
+
+    ``layout``: how a client lays the tensor out (e.g. "NHWC"), where the backend knows it; binary image inputs
+    follow it.
+    """
 
     name: str
     datatype: str
     shape: tuple[int, ...]
+    layout: str | None = None
 
 
 class Tensor:

@@ -1,4 +1,5 @@
-"""OpenVINO backend for classic models (IR ``.xml``/``.bin``, ONNX) in versioned model directories.
+"""OpenVINO backend for classic models (IR, ONNX, PaddlePaddle, TensorFlow, TensorFlow Lite) in versioned model
+directories, or one model file served as version 1.
 
 Each version is compiled once and served by ``nireq`` infer requests, each driven by a worker thread of its own
 that takes jobs from a queue. The event loop never waits on inference: it enqueues a job and awaits a future
@@ -17,8 +18,12 @@ import numpy as np
 import openvino as ov
 
 from ovms.backends import cache
+from ovms.backends import ov_message as _first_line
+from ovms.backends.model_files import NameMapping, check_model_file, find_model_file, model_source, read_mapping
+from ovms.backends.preprocessing import preprocess
 from ovms.config import ModelConfig
 from ovms.errors import Kind, ModelLoadError, ServingError
+from ovms.image_input import ImageBatch
 from ovms.servable import InferServable, validate_inputs
 from ovms.types import InferRequest, InferResponse, Tensor, TensorSpec
 
@@ -41,21 +46,6 @@ def core() -> ov.Core:
     return _core
 
 
-def find_model_file(version_dir: pathlib.Path) -> pathlib.Path:
-    """The model file of a version directory: an IR .xml (with its .bin) or an .onnx file."""
-    candidates = sorted(version_dir.glob("*.xml")) or sorted(version_dir.glob("*.onnx"))
-    if not candidates:
-        raise ModelLoadError(f"{version_dir}: no model file found; put an OpenVINO IR (model.xml + model.bin) "
-                             "or an ONNX file (model.onnx) in each numeric version directory")
-    if len(candidates) > 1:
-        raise ModelLoadError(f"{version_dir}: several model files found ({', '.join(p.name for p in candidates)})"
-                             "; keep one model per version directory")
-    model = candidates[0]
-    if model.suffix == ".xml" and not model.with_suffix(".bin").exists():
-        raise ModelLoadError(f"{model}: the weights file {model.with_suffix('.bin').name} is missing")
-    return model
-
-
 def _partial_shape(text: str) -> ov.PartialShape:
     # OVMS writes "(1,3,-1)" and ranges "1:8"; OpenVINO parses "[1,3,?]" and "1..8".
     inner = text.strip()[1:-1]
@@ -69,7 +59,7 @@ def _dynamic(port) -> ov.PartialShape:
     return ov.PartialShape([ov.Dimension(-1)] * port.get_partial_shape().rank.get_length())
 
 
-def _reshape(model: ov.Model, config: ModelConfig) -> None:
+def _reshape(model: ov.Model, config: ModelConfig, mapping: NameMapping) -> None:
     shapes: dict[str, ov.PartialShape] = {}
     if config.shape == "auto":
         shapes = {port.get_any_name(): _dynamic(port) for port in model.inputs}
@@ -81,6 +71,7 @@ def _reshape(model: ov.Model, config: ModelConfig) -> None:
     elif isinstance(config.shape, tuple):
         names = {n for i in model.inputs for n in i.get_names()}
         for name, text in config.shape:
+            name = mapping.real_input(name)  # OVMS names inputs in the config by their mapped names
             if name not in names:
                 raise ModelLoadError(f"model {config.name}: Shape from config not found in network: input "
                                      f"{name!r}; inputs are {sorted(names)}")
@@ -103,37 +94,12 @@ def _reshape(model: ov.Model, config: ModelConfig) -> None:
                                  f"({_first_line(exc)})") from None
 
 
-def _apply_layout(model: ov.Model, config: ModelConfig) -> ov.Model:
-    """OVMS layouts: "NCHW" tags an input; "NHWC:NCHW" serves NHWC requests to a model that takes NCHW."""
-    if config.layout is None:
-        return model
-    layouts = [(model.inputs[0].get_any_name(), config.layout)] if isinstance(config.layout, str) \
-        else list(config.layout)
-    ppp = ov.preprocess.PrePostProcessor(model)
-    try:
-        for name, text in layouts:
-            served, _, model_layout = text.partition(":")
-            step = ppp.input(name)
-            step.tensor().set_layout(ov.Layout(served))
-            step.model().set_layout(ov.Layout(model_layout or served))
-        return ppp.build()
-    except RuntimeError as exc:
-        raise ModelLoadError(f"model {config.name}: layout {config.layout!r} cannot be applied "
-                             f"({_first_line(exc)}); use e.g. NCHW, or NHWC:NCHW to accept NHWC input") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    """OpenVINO's message without its "Exception from src/...cpp:NN:" location lines."""
-    lines = [line.strip() for line in str(exc).splitlines()
-             if line.strip() and not line.startswith("Exception from ")]
-    return " ".join(lines) if lines else type(exc).__name__
-
-
 def runtime_version() -> str:
     return ov.get_version()
 
 
-def _spec(port) -> TensorSpec:
+def _spec(port, name: str, layout: str | None = None) -> TensorSpec:
+    """The port as clients see it, under its mapped name (mapping_config.json) when it has one."""
     element = port.get_element_type().get_type_name()
     datatype = _DATATYPE.get(element)
     if datatype is None:
@@ -143,7 +109,16 @@ def _spec(port) -> TensorSpec:
     if pshape.rank.is_dynamic:
         raise ModelLoadError(f"tensor {port.get_any_name()!r} has a dynamic rank; give a shape in the config")
     shape = tuple(d.get_length() if d.is_static else -1 for d in pshape)
-    return TensorSpec(port.get_any_name(), datatype, shape)
+    return TensorSpec(name, datatype, shape, layout)
+
+
+def _model_layout(port) -> str | None:
+    """The layout a model file declares for an input (IR rt_info, PrePostProcessor), e.g. "NCHW"."""
+    layout = ov.layout_helpers.get_layout(port)
+    if layout.empty:
+        return None
+    text = layout.to_string().strip("[]").replace(",", "")
+    return text if text.isalpha() else None
 
 
 class OpenVINOServable(InferServable):
@@ -151,24 +126,38 @@ class OpenVINOServable(InferServable):
 
     platform = "OpenVINO"
 
-    def __init__(self, config: ModelConfig, version: int, version_dir: pathlib.Path) -> None:
+    def __init__(self, config: ModelConfig, version: int, version_dir: pathlib.Path, *,
+                 model_file: pathlib.Path | None = None) -> None:
         self.name = config.name
         self.version = version
-        path = find_model_file(version_dir)
+        path = check_model_file(model_file) if model_file is not None else find_model_file(version_dir)
+        mapping = read_mapping(path.parent)
         try:
-            model = core().read_model(str(path))
+            model = core().read_model(model_source(path))
         except RuntimeError as exc:
             raise ModelLoadError(f"{path}: Error while loading a network ({_first_line(exc)})") from None
-        _reshape(model, config)
-        model = _apply_layout(model, config)
+        _reshape(model, config, mapping)
+        model, tensor_layouts = preprocess(model, config, mapping)
         try:
             properties = {**cache.properties_for(config), **dict(config.plugin_config)}
             self._compiled = core().compile_model(model, config.target_device, properties)
         except RuntimeError as exc:
             raise ModelLoadError(f"{path}: Cannot load network into target device {config.target_device} "
                                  f"({_first_line(exc)})") from None
-        self._inputs = [_spec(p) for p in self._compiled.inputs]
-        self._outputs = [_spec(p) for p in self._compiled.outputs]
+        self._inputs, self._real_input = [], {}
+        for source, port in zip(model.inputs, self._compiled.inputs):
+            real = port.get_any_name()
+            spec = _spec(port, mapping.inputs.get(real, real), tensor_layouts.get(real) or _model_layout(source))
+            self._inputs.append(spec)
+            self._real_input[spec.name] = real
+        self._outputs = [_spec(p, mapping.outputs.get(p.get_any_name(), p.get_any_name()))
+                         for p in self._compiled.outputs]
+        unknown = (set(mapping.inputs) - set(self._real_input.values())) | (
+            set(mapping.outputs) - {p.get_any_name() for p in self._compiled.outputs})
+        if unknown:
+            log.warning("model %s version %d: %s names %s, which the model does not have (its tensors: %s)",
+                        self.name, version, path.parent / "mapping_config.json", sorted(unknown),
+                        sorted(self._real_input.values()) + [p.get_any_name() for p in self._compiled.outputs])
         self._output_ports = [(spec.name, spec.datatype, port)
                               for spec, port in zip(self._outputs, self._compiled.outputs)]
         nireq = config.nireq or self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
@@ -211,6 +200,9 @@ class OpenVINOServable(InferServable):
             self._busy[slot] = True
             try:
                 for name, array in arrays.items():
+                    if isinstance(array, ImageBatch):
+                        array = array.decode()
+                    name = self._real_input[name]
                     if array.dtype == object:
                         tensor = ov.Tensor(np.array(array.tolist(), dtype=np.bytes_).reshape(array.shape))
                     else:
@@ -248,6 +240,8 @@ class OpenVINOServable(InferServable):
         self._jobs.put((future.get_loop(), future, arrays, time.perf_counter()))
         try:
             produced, waited, inferred = await future
+        except ServingError:  # the request's own fault, found in the worker (an image that does not decode)
+            raise
         except Exception as exc:
             log.error("model %s version %d: inference failed: %s", self.name, self.version, exc)
             raise ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, _first_line(exc)) from None
@@ -273,7 +267,9 @@ def _resolve(future: asyncio.Future, result, exc) -> None:
 
 
 def load_servable(config: ModelConfig, version: int) -> OpenVINOServable:
-    """Compile ``<base_path>/<version>`` (blocking: call it off the event loop)."""
+    """Compile ``<base_path>/<version>``, or the model file a config names (blocking: call it off the event loop)."""
+    if config.model_file is not None:
+        return OpenVINOServable(config, version, config.base_path, model_file=config.base_path / config.model_file)
     return OpenVINOServable(config, version, config.base_path / str(version))
 
 

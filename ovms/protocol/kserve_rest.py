@@ -7,16 +7,18 @@ output or ``parameters.binary_data_output`` on the request.
 """
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
+import numpy as np
 import orjson
 
 from ovms._native import load
 from ovms._native.codec_errors import CodecError
 from ovms.dataplane import ServerMetadata
 from ovms.errors import Kind, ServingError
-from ovms.types import NUMPY_DTYPE, InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec
+from ovms.types import NUMPY_DTYPE, element_count, InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec
 
 _codec = load("tensorcodec")
 
@@ -84,9 +86,18 @@ def decode_infer_request(body: bytes, header_length: int | None, model_name: str
             offset += size
             continue
         if "data" not in item:
+            if len(raw_inputs) == 1 and datatype == "BYTES" and len(binary):
+                # OVMS (http_rest_api_handler.cpp): one BYTES input without binary_data_size takes the whole
+                # binary part, e.g. a length-prefixed JPEG appended by curl.
+                inputs.append(Tensor(name, datatype, shape, raw=binary))
+                offset = len(binary)
+                continue
             raise _bad(f"{where}: no data; send \"data\" or parameters.binary_data_size with a binary body")
         try:
-            array = _codec.json_to_array(item["data"], datatype, shape)
+            if datatype == "BYTES" and _first_is_object(item["data"]):
+                array = _b64_array(item["data"], shape)
+            else:
+                array = _codec.json_to_array(item["data"], datatype, shape)
         except CodecError as exc:
             raise ServingError(Kind.INVALID_VALUE_COUNT, f"{exc}; input name: {name}") from None
         inputs.append(Tensor(name, datatype, shape, array=array))
@@ -98,6 +109,41 @@ def decode_infer_request(body: bytes, header_length: int | None, model_name: str
     request = InferRequest(model_name, version, inputs, str(request_id) if request_id is not None else "",
                            requested, parameters)
     return request, binary_outputs
+
+
+def _first_is_object(data: Any) -> bool:
+    while isinstance(data, list) and data:
+        data = data[0]
+    return isinstance(data, dict)
+
+
+def _b64_array(data: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """BYTES data holding {"b64": "..."} objects (as TFS REST has them): binary values such as JPEG images, which
+    a JSON string cannot carry. An extension: OVMS takes JSON strings only."""
+    items: list[bytes] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, list):
+            for element in value:
+                walk(element)
+        elif isinstance(value, str):
+            items.append(value.encode())
+        elif isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
+            try:
+                items.append(base64.b64decode(value["b64"], validate=True))
+            except ValueError:
+                raise CodecError("a b64 value is not valid base64") from None
+        else:
+            raise CodecError('BYTES data items must be strings or {"b64": "<base64>"} objects')
+    if not isinstance(data, list):
+        raise CodecError("data must be a JSON array")
+    walk(data)
+    count = element_count(shape)
+    if len(items) != count:
+        raise CodecError(f"Expected: {count} BYTES elements; Actual: {len(items)}")
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array.reshape(shape)
 
 
 def _requested_outputs(document: dict) -> tuple[list[str] | None, set[str] | bool]:

@@ -182,11 +182,21 @@ def _strings(value: Any) -> list[bytes]:
     raise ValueError(f"expected strings, got {type(value).__name__}")
 
 
-def _batch_of(value: Any, spec: TensorSpec) -> tuple[np.ndarray, tuple[int, ...]]:
+def _batch_of(value: Any, spec: TensorSpec) -> tuple[np.ndarray, tuple[int, ...], str]:
+    """The array, shape and datatype of one input's JSON value; {"b64": ...} values are BYTES whatever the input
+    (to a 4-D numeric input they are encoded images, OVMS's binary input)."""
+    if spec.datatype != "BYTES" and _first_is_b64(value):
+        spec = TensorSpec(spec.name, "BYTES", spec.shape)
     array = _json_value_to_array(value, spec)
     if spec.datatype == "BYTES":
-        return array, _string_shape(value)
-    return array, array.shape
+        return array, _string_shape(value), "BYTES"
+    return array, array.shape, spec.datatype
+
+
+def _first_is_b64(value: Any) -> bool:
+    while isinstance(value, list) and value:
+        value = value[0]
+    return isinstance(value, dict) and "b64" in value
 
 
 def _string_shape(value: Any) -> tuple[int, ...]:
@@ -237,10 +247,10 @@ def decode_rest_predict(document: Any, model: str, version: int | None,
         spec = by_name.get(name)
         if spec is None:  # let validation report it with OVMS's message, with a guessed type
             spec = TensorSpec(name, "FP32", ())
-        array, shape = _batch_of(value, spec)
+        array, shape, datatype = _batch_of(value, spec)
         if shape:
             batch_sizes.add(shape[0])
-        tensors.append(Tensor(name, spec.datatype, shape, array=array.reshape(shape)))
+        tensors.append(Tensor(name, datatype, shape, array=array.reshape(shape)))
     if form == "row" and len(batch_sizes) > 1:
         raise ServingError(Kind.REST_INSTANCES_BATCH_SIZE_DIFFER)
     return InferRequest(model, version, tensors), form

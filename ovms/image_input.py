@@ -1,0 +1,136 @@
+"""Binary image input as OVMS has it: JPEG/PNG sent as BYTES to a 4-D input, decoded into the input's tensor.
+
+OVMS (docs/binary_input_layout_and_shape.md, src/tensor_conversion*.cpp) decodes with OpenCV
+(``cv::imdecode(..., IMREAD_UNCHANGED)``: BGR channel order, grayscale stays one channel, PNG alpha stays), resizes
+with ``cv::resize`` (bilinear) to the input's height and width when they are fixed, converts to the input's
+precision (``convertTo``, no scaling: pixels stay 0-255) and stacks the images along the batch dimension. We use
+the same library for the same pixels. The request's shape is ``[N]``: only the number of images.
+
+Layouts: an input served as NHWC (the default for a 4-D input, and what ``--layout NHWC:NCHW`` gives) takes the
+images as they are; an input served as NCHW gets them transposed (OVMS refuses those with UNSUPPORTED_LAYOUT;
+taking them is a convenience); any other layout is refused with OVMS's message.
+
+Checking happens on the event loop (cheap: counts and shapes); decoding happens in ``ImageBatch.decode``, which
+the backend calls in its worker thread (OpenCV releases the GIL while decoding and resizing).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ovms._native.codec_errors import CodecError
+from ovms.errors import Kind, ServingError
+from ovms.types import NUMPY_DTYPE, Tensor, TensorSpec
+
+# Precisions OVMS converts decoded images to (tensor_conversion_common.cpp getMatTypeFromTensorPrecision).
+IMAGE_DATATYPES = {"FP32", "FP64", "FP16", "INT16", "UINT8", "INT8", "UINT16", "INT32"}
+
+
+def is_image_input(tensor: Tensor, spec: TensorSpec) -> bool:
+    """BYTES sent to a 4-D numeric input: OVMS reads it as encoded images."""
+    return tensor.datatype == "BYTES" and spec.datatype != "BYTES" and len(spec.shape) == 4
+
+
+def _layout_axes(spec: TensorSpec) -> str:
+    """'NHWC' or 'NCHW': how the input wants the images; refuses other layouts as OVMS does."""
+    layout = (spec.layout or "").upper().replace("[", "").replace("]", "").replace(",", "")
+    if layout in ("", "...", "N...", "NHWC", "N...HWC"):
+        return "NHWC"
+    if layout == "NCHW":
+        return "NCHW"
+    raise ServingError(Kind.UNSUPPORTED_LAYOUT,
+                       f"input {spec.name} has layout {spec.layout}; serve it as NHWC (e.g. --layout NHWC:NCHW for "
+                       "a model that takes NCHW) to send JPEG/PNG images to it")
+
+
+class ImageBatch:
+    """The encoded images of one request input, checked against the input; ``decode`` makes the tensor."""
+
+    __slots__ = ("spec", "images", "axes")
+
+    def __init__(self, spec: TensorSpec, images: Sequence[bytes], axes: str) -> None:
+        self.spec = spec
+        self.images = images
+        self.axes = axes
+
+    @classmethod
+    def from_tensor(cls, tensor: Tensor, spec: TensorSpec) -> "ImageBatch":
+        """Check the request side (shape [N], batch size, layout, precision) without decoding anything."""
+        name = spec.name
+        if len(tensor.shape) != 1:
+            raise ServingError(Kind.INVALID_NO_OF_SHAPE_DIMENSIONS,
+                               f"Expected number of input shape dimensions: 1; Actual: {len(tensor.shape)}; input "
+                               f"name: {name} (binary image input: shape [N] for N encoded images)")
+        axes = _layout_axes(spec)
+        if spec.datatype not in IMAGE_DATATYPES:
+            raise ServingError(Kind.INVALID_PRECISION, f"input {name} is {spec.datatype}; binary images convert "
+                                                       f"to {', '.join(sorted(IMAGE_DATATYPES))} only")
+        try:
+            images = tensor.as_array().reshape(-1).tolist()
+        except CodecError as exc:
+            raise ServingError(Kind.IMAGE_PARSING_FAILED, f"{exc}; input name: {name} (each image must be "
+                                                          "preceded by its length as 4 bytes, little endian)") from None
+        if not images:
+            raise ServingError(Kind.BYTES_CONTENTS_EMPTY, f"input name: {name}")
+        if tensor.shape[0] != len(images):
+            raise ServingError(Kind.INVALID_BATCH_SIZE, f"Expected: {tensor.shape[0]}; Actual: {len(images)} "
+                                                        f"images; input name: {name}")
+        batch = spec.shape[0]
+        if batch != -1 and batch != len(images):
+            raise ServingError(Kind.INVALID_BATCH_SIZE, f"Expected: {batch}; Actual: {len(images)}; input name: "
+                                                        f"{name}")
+        return cls(spec, images, axes)
+
+    def decode(self) -> np.ndarray:
+        """The images as one array of the input's shape and precision (blocking; call off the event loop)."""
+        import cv2
+
+        spec, name = self.spec, self.spec.name
+        if self.axes == "NHWC":
+            _, height, width, channels = spec.shape
+        else:
+            _, channels, height, width = spec.shape
+        pixels = []
+        for index, encoded in enumerate(self.images):
+            image = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_UNCHANGED) if encoded else None
+            if image is None:
+                raise ServingError(Kind.IMAGE_PARSING_FAILED,
+                                   f"input name: {name}; image {index} ({len(encoded)} bytes) is not a JPEG or PNG "
+                                   "image that OpenCV can decode")
+            if image.ndim == 2:
+                image = image[:, :, np.newaxis]
+            if channels != -1 and image.shape[2] != channels:
+                raise ServingError(Kind.INVALID_NO_OF_CHANNELS, f"Expected: {channels}; Actual: {image.shape[2]}; "
+                                                                f"input name: {name}")
+            if pixels:
+                first = pixels[0]
+                if image.shape[2] != first.shape[2]:
+                    raise ServingError(Kind.INVALID_NO_OF_CHANNELS,
+                                       f"image {index} has {image.shape[2]} channels, image 0 has {first.shape[2]}; "
+                                       f"input name: {name}")
+            target_h = height if height != -1 else (pixels[0].shape[0] if pixels else image.shape[0])
+            target_w = width if width != -1 else (pixels[0].shape[1] if pixels else image.shape[1])
+            if image.shape[:2] != (target_h, target_w):
+                if height == -1 or width == -1:
+                    raise ServingError(Kind.BINARY_IMAGES_RESOLUTION_MISMATCH,
+                                       f"image {index} is {image.shape[1]}x{image.shape[0]}, image 0 is "
+                                       f"{target_w}x{target_h}; input name: {name}")
+                image = cv2.resize(image, (target_w, target_h), interpolation=cv2.INTER_LINEAR)
+                if image.ndim == 2:
+                    image = image[:, :, np.newaxis]
+            pixels.append(image)
+        batch = np.stack(pixels)
+        if batch.dtype != np.uint8 or spec.datatype != "UINT8":
+            batch = _convert(batch, NUMPY_DTYPE[spec.datatype])
+        if self.axes == "NCHW":
+            batch = batch.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(batch)
+
+
+def _convert(batch: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """cv::Mat::convertTo without scaling: round and saturate into integer types."""
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(batch), info.min, info.max).astype(dtype)
+    return batch.astype(dtype)
