@@ -15,6 +15,7 @@ the backend calls in its worker thread (OpenCV releases the GIL while decoding a
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Sequence
 
 import numpy as np
@@ -134,3 +135,13 @@ def _convert(batch: np.ndarray, dtype: np.dtype) -> np.ndarray:
         info = np.iinfo(dtype)
         return np.clip(np.rint(batch), info.min, info.max).astype(dtype)
     return batch.astype(dtype)
+
+
+async def decode_off_loop(arrays: dict) -> dict:
+    """``arrays`` with every ImageBatch decoded in a thread: for servables without worker threads of their own
+    (pipelines); the OpenVINO backend decodes in its infer request's thread instead."""
+    batches = {name: value for name, value in arrays.items() if isinstance(value, ImageBatch)}
+    if not batches:
+        return arrays
+    decoded = await asyncio.to_thread(lambda: {name: batch.decode() for name, batch in batches.items()})
+    return {**arrays, **decoded}

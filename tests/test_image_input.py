@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import pathlib
 import struct
 import urllib.error
 import urllib.request
@@ -51,13 +52,21 @@ MODELS = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def repository(tmp_path_factory) -> pathlib.Path:
     root = tmp_path_factory.mktemp("images")
-    configs = []
     for name, (shape, fields) in MODELS.items():
-        element = ov.Type.u8 if fields.pop("precision_u8", False) else ov.Type.f32
+        element = ov.Type.u8 if fields.get("precision_u8") else ov.Type.f32
         ov.save_model(identity(shape, element), str(root / name / "1" / "model.xml"), compress_to_fp16=False)
-        configs.append(model_config_from_dict({"name": name, "base_path": str(root / name), **fields}, where=name))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repository):
+    configs = []
+    for name, (_, fields) in MODELS.items():
+        fields = {k: v for k, v in fields.items() if k != "precision_u8"}
+        configs.append(model_config_from_dict({"name": name, "base_path": str(repository / name), **fields},
+                                              where=name))
     with ThreadedServer(configs) as running:
         yield running
 
@@ -247,3 +256,25 @@ def test_metadata_reports_the_served_layout_shape(server):
         meta = client.get_model_metadata("resnetlike", as_json=True)
     assert meta["inputs"] == [{"name": "INPUT0", "datatype": "FP32", "shape": ["1", "8", "8", "3"]}]
 
+
+
+def test_image_to_a_pipeline_input(repository, tmp_path):
+    """A DAG pipeline whose input feeds a model's NHWC input takes images too (OVMS: "Single Models and DAG
+    Pipelines"), decoded before the pipeline runs."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "model_config_list": [{"config": {"name": "resnetlike", "base_path": str(repository / "resnetlike"),
+                                          "layout": "NHWC:NCHW"}}],
+        "pipeline_config_list": [{
+            "name": "classify", "inputs": ["image"],
+            "nodes": [{"name": "model", "model_name": "resnetlike", "type": "DL model",
+                       "inputs": [{"INPUT0": {"node_name": "request", "data_item": "image"}}],
+                       "outputs": [{"data_item": "OUTPUT0", "alias": "scores"}]}],
+            "outputs": [{"scores": {"node_name": "model", "data_item": "scores"}}]}]}))
+    jpeg = encode(image(12, 12), ".jpg")
+    with ThreadedServer(config_path=config) as running:
+        with grpcclient.InferenceServerClient(running.grpc_url) as client:
+            request = grpcclient.InferInput("image", [1], "BYTES")
+            request.set_data_from_numpy(np.array([jpeg], dtype=object))
+            out = client.infer("classify", [request]).as_numpy("scores")
+    assert np.array_equal(out, pixels_of(jpeg, 8, 8)[None].transpose(0, 3, 1, 2))

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from ovms.errors import Kind, ModelLoadError, ServingError
+from ovms.image_input import decode_off_loop
 from ovms.pipelines.custom_node import CustomNode, import_library
 from ovms.pipelines.definition import CUSTOM, MAX_DEMULTIPLY_COUNT, REQUEST, NodeDefinition, PipelineDefinition
 from ovms.pipelines.plan import NodePlan, Plan, make_plan
@@ -90,7 +91,7 @@ class Pipeline(InferServable):
 
     async def infer(self, request: InferRequest) -> InferResponse:
         plan = self.plan
-        arrays = validate_inputs(self, request)
+        arrays = await decode_off_loop(validate_inputs(self, request))  # JPEG/PNG to a 4-D input: decoded
         wanted = request.requested_outputs
         if wanted:
             known = {spec.name for spec in plan.outputs}
