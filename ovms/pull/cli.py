@@ -19,7 +19,7 @@ import threading
 from ovms.pull import config_edit, convert, gguf, graph, tasks
 from ovms.pull.errors import EXIT_OK, InterruptedPull, PullError, UsageError
 from ovms.pull.hub import HubClient
-from ovms.pull.paths import ModelPaths, check_repo_id
+from ovms.pull.paths import ModelPaths, check_repo_id, draft_directory_name
 from ovms.pull.pull import fetch_small, pull_repository
 from ovms.pull.settings import from_environment
 
@@ -257,6 +257,9 @@ def _pull(args: argparse.Namespace, stop: _StopOnSignal) -> pathlib.Path:
         model_dir = pull_repository(paths, settings, revision=revision, overwrite=overwrite,
                                     stop_requested=stop).model_dir
     print(f"Model: {repo_id} downloaded to: {model_dir}", flush=True)
+    draft = getattr(args, "draft_source_model", None)
+    if draft:
+        _pull_draft(args, draft, model_dir, task, settings, converting, overwrite, stop)
     if classic:
         return model_dir
     models_path = f"./{gguf_name}" if gguf_name else "./"
@@ -264,6 +267,29 @@ def _pull(args: argparse.Namespace, stop: _StopOnSignal) -> pathlib.Path:
     graph.write_graph(model_dir, task, graph_options(args, task, model_name, models_path))
     print(f"Graph: graph.pbtxt created in: {model_dir}", flush=True)
     return model_dir
+
+
+def _pull_draft(args, draft: str, model_dir: pathlib.Path, task: str | None, settings, converting: bool,
+                overwrite: bool, stop) -> None:
+    """--draft_source_model: the draft model of speculative decoding, into the main model's directory as OVMS
+    lays it out (ORG-NAME, named by draft_models_path in graph.pbtxt); converted like the main model when it is."""
+    check_repo_id(draft)
+    if task != "text_generation":
+        raise UsageError(f"--draft_source_model applies to text generation, not --task {task}.",
+                         remedy="Drop --draft_source_model, or pull an LLM with it.")
+    target = model_dir / draft_directory_name(draft)
+    if converting:
+        if target.is_dir() and not overwrite:
+            log.info("Path already exists on local filesystem. Not downloading to path: %s", target)
+        else:
+            if target.exists():
+                shutil.rmtree(target)
+            convert.convert(draft, target, task, getattr(args, "weight_format", None) or "int8",
+                            getattr(args, "extra_quantization_params", None))
+    else:
+        paths = ModelPaths(model_dir, draft, directory=target)
+        pull_repository(paths, settings, revision="main", overwrite=overwrite, stop_requested=stop)
+    print(f"Draft model: {draft_directory_name(draft)} downloaded to: {target}", flush=True)
 
 
 def _edit(args: argparse.Namespace) -> None:

@@ -11,6 +11,7 @@ import json
 import pathlib
 
 import ovms
+from ovms.pull.paths import draft_directory_name
 
 TASKS = ("text_generation", "embeddings", "rerank", "image_generation")
 HEADER = f"# File created with: OpenVINO Model Server (ovms, Python) {ovms.__version__}\n"
@@ -105,7 +106,7 @@ def text_generation(o: GraphOptions) -> str:
         s += "\n            dynamic_split_fuse: false,"
     if o.draft_source_model is not None:
         s += "\n            # Speculative decoding configuration"
-        s += f"\n            draft_models_path: {o.draft_source_model},"
+        s += f'\n            draft_models_path: "{draft_directory_name(o.draft_source_model)}",'
     s += """
         }
     }

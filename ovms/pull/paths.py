@@ -36,9 +36,12 @@ def check_repo_id(source_model: str) -> str:
 class ModelPaths:
     repository: pathlib.Path  # --model_repository_path
     source_model: str  # ORG/NAME
+    directory: pathlib.Path | None = None  # where it goes instead of repository/ORG/NAME (a draft model)
 
     @property
     def model_dir(self) -> pathlib.Path:
+        if self.directory is not None:
+            return self.directory
         return self.repository.joinpath(*self.source_model.split("/"))
 
     @property
@@ -68,3 +71,9 @@ def safe_join(root: pathlib.Path, relative: str) -> pathlib.Path:
                               remedy="Check --source_model and HF_ENDPOINT: a genuine Hugging Face repository "
                                      "never lists such names. Report it to the repository owner.")
     return target
+
+
+def draft_directory_name(draft_model: str) -> str:
+    """The directory a --draft_source_model goes to, inside the main model's: ORG-NAME (OVMS's
+    GraphExport::getDraftModelDirectoryName), which graph.pbtxt names as draft_models_path."""
+    return draft_model.replace("/", "-")

@@ -135,3 +135,42 @@ def test_pull_then_serve_a_classic_model(hub, tmp_path):
     text = (tmp_path / "server.log").read_text()
     assert f"Model: {REPO} downloaded to: {tmp_path / 'models' / 'OpenVINO' / 'tiny-relu'}" in text
     assert "classic model" in text and not (tmp_path / "models" / "OpenVINO" / "tiny-relu" / "graph.pbtxt").exists()
+
+
+def test_pull_with_a_draft_model_serves_speculative_decoding(hub, tmp_path):
+    """--draft_source_model as OVMS lays it out: the draft beside the model as ORG-NAME, named by the graph's
+    draft_models_path, and used: the answer is the plain greedy one and the engine accepts draft tokens."""
+    import re
+
+    import openai
+
+    source = GENAI_FIXTURES / "tiny-llm"
+    files = {p.name: p for p in sorted(source.iterdir()) if p.is_file()}
+    hub.add_repo("OpenVINO/tiny-llm-ov", files)
+    hub.add_repo("OpenVINO/tiny-draft-ov", files)
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(ovms_command(
+            "--source_model", "OpenVINO/tiny-llm-ov", "--draft_source_model", "OpenVINO/tiny-draft-ov",
+            "--model_repository_path", str(tmp_path / "models"), "--model_name", "gen", "--rest_port", str(port),
+            "--rest_bind_address", "127.0.0.1", "--metrics_enable", "--metrics_list",
+            "ovms_llm_draft_accepted_tokens"), env=pull_env(hub), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(proc, f"http://127.0.0.1:{port}/v2/models/gen/ready", log_path)
+            with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v3", api_key="unused", max_retries=0,
+                               timeout=60) as client:
+                answer = client.chat.completions.create(model="gen", messages=[{"role": "user", "content": "Hello"}],
+                                                        max_tokens=32, temperature=0)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                metrics = response.read().decode()
+        finally:
+            stop(proc)
+    assert answer.choices[0].message.content == "Hello! How can I help you?"
+    model_dir = tmp_path / "models" / "OpenVINO" / "tiny-llm-ov"
+    assert (model_dir / "OpenVINO-tiny-draft-ov" / "openvino_model.xml").read_bytes() == \
+        (source / "openvino_model.xml").read_bytes()
+    assert 'draft_models_path: "OpenVINO-tiny-draft-ov"' in (model_dir / "graph.pbtxt").read_text()
+    accepted = re.search(r'^ovms_llm_draft_accepted_tokens\{name="gen",version="1"\} (\S+)$', metrics, re.MULTILINE)
+    assert accepted and float(accepted.group(1)) > 0, metrics
+    assert "Draft model: OpenVINO-tiny-draft-ov downloaded to:" in log_path.read_text()
