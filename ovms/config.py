@@ -35,7 +35,7 @@ NOT_IMPLEMENTED_MODEL_FIELDS = {
     "max_sequence_number": "it belongs to stateful models, which were removed in OVMS 2026.3",
     "idle_sequence_cleanup": "it belongs to stateful models, which were removed in OVMS 2026.3",
     "custom_loader_options": "custom model loaders (C libraries) are not supported",
-    "subconfig": "graphs with model nodes (a subconfig) are not supported yet; only generative graphs are served",
+    "subconfig": "a model_config_list entry has no subconfig; give it in mediapipe_config_list",
 }
 NOT_IMPLEMENTED_TOP_LEVEL = {
     "custom_loader_config_list": "custom model loaders (C libraries) are not supported",
@@ -303,7 +303,15 @@ def graph_config(name: str, base_path: pathlib.Path, *, graph_path: pathlib.Path
         raise ConfigError(f"{where}: {base_path} has no graph.pbtxt; give --task (text_generation, embeddings, "
                           "rerank) or pull the model with --pull to write one")
     return ModelConfig(name=name, base_path=base_path, kind="graph", graph_path=graph, task=task,
-                       graph_text=graph_text if graph is None else None)
+                       graph_text=graph_text if graph is None else None, uses_models=_graph_uses_models(graph))
+
+
+def _graph_uses_models(graph: pathlib.Path | None) -> bool:
+    """A MediaPipe graph with model nodes calls served models: it loads after them (ovms.mediapipe reads it)."""
+    try:
+        return graph is not None and "OpenVINOModelServerSessionCalculator" in graph.read_text()
+    except OSError:
+        return False
 
 
 def localize(config: ModelConfig, local_dir: pathlib.Path) -> ModelConfig:
@@ -321,26 +329,45 @@ def localize(config: ModelConfig, local_dir: pathlib.Path) -> ModelConfig:
     return dataclasses.replace(config, base_path=local_dir)
 
 
-def _mediapipe_entry(item: Any, where: str, relative_to) -> ModelConfig:
+def _mediapipe_entry(item: Any, where: str, relative_to) -> list[ModelConfig]:
+    """A mediapipe_config_list entry: the graph, then the models of its subconfig (OVMS: ``subconfig``, relative to
+    base_path, or base_path/subconfig.json when present), which are served like model_config_list entries."""
     if not isinstance(item, dict) or not isinstance(item.get("name"), str):
         raise ConfigError(f"{where} must be an object with a name")
     unknown = set(item) - {"name", "base_path", "graph_path", "subconfig"}
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(map(repr, unknown)))}; allowed fields: "
                           "base_path, graph_path, name, subconfig")
-    if item.get("subconfig") is not None:
-        raise ConfigError(f"{where}: field 'subconfig' is not supported by this server "
-                          f"({NOT_IMPLEMENTED_MODEL_FIELDS['subconfig']}); remove it")
+    subconfig = item.get("subconfig")
+    if subconfig is not None and (not isinstance(subconfig, str) or not subconfig):
+        raise ConfigError(f"{where}: subconfig must be the path of a config.json with a model_config_list")
     # As OVMS: base_path is relative to the config file's directory, graph_path to base_path; each applied once.
     source_url = _remote(item.get("base_path") or item["name"], relative_to, where)
     if source_url is not None:
-        return ModelConfig(name=item["name"], base_path=pathlib.Path(), kind="graph", source_url=source_url,
-                           source_graph=item.get("graph_path") or "graph.pbtxt")
+        if subconfig is not None:
+            raise ConfigError(f"{where}: a subconfig is read from local directories only; copy the graph and "
+                              "its models locally")
+        return [ModelConfig(name=item["name"], base_path=pathlib.Path(), kind="graph", source_url=source_url,
+                            source_graph=item.get("graph_path") or "graph.pbtxt")]
     base = relative_to / pathlib.Path(item.get("base_path") or item["name"]).expanduser()
     graph = base / pathlib.Path(item.get("graph_path") or "graph.pbtxt").expanduser()
     if not graph.is_file():
         raise ConfigError(f"{where}: graph file {graph} not found")
-    return graph_config(item["name"], base, graph_path=graph, where=where)
+    if not item.get("base_path") and not base.is_dir():
+        # OVMS's quickstart names an absolute graph_path and no base_path: the default <config dir>/<name>/ need
+        # not exist there, and the graph's own directory is what holds its files here.
+        base = graph.parent
+    models = [graph_config(item["name"], base, graph_path=graph, where=where)]
+    sub = base / pathlib.Path(subconfig).expanduser() if subconfig is not None else base / "subconfig.json"
+    if subconfig is not None and not sub.is_file():
+        raise ConfigError(f"{where}: subconfig file {sub} not found")
+    if sub.is_file():
+        for model in load_config_file(sub):
+            if model.kind == "graph":
+                raise ConfigError(f"{sub}: a subconfig lists models (model_config_list) only; "
+                                  f"{model.name} is a graph")
+            models.append(model)
+    return models
 
 
 def load_config_file(path, *, read_text=None) -> list[ModelConfig]:
@@ -393,11 +420,11 @@ def load_config_file(path, *, read_text=None) -> list[ModelConfig]:
     if not isinstance(graphs, list):
         raise ConfigError(f"{path}: mediapipe_config_list must be a JSON array")
     for i, item in enumerate(graphs):
-        model = _mediapipe_entry(item, f"{path}: mediapipe_config_list[{i}]", directory)
-        if model.name in names:
-            raise ConfigError(f"{path}: mediapipe_config_list[{i}]: name {model.name!r} is already used")
-        names.add(model.name)
-        models.append(model)
+        for model in _mediapipe_entry(item, f"{path}: mediapipe_config_list[{i}]", directory):
+            if model.name in names:
+                raise ConfigError(f"{path}: mediapipe_config_list[{i}]: name {model.name!r} is already used")
+            names.add(model.name)
+            models.append(model)
     if remote and (document.get("custom_node_library_config_list") or document.get("pipeline_config_list")):
         raise ConfigError(f"{path}: pipelines and custom nodes are read from a local config.json only; copy the "
                           "config file next to the server (its models may stay in the bucket)")

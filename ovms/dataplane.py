@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 from ovms import __version__
 from ovms.errors import Kind, ServingError
 from ovms.drain import Drain
 from ovms.metrics import Metrics
 from ovms.registry import Registry, VersionState
-from ovms.servable import InferServable, Servable
+from ovms.servable import InferServable, Servable, StreamingInferServable
 from ovms.types import InferRequest, InferResponse, ModelMetadata
 
 SERVER_NAME = "OpenVINO Model Server"
@@ -171,6 +171,36 @@ class DataPlane:
                                 response.timings_us[0])
                 metrics.observe("ovms_inference_time_us", (request.model_name, version), response.timings_us[1])
         return response
+
+    async def infer_stream(self, request: InferRequest, *, api: str = "KServe", interface: str = "gRPC",
+                           method: str = "ModelStreamInfer") -> AsyncIterator[InferResponse]:
+        """The responses to one request of a stream: several from a servable that streams (a graph whose Python
+        node yields), else the one ``infer`` gives."""
+        try:
+            entry = self.registry.version_entry(request.model_name, request.model_version)
+        except ServingError:
+            self._count(api, interface, method, request.model_name, request.model_version, False)
+            raise
+        if not isinstance(entry.servable, StreamingInferServable):
+            yield await self.infer(request, api=api, interface=interface, method=method)
+            return
+        started = time.perf_counter_ns()
+        servable = entry.enter()
+        try:
+            async for response in servable.infer_stream(request):
+                yield response
+        except BaseException:
+            entry.stats.fail_count += 1
+            entry.stats.fail_ns += time.perf_counter_ns() - started
+            self._count(api, interface, method, request.model_name, entry.version, False)
+            raise
+        finally:
+            entry.leave()
+        stats = entry.stats
+        stats.success_count += 1
+        stats.success_ns += time.perf_counter_ns() - started
+        stats.last_inference_ms = time.time_ns() // 1_000_000
+        self._count(api, interface, method, request.model_name, entry.version, True)
 
     def counted(self, api: str, interface: str, method: str, name: str, version, call: Callable):
         """Run a non-inference verb (metadata, status, ready) and count it as OVMS does."""

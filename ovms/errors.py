@@ -71,6 +71,11 @@ class Kind(enum.Enum):
     NODE_LIBRARY_INVALID_SHAPE = ("Custom node has produced tensor with not matching shape", "INTERNAL", 500)
     NODE_LIBRARY_INVALID_PRECISION = ("Custom node has produced tensor with unspecified precision", "INTERNAL", 500)
     NOT_IMPLEMENTED = ("Not implemented", "UNIMPLEMENTED", 501)
+    INVALID_UNEXPECTED_INPUT = ("Unexpected input", "INVALID_ARGUMENT", 400)
+    # MediaPipe graphs (src/status.cpp; gRPC codes from src/grpc_utils.cpp, HTTP from src/http_server.cpp).
+    MEDIAPIPE_EXECUTION_ERROR = ("Mediapipe execution failed. MP status", "INVALID_ARGUMENT", 400)
+    MEDIAPIPE_PRECONDITION_FAILED = ("Mediapipe graph precondition failed", "FAILED_PRECONDITION", 412)
+    MEDIAPIPE_INVALID_TIMESTAMP = ("Malformed packet timestamp", "INVALID_ARGUMENT", 400)
     # OpenAI-compatible endpoints (/v3): OVMS answers a body that is not JSON with 412 (JSON_INVALID ->
     # PRECOND_FAILED in src/http_rest_api_handler.cpp); validation failures name the field.
     OPENAI_JSON_INVALID = ("The file is not valid json", "INVALID_ARGUMENT", 412)

@@ -53,6 +53,14 @@ class InferServable(Servable):
     async def infer(self, request: InferRequest) -> InferResponse: ...
 
 
+class StreamingInferServable(InferServable):
+    """An InferServable that may answer one request with several responses (a MediaPipe graph whose Python node
+    yields): ``infer_stream`` serves gRPC ModelStreamInfer, ``infer`` the unary calls."""
+
+    @abc.abstractmethod
+    def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]: ...
+
+
 class TextServable(Servable):
     """A servable of the OpenAI / Cohere endpoints: it has no KServe tensor inputs or outputs."""
 

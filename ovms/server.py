@@ -48,6 +48,10 @@ def _load_servable(config: ModelConfig, version: int, registry: Registry):
 
         return Pipeline(config.pipeline, registry)
     if config.kind == "graph":
+        from ovms.mediapipe import is_mediapipe_graph, load_mediapipe_servable
+
+        if is_mediapipe_graph(config.graph_path):  # Python nodes and model nodes
+            return load_mediapipe_servable(config, registry)
         from ovms.backends.genai import load_graph_servable
 
         return load_graph_servable(config)

@@ -104,6 +104,7 @@ class InferResponse:
     outputs: list[Tensor]
     id: str = ""
     timings_us: tuple[float, float] | None = None  # (waited for an infer request, inference), from the backend
+    parameters: dict[str, Any] | None = None  # response parameters (OVMS_MP_TIMESTAMP of a graph's packet)
 
 
 @dataclasses.dataclass(slots=True)

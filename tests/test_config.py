@@ -67,8 +67,8 @@ def test_valid_config_relative_paths(tmp_path):
      "not a Python file. This server runs custom nodes written in Python, not C libraries (.so)"),
     ({"model_config_list": [], "custom_node_library_config_list": [{"name": "lib", "base_path": "/no/node.py"}]},
      "Custom node library not found: /no/node.py"),
-    ({"mediapipe_config_list": [{"name": "g", "base_path": "/g", "subconfig": "s.json"}]},
-     "field 'subconfig' is not supported by this server (graphs with model nodes"),
+    ({"mediapipe_config_list": [{"name": "g", "base_path": "/g", "subconfig": 7}]},
+     "subconfig must be the path of a config.json with a model_config_list"),
 ])
 def test_invalid_configs(tmp_path, document, message):
     with pytest.raises(ConfigError) as info:

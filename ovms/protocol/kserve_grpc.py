@@ -66,6 +66,15 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
     """InferResponse -> ModelInferResponse with raw_output_contents (as Triton and OVMS answer)."""
     message = pb.ModelInferResponse(model_name=response.model_name, model_version=str(response.model_version),
                                     id=response.id)
+    if response.parameters:
+        for key, value in response.parameters.items():
+            param = message.parameters[key]
+            if isinstance(value, bool):
+                param.bool_param = value
+            elif isinstance(value, int):
+                param.int64_param = value
+            else:
+                param.string_param = str(value)
     outputs = message.outputs
     raw = message.raw_output_contents
     for tensor in response.outputs:

@@ -28,6 +28,7 @@ STREAM_WINDOW = 64  # requests of one ModelStreamInfer stream in flight at once
 MAX_CONCURRENT_STREAMS = 256  # calls in flight per client connection (grpc.max_concurrent_streams)
 # Answered while the server drains (probes and status); every other call is refused then, and counted until done.
 STATUS_METHODS = {"ServerLive", "ServerReady", "ModelReady", "GetModelStatus"}
+_END = object()  # the last item of one stream request's responses
 
 
 def _unexpected(exc: BaseException, method: str) -> ServingError:
@@ -120,12 +121,15 @@ class InferenceServicer:
         response = await self.dp.infer(codec.decode_infer_request(request))
         return codec.encode_infer_response(response)
 
-    async def _stream_one(self, data: bytes) -> pb.ModelStreamInferResponse:
+    async def _stream_one(self, data: bytes, out: asyncio.Queue) -> None:
+        """Answer one request of a stream into ``out`` (several responses from a graph that streams), then END."""
         request = pb.ModelInferRequest()
         try:
             request = _parse(pb.ModelInferRequest, data)
-            response = await self.dp.infer(codec.decode_infer_request(request))
-            return pb.ModelStreamInferResponse(infer_response=codec.encode_infer_response(response))
+            async for response in self.dp.infer_stream(codec.decode_infer_request(request)):
+                out.put_nowait(pb.ModelStreamInferResponse(infer_response=codec.encode_infer_response(response)))
+            out.put_nowait(_END)
+            return
         except ServingError as exc:
             error = exc
             if log.isEnabledFor(logging.DEBUG):
@@ -133,10 +137,18 @@ class InferenceServicer:
                           exc.message)
         except Exception as exc:
             error = _unexpected(exc, "ModelStreamInfer")
-        return pb.ModelStreamInferResponse(
+        out.put_nowait(pb.ModelStreamInferResponse(
             error_message=error.message,
             infer_response=pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,
-                                                 id=request.id))
+                                                 id=request.id)))
+        out.put_nowait(_END)
+
+    @staticmethod
+    async def _answers(item):
+        """The responses of one request in order, until its END."""
+        _, out = item
+        while (response := await out.get()) is not _END:
+            yield response
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests of one stream run concurrently (up to STREAM_WINDOW); responses keep request order.
@@ -156,7 +168,8 @@ class InferenceServicer:
         async def read() -> None:
             try:
                 async for data in request_iterator:
-                    await pending.put(asyncio.ensure_future(self._stream_one(data)))
+                    out: asyncio.Queue = asyncio.Queue()
+                    await pending.put((asyncio.ensure_future(self._stream_one(data, out)), out))
             finally:
                 await pending.put(done)
 
@@ -169,14 +182,16 @@ class InferenceServicer:
                 if not next_task.done():
                     next_task.cancel()
                     break
-                if (task := next_task.result()) is done:
+                if (item := next_task.result()) is done:
                     return
-                yield await task
+                async for response in self._answers(item):
+                    yield response
             reader.cancel()
             while not pending.empty():
-                if (task := pending.get_nowait()) is done:
+                if (item := pending.get_nowait()) is done:
                     return
-                yield await task
+                async for response in self._answers(item):
+                    yield response
             error = ServingError(Kind.SERVER_SHUTTING_DOWN)
             await context.abort(grpc.StatusCode[error.grpc_code], error.message)
         finally:
@@ -186,7 +201,7 @@ class InferenceServicer:
             while not pending.empty():
                 item = pending.get_nowait()
                 if item is not done:
-                    item.cancel()
+                    item[0].cancel()
 
 
 class _Messages:

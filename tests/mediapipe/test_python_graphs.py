@@ -1,0 +1,218 @@
+"""MediaPipe graphs with Python nodes served as OVMS serves them, called with tritonclient (gRPC and REST):
+OVMS's quickstart upper-casing node, Python nodes around a served OpenVINO model, a generator over
+ModelStreamInfer, a failing execute, and graphs refused at load while the rest serves."""
+from __future__ import annotations
+
+import json
+import queue
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import ThreadedServer
+from tests.mediapipe.graphs import write_graph_repository
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return write_graph_repository(tmp_path_factory.mktemp("graphs"))
+
+
+@pytest.fixture(scope="module")
+def served(repo, caplog_module):
+    with ThreadedServer(config_path=repo) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def caplog_module():
+    """Every log record of the module's server (load failures are asserted on)."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = Keep(logging.INFO)
+    logging.getLogger("ovms").addHandler(handler)
+    previous = logging.getLogger("ovms").level
+    logging.getLogger("ovms").setLevel(logging.INFO)
+    yield records
+    logging.getLogger("ovms").removeHandler(handler)
+    logging.getLogger("ovms").setLevel(previous)
+
+
+def text_input(module, name: str, data: bytes):
+    """As OVMS's quickstart sends it: BYTES of shape [len(data)] with the UTF-8 bytes as raw content."""
+    infer_input = module.InferInput(name, [len(data)], "BYTES")
+    infer_input._raw_content = data
+    return infer_input
+
+
+def test_quickstart_uppercase_over_grpc(served):
+    client = grpcclient.InferenceServerClient(served.grpc_url)
+    data = "Make this text uppercase.".encode()
+    results = client.infer("python_model", [text_input(grpcclient, "text", data)])
+    assert results.as_numpy("uppercase").tobytes().decode() == "MAKE THIS TEXT UPPERCASE."
+    output = results.get_output("uppercase")
+    assert (output.datatype, list(output.shape)) == ("UINT8", [25])
+
+
+def test_uppercase_with_bytes_contents_gets_the_length_prefixed_buffer(served):
+    """bytes_contents arrive in execute as OVMS documents: every element preceded by its 4-byte length."""
+    client = grpcclient.InferenceServerClient(served.grpc_url)
+    infer_input = grpcclient.InferInput("text", [1], "BYTES")
+    infer_input.set_data_from_numpy(np.array([b"abc"], dtype=object))
+    results = client.infer("python_model", [infer_input])
+    assert results.as_numpy("uppercase").tobytes() == b"\x03\x00\x00\x00ABC"
+
+
+def test_uppercase_over_rest(served):
+    client = httpclient.InferenceServerClient(served.rest_url)
+    infer_input = httpclient.InferInput("text", [1], "BYTES")
+    infer_input.set_data_from_numpy(np.array([b"rest call"], dtype=object), binary_data=True)
+    results = client.infer("python_model", [infer_input])
+    assert results.as_numpy("uppercase").tobytes() == b"\x09\x00\x00\x00REST CALL"
+
+
+def test_graph_metadata_names_its_streams(served):
+    client = grpcclient.InferenceServerClient(served.grpc_url)
+    metadata = client.get_model_metadata("mixed", as_json=True)
+    assert [i["name"] for i in metadata["inputs"]] == ["numbers"]
+    assert [o["name"] for o in metadata["outputs"]] == ["summary", "scaled"]
+    assert client.is_model_ready("python_model")
+
+
+def test_python_nodes_around_an_openvino_model(served):
+    """numbers -> Python (x2) -> converter -> dummy (b + 1) -> converter -> Python (text, x10)."""
+    numbers = np.arange(10, dtype=np.float32)
+    expected = numbers * 2 + 1
+    for module, url in ((grpcclient, served.grpc_url), (httpclient, served.rest_url)):
+        client = module.InferenceServerClient(url)
+        infer_input = module.InferInput("numbers", [10], "FP32")
+        infer_input.set_data_from_numpy(numbers)
+        results = client.infer("mixed", [infer_input])
+        assert results.as_numpy("summary").tobytes().decode() == " ".join(f"{v:g}" for v in expected)
+        np.testing.assert_array_equal(results.as_numpy("scaled"), (expected * 10).reshape(1, 10))
+        assert results.as_numpy("scaled").dtype == np.float32
+
+
+def stream_results(url: str, requests: list) -> list:
+    """Send ``requests`` (model, inputs) on one ModelStreamInfer stream; every result until the stream is idle."""
+    received: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    client.start_stream(callback=lambda result, error: received.put((result, error)))
+    try:
+        for model, inputs in requests:
+            client.async_stream_infer(model, inputs)
+        items = [received.get(timeout=30)]
+        while True:
+            try:
+                items.append(received.get(timeout=1.5))
+            except queue.Empty:
+                return items
+    finally:
+        client.stop_stream()
+
+
+def test_generator_node_streams_one_response_per_yield(served):
+    items = stream_results(served.grpc_url, [("stream", [text_input(grpcclient, "text", b"one two three")])])
+    assert [error for _, error in items] == [None, None, None]
+    tokens = [result.as_numpy("token").tobytes() for result, _ in items]
+    assert tokens == [b"0:one", b"1:two", b"2:three"]
+    timestamps = [result.get_response().parameters["OVMS_MP_TIMESTAMP"].int64_param for result, _ in items]
+    assert timestamps == [0, 1, 2]
+
+
+def test_stream_mixes_unary_graphs_and_generators_in_request_order(served):
+    items = stream_results(served.grpc_url, [
+        ("stream", [text_input(grpcclient, "text", b"a b")]),
+        ("python_model", [text_input(grpcclient, "text", b"quiet")]),
+        ("stream", [text_input(grpcclient, "text", b"c")]),
+    ])
+    outputs = [result.get_response().outputs[0].name for result, _ in items]
+    assert outputs == ["token", "token", "uppercase", "token"]
+    assert items[2][0].as_numpy("uppercase").tobytes() == b"QUIET"
+    assert items[3][0].as_numpy("token").tobytes() == b"0:c"
+
+
+def test_generator_over_unary_infer_says_to_stream(served):
+    client = grpcclient.InferenceServerClient(served.grpc_url)
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("stream", [text_input(grpcclient, "text", b"x y")])
+    assert "INVALID_ARGUMENT" in str(info.value.status())
+    assert 'Calculator::Process() for node "generator" failed' in info.value.message()
+    assert "ModelStreamInfer" in info.value.message()
+
+
+def test_exception_in_execute_names_the_node_and_the_next_request_succeeds(served):
+    client = grpcclient.InferenceServerClient(served.grpc_url)
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("faulty", [text_input(grpcclient, "text", b"boom")])
+    message = info.value.message()
+    assert message.startswith("Mediapipe execution failed. MP status - INTERNAL: CalculatorGraph::Run() failed: "
+                              'Calculator::Process() for node "reverser" failed: Error occurred during graph '
+                              "execution: ValueError: cannot handle boom (faulty.py, line 8)"), message
+    assert "INVALID_ARGUMENT" in str(info.value.status())
+    results = client.infer("faulty", [text_input(grpcclient, "text", b"fine")])
+    assert results.as_numpy("out").tobytes() == b"enif"
+    rest = httpclient.InferenceServerClient(served.rest_url)
+    with pytest.raises(InferenceServerException) as info:
+        infer_input = httpclient.InferInput("text", [1], "BYTES")
+        infer_input.set_data_from_numpy(np.array([b"boom"], dtype=object), binary_data=False)
+        rest.infer("faulty", [infer_input])
+    assert 'node "reverser" failed' in info.value.message() and "400" in str(info.value.status())
+
+
+def test_exception_in_a_streamed_request_answers_that_request_only(served):
+    items = stream_results(served.grpc_url, [("faulty", [text_input(grpcclient, "text", b"boom")]),
+                                             ("faulty", [text_input(grpcclient, "text", b"ok")])])
+    assert len(items) == 2
+    assert items[0][0] is None and 'node "reverser" failed' in str(items[0][1])
+    assert items[1][1] is None and items[1][0].as_numpy("out").tobytes() == b"ko"
+
+
+def test_unexpected_and_missing_inputs_use_ovms_messages(served):
+    client = grpcclient.InferenceServerClient(served.grpc_url)
+    with pytest.raises(InferenceServerException, match="Unexpected input - txt is unexpected"):
+        client.infer("python_model", [text_input(grpcclient, "txt", b"a")])
+    infer_input = grpcclient.InferInput("numbers", [3], "FP32")
+    infer_input.set_data_from_numpy(np.ones(3, dtype=np.float32))
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("mixed", [infer_input])
+    assert ('for node "dummyInference" failed: model dummy: Invalid input shape - Expected: (1,10); Actual: (1,3)'
+            in info.value.message())
+
+
+@pytest.mark.parametrize("name, message", [
+    ("bad_calculator", 'node "pythonNode": No registered object with name: PythonExecutorCalculatr; Unable to find '
+                       'Calculator "PythonExecutorCalculatr"'),
+    ("bad_handler", 'node "pythonNode": The Python Node file path does not exist: '),
+    ("bad_stream", 'node "pythonNode": Input Stream "txt" does not have a corresponding output stream'),
+])
+def test_invalid_graphs_are_refused_at_load_and_the_rest_serves(served, caplog_module, name, message):
+    client = grpcclient.InferenceServerClient(served.grpc_url)
+    assert not client.is_model_ready(name)
+    with pytest.raises(InferenceServerException, match="Model with requested version is not found"):
+        client.infer(name, [text_input(grpcclient, "text", b"a")])
+    logged = [r.getMessage() for r in caplog_module if r.levelname == "ERROR" and f"model {name} " in r.getMessage()]
+    assert any(message in line and "Failed to initialize mediapipe graph" in line for line in logged), logged
+    results = client.infer("python_model", [text_input(grpcclient, "text", b"still here")])
+    assert results.as_numpy("uppercase").tobytes() == b"STILL HERE"
+
+
+def test_finalize_runs_on_unload_with_ovms_kwargs(repo):
+    mark = repo.parent / "upper" / "finalized.json"
+    mark.unlink(missing_ok=True)
+    with ThreadedServer(config_path=repo) as running:
+        client = grpcclient.InferenceServerClient(running.grpc_url)
+        client.infer("python_model", [text_input(grpcclient, "text", b"x")])
+        assert not mark.exists()
+    kwargs = json.loads(mark.read_text())
+    assert kwargs == {"node_name": "pythonNode", "input_names": ["text"], "output_names": ["uppercase"],
+                      "base_path": str(repo.parent / "upper")}
