@@ -71,9 +71,11 @@ def test_sdist_has_sources_and_no_build_output(dist):
 def test_wheel_has_descriptors_and_native_twins(dist):
     names = zipfile.ZipFile(dist["wheel"]).namelist()
     assert "ovms/_proto/descriptors.binpb" in names
-    for twin in ("tensorcodec", "detokenize", "rangewrite"):
+    for twin in ("tensorcodec", "detokenize", "rangewrite", "pytensor"):
         assert any(re.fullmatch(rf"ovms/_native/{twin}_c\.cpython-[^/]+\.so", n) for n in names), twin
     assert not [n for n in names if "_pb2" in n], "no generated protobuf code is shipped"
+    # Python nodes import OVMS's top-level module: ``from pyovms import Tensor`` in a handler_path file.
+    assert "pyovms/__init__.py" in names
 
 
 # The clients users have, each with the protobuf it brings: the declared floor, tritonclient's protobuf 6
@@ -173,6 +175,10 @@ def test_installed_wheel_serves(environment, venvs, model_repo, tmp_path):
                             capture_output=True, text=True, cwd=tmp_path)
     assert native.stdout.strip() == str([f"ovms._native.{t}_c" for t in ("tensorcodec", "detokenize", "rangewrite")]), \
         native
+    pyovms = subprocess.run([str(venv / "bin" / "python"), "-c", "from pyovms import Tensor; "
+                             "t = Tensor('out', b'abc'); print(type(t).__module__, t.datatype, memoryview(t).tobytes())"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert pyovms.stdout.strip() == "ovms._native.pytensor_c UINT8 b'abc'", pyovms
 
     process, grpc_port = serve_simple(venv, model_repo, tmp_path)
     try:
