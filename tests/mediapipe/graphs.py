@@ -189,8 +189,28 @@ UNKNOWN_CALCULATOR_GRAPH = UPPERCASE_GRAPH.replace('"PythonExecutorCalculator"',
 MISSING_HANDLER_GRAPH = UPPERCASE_GRAPH.replace('"model.py"', '"missing.py"')
 UNCONNECTED_GRAPH = UPPERCASE_GRAPH.replace('input_stream: "INPUT:text"', 'input_stream: "INPUT:txt"')
 
+NO_CONVERTER_GRAPH = """
+input_stream: "OVMS_PY_TENSOR:text"
+output_stream: "OVTENSOR:a"
+node {
+  calculator: "OpenVINOModelServerSessionCalculator"
+  output_side_packet: "SESSION:session"
+  node_options: {
+    [type.googleapis.com / mediapipe.OpenVINOModelServerSessionCalculatorOptions]: { servable_name: "dummy" }
+  }
+}
+node {
+  name: "direct"
+  calculator: "OpenVINOInferenceCalculator"
+  input_side_packet: "SESSION:session"
+  input_stream: "OVTENSOR:text"
+  output_stream: "OVTENSOR:a"
+}
+"""
+
 INVALID = {"bad_calculator": UNKNOWN_CALCULATOR_GRAPH, "bad_handler": MISSING_HANDLER_GRAPH,
-           "bad_stream": UNCONNECTED_GRAPH}
+           "bad_stream": UNCONNECTED_GRAPH, "bad_model": MODEL_GRAPH.replace('"dummy"', '"no_such_model"'),
+           "bad_wiring": NO_CONVERTER_GRAPH}
 
 
 def write_graph_repository(root: pathlib.Path) -> pathlib.Path:
@@ -206,6 +226,7 @@ def write_graph_repository(root: pathlib.Path) -> pathlib.Path:
     for name, text in INVALID.items():
         files[f"{name}/graph.pbtxt"] = text
         files[f"{name}/model.py"] = UPPERCASE
+    files["bad_model/preprocess.py"], files["bad_model/postprocess.py"] = PREPROCESS, POSTPROCESS
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(textwrap.dedent(text))
