@@ -33,7 +33,10 @@ def document() -> dict:
         op["responses"]["200"] = {"description": "OK", "content": content}
         for code in route.errors:
             op["responses"][str(code)] = {"description": {400: "Refused (the reason in detail)", 404: "Not found",
-                                                         409: "Conflict", 422: "Validation error"}[code],
+                                                         409: "Conflict", 422: "Validation error",
+                                                         401: "The hub refused the credentials",
+                                                         501: "This hub cannot list (the reason in detail)",
+                                                         502: "The hub failed"}[code],
                                           "content": {"application/json": {"schema": _ERROR}}}
         paths.setdefault(PREFIX + route.path, {})[route.method.lower()] = op
     return {"openapi": "3.0.3",

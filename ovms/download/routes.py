@@ -15,7 +15,7 @@ import uuid
 from aiohttp import web
 
 from ovms.download import schema
-from ovms.download.hubs.base import Refused
+from ovms.download.hubs.base import ListingError, Refused
 from ovms.download.jobs import ACTIVE
 from ovms.download.service import Conflict, DownloadService, JobNotFound
 
@@ -31,7 +31,8 @@ def _json(data, status: int = 200) -> web.Response:
 
 
 def answers(handler):
-    """Service errors -> HTTP: 422 validation (FastAPI's body), 400 refused, 404 unknown, 409 conflict."""
+    """Service errors -> HTTP: 422 validation (FastAPI's body), 400 refused, 404 unknown, 409 conflict, and a
+    listing's own (501 cannot list, 401 credentials refused, 502 the hub failed)."""
     @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
@@ -44,6 +45,8 @@ def answers(handler):
             return _json({"detail": str(exc)}, 404)
         except Conflict as exc:
             return _json({"detail": str(exc)}, 409)
+        except ListingError as exc:
+            return _json({"detail": str(exc)}, exc.status)
         except web.HTTPException:
             raise
         except Exception:
@@ -104,7 +107,7 @@ async def plugins(request: web.Request) -> web.Response:
 
 @answers
 async def list_models(request: web.Request) -> web.Response:
-    raise Refused("Hub listing (POST /models/list) is not implemented by this service.")
+    return _json(await _service(request).list_models(await request.read()))
 
 
 @answers
@@ -189,7 +192,9 @@ ROUTES = (
           query=(("model_name", True, "The name given in the download request."),), errors=(404, 422)),
     Route("GET", "/models/results", results, "Completed downloads: {\"results\": [...]}."),
     Route("GET", "/plugins", plugins, "Hubs and converters, each with available and unavailable_reason."),
-    Route("POST", "/models/list", list_models, "Hub listing: not implemented (400).", errors=(400,)),
+    Route("POST", "/models/list", list_models, "One window (limit, offset) of a hub's models; hubs that cannot "
+          "list answer 501 with the reason.", body=schema.ListRequest, answer="ListAnswer",
+          errors=(400, 401, 422, 501, 502)),
     Route("GET", "/openapi.json", openapi, "This document."),
     Route("GET", "/docs", docs, "Swagger UI on this document (assets served from the swagger-ui-bundle package).",
           answer="text/html"),

@@ -76,6 +76,34 @@ DownloadRequest = Schema("DownloadRequest", (
           "--max_parallel_downloads) instead of one after another.", default=False),
 ))
 
+ListFilters = Schema("ListFilters", (), additional=True, description="Hub-specific filters; GET /plugins lists each "
+                     "hub's listing_filter_fields (huggingface, openvino: search, author, pipeline_tag, library, tags, "
+                     "sort).")
+
+ListRequest = Schema("ListRequest", (
+    Field("hub", "string", "The hub to list.", required=True, enum=HUBS, case_insensitive=True, nullable=False),
+    Field("filters", "object", "Hub-specific filters.", schema=ListFilters),
+    Field("limit", "integer", "Items in this window.", minimum=1, maximum=200, default=50),
+    Field("offset", "integer", "Items skipped before this window.", minimum=0, default=0),
+    Field("override_credentials", "map", "Credentials for this request only, base64-encoded values (huggingface: "
+          "HF_TOKEN). Never stored."),
+), description="One window of a hub's models.")
+
+ListItem = Schema("ListItem", (
+    Field("name", "string", "What to give as ModelRequest.name."), Field("owner", "string"),
+    Field("precisions", "array", "Precisions its name states."), Field("tags", "array"),
+    Field("model_type", "string", "ModelRequest.type, from the hub's pipeline tag.", enum=MODEL_TYPES),
+    Field("last_modified", "string"), Field("metadata", "object"),
+))
+
+ListAnswer = Schema("ListAnswer", (
+    Field("hub", "string"), Field("items", "array", schema=ListItem), Field("count", "integer"),
+    Field("total", "integer", "All items, when the listing ended inside this window (the Hugging Face search "
+          "states no total); else null."),
+    Field("limit", "integer"), Field("offset", "integer"), Field("has_more", "boolean"),
+    Field("next_offset", "integer", "offset of the next window; null at the end."),
+))
+
 Progress = Schema("Progress", (
     Field("current", "integer", "Bytes on disk."), Field("total", "integer", "Bytes of the model."),
     Field("percentage", "number", "current / total * 100."),
@@ -249,4 +277,4 @@ def json_schema(schema: Schema) -> dict:
 
 def all_schemas() -> dict[str, dict]:
     return {s.name: json_schema(s) for s in (DownloadRequest, ModelRequest, ModelConfig, Job, Progress,
-                                             DownloadAnswer)}
+                                             DownloadAnswer, ListRequest, ListAnswer, ListItem)}

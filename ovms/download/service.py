@@ -21,7 +21,7 @@ import shutil
 import time
 
 from ovms.download import schema
-from ovms.download.hubs.base import BadName, FetchTask, Plugin, Refused
+from ovms.download.hubs.base import BadName, CannotList, FetchTask, Plugin, Refused
 from ovms.download.jobs import ACTIVE, STATE_DIR, Job, JobStore, now_iso
 from ovms.download.plugins import default_plugins
 from ovms.pull import convert
@@ -124,13 +124,29 @@ class DownloadService:
                                                           "path_reserved", download_path)])
         return base
 
+    async def list_models(self, body: bytes) -> dict:
+        """One window of a hub's models (``POST /models/list``); raises ValidationFailed, Refused or a
+        ListingError (501 a hub that cannot list, 401 refused credentials, 502 the hub failed)."""
+        request = schema.validate(schema.ListRequest, _json_body(body))
+        plugin = self.plugins[request["hub"]]
+        try:
+            credentials = _decode_credentials(request.get("override_credentials"))
+        except ValueError as exc:
+            raise schema.ValidationFailed([schema.Problem(("body", "override_credentials", str(exc)),
+                                                          "Value should be base64-encoded UTF-8 text",
+                                                          "base64_invalid")]) from None
+        if not plugin.supports_listing:
+            raise CannotList(f"Hub {plugin.name!r} cannot list models: {plugin.cannot_list_reason}.")
+        if not plugin.available:
+            raise Refused(f"Hub {plugin.name!r} is not available: {plugin.unavailable_reason}")
+        # The hub's answer is awaited off the loop, on the default executor: a listing never waits for a download
+        # thread.
+        return await self.loop.run_in_executor(None, plugin.list_models, request.get("filters") or {},
+                                               request["limit"], request["offset"], credentials)
+
     def submit(self, body: bytes, download_path: str | None) -> dict:
         """Validate a download request and start (or join) its jobs; raises ValidationFailed or Refused."""
-        try:
-            data = json.loads(body or b"null")
-        except ValueError as exc:
-            raise schema.ValidationFailed([schema.Problem(("body",), f"JSON decode error: {exc}", "json_invalid")]) \
-                from None
+        data = _json_body(body)
         problems: list[schema.Problem] = []
         try:
             base = self.resolve_download_path(download_path)
@@ -366,6 +382,14 @@ def converter_plugins() -> list[Plugin]:
                    "models to OpenVINO IR with optimum-intel (optimum-cli export openvino; is_ovms: true, weight "
                    "format from config.precision)", available=available,
                    unavailable_reason=None if available else "optimum-cli is not on PATH. " + convert.INSTALL_HINT)]
+
+
+def _json_body(body: bytes):
+    try:
+        return json.loads(body or b"null")
+    except ValueError as exc:
+        raise schema.ValidationFailed([schema.Problem(("body",), f"JSON decode error: {exc}", "json_invalid")]) \
+            from None
 
 
 def _decode_credentials(raw: dict | None) -> dict[str, str]:

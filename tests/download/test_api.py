@@ -128,11 +128,6 @@ def test_plugins_say_what_is_available(service):
                                                                "listing_filter_fields"}
 
 
-def test_models_list_is_refused(service):
-    r = service.post("/models/list", json={"hub": "huggingface"})
-    assert r.status_code == 400 and "not implemented" in r.json()["detail"]
-
-
 def test_openapi_matches_what_is_validated(service):
     doc = service.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.")

@@ -5,6 +5,7 @@ The hub listens on ``http://127.0.0.1:<port>`` and redirects LFS downloads to th
 ``Authorization`` header never leaves the hub. It speaks what both ``ovms --pull`` and
 ``huggingface_hub.snapshot_download`` use:
 
+- ``GET /api/models?search=&author=&filter=&limit=``: the model search, paginated with ``Link`` (a cursor)
 - ``GET /api/models/{repo}/revision/{rev}``: ``{"id", "sha", "siblings", ...}``
 - ``GET /api/models/{repo}/tree/{rev}?recursive=true``: entries with ``oid`` (git blob sha1), ``size`` and
   ``lfs.oid`` (sha256), paginated with ``Link: <...>; rel="next"``
@@ -33,6 +34,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.parse
 from typing import Callable, Sequence
 
 from aiohttp import web
@@ -120,6 +122,9 @@ class HubRepo:
     files: dict[str, HubFile]
     branches: dict[str, str]
     gated: bool = False
+    tags: tuple[str, ...] = ()
+    pipeline_tag: str | None = None
+    downloads: int = 0
 
 
 class BackgroundApps:
@@ -201,6 +206,7 @@ class HubImitation(BackgroundApps):
         self.faults: dict[tuple[str, str], Faults] = {}
         self.token = token
         self.tree_page_size = tree_page_size
+        self.search_page_size = 1000  # the model search's largest page (the Hub's is 1000)
         self.requests: list[dict] = []  # {"origin": "hub"|"cdn", "method", "path", "range", "auth"}
         self.blobs: dict[str, HubFile] = {}
         self.hub_url = ""
@@ -208,8 +214,10 @@ class HubImitation(BackgroundApps):
 
     # ---- content ---------------------------------------------------------------------------------------
     def add_repo(self, repo_id: str, files: dict[str, bytes | pathlib.Path], *, lfs: Callable[[str, int], bool] | None
-                 = None, gated: bool = False, branches: tuple[str, ...] = ("main",)) -> HubRepo:
-        """Publish ``repo_id`` with ``files`` (bytes, or a path to a file on disk for big ones)."""
+                 = None, gated: bool = False, branches: tuple[str, ...] = ("main",), tags: tuple[str, ...] = (),
+                 pipeline_tag: str | None = None, downloads: int = 0) -> HubRepo:
+        """Publish ``repo_id`` with ``files`` (bytes, or a path to a file on disk for big ones); ``tags``,
+        ``pipeline_tag`` and ``downloads`` are what the model search (``/api/models``) shows."""
         entries: dict[str, HubFile] = {}
         is_lfs = lfs or (lambda p, n: n >= 1024 * 1024 or p.endswith((".bin", ".safetensors", ".gguf", ".onnx")))
         commit = hashlib.sha1()
@@ -240,7 +248,7 @@ class HubImitation(BackgroundApps):
             self.blobs[sha256] = entry
             commit.update(f"{path}:{blob}\n".encode())
         sha = commit.hexdigest()
-        repo = HubRepo(repo_id, sha, entries, {b: sha for b in branches}, gated)
+        repo = HubRepo(repo_id, sha, entries, {b: sha for b in branches}, gated, tuple(tags), pipeline_tag, downloads)
         self.repos[repo_id] = repo
         return repo
 
@@ -322,6 +330,31 @@ class HubImitation(BackgroundApps):
                    f"&expand=false&cursor={start + self.tree_page_size}")
             headers["Link"] = f'<{nxt}>; rel="next"'
         return web.json_response(page, headers=headers)
+
+    async def _search(self, request: web.Request) -> web.Response:
+        """``GET /api/models?search=&author=&filter=&pipeline_tag=&limit=``: repositories in the order they were
+        added, paginated with ``Link: <...&cursor=N>; rel="next"`` as the Hub does; a wrong token is 401."""
+        self._record("hub", request)
+        if request.headers.get("Authorization") and not self._authorized(request):
+            return self._error(401, "", "Invalid credentials in Authorization header")
+        q = request.query
+        found = [r for r in self.repos.values()
+                 if (q.get("search", "").lower() in r.repo_id.lower())
+                 and (not q.get("author") or r.repo_id.split("/")[0] == q["author"])
+                 and all(t in r.tags for t in q.getall("filter", []))
+                 and (not q.get("pipeline_tag") or r.pipeline_tag == q["pipeline_tag"])]
+        limit = min(int(q.get("limit", "1000")), self.search_page_size)
+        start = int(q.get("cursor", "0"))
+        page = found[start:start + limit]
+        headers = {}
+        if start + limit < len(found):
+            rest = urllib.parse.urlencode([(k, v) for k, v in q.items() if k != "cursor"])
+            headers["Link"] = f'<{self.hub_url}/api/models?{rest}&cursor={start + limit}>; rel="next"'
+        return web.json_response([{"_id": r.sha[:24], "id": r.repo_id, "modelId": r.repo_id, "private": False,
+                                   "downloads": r.downloads, "likes": 0, "tags": list(r.tags),
+                                   "pipeline_tag": r.pipeline_tag, "library_name": "openvino" if "openvino" in
+                                   r.tags else "transformers", "createdAt": "2026-01-01T00:00:00.000Z"}
+                                  for r in page], headers=headers)
 
     def _authorized(self, request: web.Request) -> bool:
         return request.headers.get("Authorization") == f"Bearer {self.token}"
@@ -464,6 +497,7 @@ class HubImitation(BackgroundApps):
 
     def _apps(self) -> tuple[web.Application, web.Application]:
         hub = web.Application()
+        hub.router.add_get("/api/models", self._search)
         hub.router.add_get("/api/models/{org}/{name}/revision/{rev}", self._revision)
         hub.router.add_get("/api/models/{org}/{name}/tree/{rev}", self._tree)
         hub.router.add_route("*", "/{org}/{name}/resolve/{rev}/{path:.+}", self._resolve)

@@ -22,6 +22,25 @@ class BadName(Exception):
     """A model name this hub cannot use (HTTP 422 on ``models[i].name``)."""
 
 
+class ListingError(Exception):
+    """A hub listing (``POST /models/list``) that cannot be answered; ``status`` is the HTTP status (the
+    microservice's codes)."""
+
+    status = 502
+
+
+class CannotList(ListingError):
+    status = 501
+
+
+class BadCredentials(ListingError):
+    status = 401
+
+
+class UpstreamFailed(ListingError):
+    status = 502
+
+
 @dataclasses.dataclass
 class FetchTask:
     request: dict  # validated ModelRequest, plus "download_path"
@@ -44,11 +63,13 @@ class Plugin:
     available: bool = True
     unavailable_reason: str | None = None
     supports_listing: bool = False
+    listing_filter_fields: tuple[str, ...] = ()
+    cannot_list_reason: str = "this hub has no listing"
 
     def describe(self) -> dict:
         return {"name": self.name, "type": self.type, "description": self.description,
                 "capabilities": {"supports_parallel_downloads": self.available, "supports_listing":
-                                 self.supports_listing, "listing_filter_fields": []},
+                                 self.supports_listing, "listing_filter_fields": list(self.listing_filter_fields)},
                 "available": self.available, "unavailable_reason": self.unavailable_reason}
 
     # ---- what a downloader implements ------------------------------------------------------------------------
@@ -66,6 +87,10 @@ class Plugin:
     def fetch(self, task: FetchTask) -> dict:
         """Bring the model to ``task.final``; returns the job's ``result`` (model_path, commit, ...)."""
         raise NotImplementedError
+
+    def list_models(self, filters: dict, limit: int, offset: int, credentials: dict[str, str]) -> dict:
+        """One window of the hub's models (runs on a thread); raises a ListingError or Refused."""
+        raise CannotList(f"Hub {self.name!r} cannot list models: {self.cannot_list_reason}.")
 
 
 def publish(staging_model: pathlib.Path, final: pathlib.Path) -> None:

@@ -51,6 +51,8 @@ class GetiPlugin(Plugin):
         super().__init__("geti", description="Models trained on an Intel Geti server, through its REST API "
                          "(GETI_HOST, GETI_ORGANIZATION_ID, GETI_WORKSPACE_ID, GETI_TOKEN)")
         self.env = os.environ if env is None else env
+        self.cannot_list_reason = ("listing a Geti server's projects is not implemented by this service; give "
+                                   "config.project_id and config.model_group_id from the project's page")
         missing = [k for k in REQUIRED_ENV if not self.env.get(k)]
         self.available = not missing
         self.unavailable_reason = None if not missing else (

@@ -21,6 +21,7 @@ import re
 import shutil
 import threading
 
+from ovms.download.hubs import listing
 from ovms.download.hubs.base import BadName, FetchTask, Plugin, Refused, publish
 from ovms.pull import config_edit, convert, graph, state, tasks
 from ovms.pull.errors import ConversionError, InterruptedPull, PullError
@@ -80,6 +81,14 @@ class HuggingFacePlugin(Plugin):
                          "OpenVINO-organisation repositories on the Hugging Face Hub, laid out for OVMS with "
                          "graph.pbtxt")
         self.always_ovms = always_ovms
+        self.supports_listing = True
+        self.listing_filter_fields = listing.HF_FILTERS
+
+    def list_models(self, filters: dict, limit: int, offset: int, credentials: dict[str, str]) -> dict:
+        """The Hub's model search (``/api/models``); the openvino hub lists the OpenVINO organisation's."""
+        token = next((credentials[k] for k in CREDENTIAL_KEYS if k in credentials), None)
+        return listing.huggingface(filters, limit, offset, token, hub=self.name,
+                                   author="OpenVINO" if self.always_ovms else None)
 
     def repo_id(self, request: dict) -> str:
         name = request["name"]

@@ -50,6 +50,10 @@ class OllamaPlugin(Plugin):
     def __init__(self) -> None:
         super().__init__("ollama", description="Ollama models from the registry's HTTP API (OLLAMA_REGISTRY), "
                          "laid out as Ollama does, every blob sha256-verified and resumable")
+        # The registry speaks the OCI distribution API, whose catalog (/v2/_catalog) registry.ollama.ai does not
+        # serve; the library index is the web page https://ollama.com/library.
+        self.cannot_list_reason = ("the Ollama registry has no listing API (its library index is the web page "
+                                   "https://ollama.com/library); name the model and tag to download it")
 
     def parse(self, request: dict) -> tuple[str, str, str]:
         m = _NAME.match(request["name"])

@@ -84,6 +84,7 @@ class RemoteUrlPlugin(Plugin):
                              f"no URL is allow-listed: start the service with --remote_url_allowlist "
                              f"HOST_OR_URL_PREFIX[,...] (or set {ALLOWLIST_ENV})"))
         self.allowlist = allowlist
+        self.cannot_list_reason = "a URL names one file, there is nothing to list"
 
     def url(self, request: dict) -> urllib.parse.SplitResult:
         name = request["name"]

@@ -69,6 +69,8 @@ class UltralyticsPlugin(Plugin):
     def __init__(self) -> None:
         super().__init__("ultralytics", description="YOLO weights from Ultralytics' asset server "
                          f"({ASSETS_ENV}), exported to OpenVINO IR with the ultralytics package (yolo export)")
+        self.cannot_list_reason = ("the asset server publishes files, not an index; name the YOLO model (e.g. "
+                                   "yolo11n, yolov8s-seg)")
 
     def refresh(self) -> None:
         """Available exactly when ``yolo`` is on the service's PATH (asked each time, as for optimum-cli)."""
