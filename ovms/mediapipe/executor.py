@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import threading
 from concurrent.futures import Executor
 from typing import Any, Callable
 
 import numpy as np
 
 from ovms.mediapipe.definition import CONVERTER, INFERENCE, PYTHON, Node, Stream, tensor_names
-from ovms.mediapipe.python_node import NodeFailure, PythonNode
+from ovms.mediapipe.python_node import NodeFailure, PythonNode, describe
+
+log = logging.getLogger("ovms.mediapipe")
 
 
 class GraphFailure(Exception):
@@ -144,19 +148,46 @@ def python_runner(python_node: PythonNode, executor: Executor):
             for tensor in result:
                 graph_run.publish(tensor.name, tensor, timestamp)
             return
+        generator = _Generator(python_node, result)
         if not graph_run.streaming:
-            await loop.run_in_executor(executor, result.close)
+            executor.submit(generator.close)
             raise NodeFailure("execute yielded (generative mode): a generator's outputs are sent over gRPC "
                               "streaming (ModelStreamInfer) only; over ModelInfer and REST execute must return a list")
         try:
-            while (outputs := await loop.run_in_executor(executor, python_node.next_outputs, result)) is not None:
+            while (outputs := await loop.run_in_executor(executor, generator.next)) is not None:
                 for tensor in outputs:
                     graph_run.publish(tensor.name, tensor, timestamp)
                 timestamp += 1
-        finally:
-            if graph_run.error is not None:
-                await loop.run_in_executor(executor, result.close)
+        except BaseException:  # failed, or cancelled (client gone): the generator's finally blocks run now
+            executor.submit(generator.close)
+            raise
     return run
+
+
+class _Generator:
+    """A generator ``execute`` returned, advanced one step per worker-thread call. ``close`` (from a worker thread)
+    waits for a step in progress, so the generator is never closed while it runs."""
+
+    def __init__(self, python_node: PythonNode, generator) -> None:
+        self.python_node = python_node
+        self.generator = generator
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def next(self):
+        with self.lock:
+            return None if self.closed else self.python_node.next_outputs(self.generator)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            try:
+                self.generator.close()
+            except Exception as exc:
+                log.warning("Python node %s: closing its generator raised %s", self.python_node.name,
+                            describe(exc, self.python_node.path))
 
 
 def _array_of(tensor) -> np.ndarray:

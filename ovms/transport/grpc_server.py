@@ -145,10 +145,13 @@ class InferenceServicer:
 
     @staticmethod
     async def _answers(item):
-        """The responses of one request in order, until its END."""
-        _, out = item
-        while (response := await out.get()) is not _END:
-            yield response
+        """The responses of one request in order, until its END; leaving early (client gone) cancels the request."""
+        task, out = item
+        try:
+            while (response := await out.get()) is not _END:
+                yield response
+        finally:
+            task.cancel()
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests of one stream run concurrently (up to STREAM_WINDOW); responses keep request order.

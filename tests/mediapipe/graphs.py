@@ -127,13 +127,26 @@ node {
 
 # reference.md "Generative mode": execute yields, with LOOPBACK, a back edge and SyncSetInputStreamHandler.
 GENERATOR = '''
+import pathlib
+import time
+
 from pyovms import Tensor
 
 class OvmsPythonModel:
+    def initialize(self, kwargs):
+        self.base_path = pathlib.Path(kwargs["base_path"])
+
     def execute(self, inputs):
         words = bytes(inputs[0]).decode().split(" ")
-        for index, word in enumerate(words):
-            yield [Tensor("token", f"{index}:{word}".encode())]
+        try:
+            for index, word in enumerate(words):
+                if word == "boom":
+                    raise RuntimeError(f"word {index} exploded")
+                if word == "slow":
+                    time.sleep(0.2)
+                yield [Tensor("token", f"{index}:{word}".encode())]
+        finally:
+            (self.base_path / "generator_closed").write_text(str(index))
 '''
 GENERATOR_GRAPH = """
 input_stream: "OVMS_PY_TENSOR:text"

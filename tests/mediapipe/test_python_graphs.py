@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import queue
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -129,6 +130,34 @@ def test_generator_node_streams_one_response_per_yield(served):
     assert tokens == [b"0:one", b"1:two", b"2:three"]
     timestamps = [result.get_response().parameters["OVMS_MP_TIMESTAMP"].int64_param for result, _ in items]
     assert timestamps == [0, 1, 2]
+
+
+def test_generator_failing_midway_sends_what_it_made_then_the_error(served):
+    items = stream_results(served.grpc_url, [("stream", [text_input(grpcclient, "text", b"a b boom c")]),
+                                             ("stream", [text_input(grpcclient, "text", b"after")])])
+    assert [r.as_numpy("token").tobytes() for r, _ in items[:2]] == [b"0:a", b"1:b"]
+    assert items[2][0] is None
+    assert ('Calculator::Process() for node "generator" failed: Error occurred during graph execution: '
+            "RuntimeError: word 2 exploded (generator.py, line 16)") in str(items[2][1])
+    assert items[3][1] is None and items[3][0].as_numpy("token").tobytes() == b"0:after"
+
+
+def test_client_gone_closes_the_generator(served, repo):
+    mark = repo.parent / "stream" / "generator_closed"
+    mark.unlink(missing_ok=True)
+    received: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(served.grpc_url)
+    client.start_stream(callback=lambda result, error: received.put((result, error)))
+    client.async_stream_infer("stream", [text_input(grpcclient, "text", b" ".join([b"slow"] * 50))])
+    assert received.get(timeout=30)[0].as_numpy("token").tobytes() == b"0:slow"
+    client.stop_stream(cancel_requests=True)
+    deadline = time.monotonic() + 10
+    while not mark.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert mark.exists(), "the generator was not closed after the client cancelled the stream"
+    assert int(mark.read_text()) < 10  # closed early, not run to its 50th word
+    results = client.infer("python_model", [text_input(grpcclient, "text", b"next")])
+    assert results.as_numpy("uppercase").tobytes() == b"NEXT"
 
 
 def test_stream_mixes_unary_graphs_and_generators_in_request_order(served):
