@@ -136,8 +136,10 @@ class OpenVINOServable(InferServable):
             model = core().read_model(model_source(path))
         except RuntimeError as exc:
             raise ModelLoadError(f"{path}: Error while loading a network ({_first_line(exc)})") from None
-        _reshape(model, config, mapping)
+        # OVMS order (modelinstance.cpp loadTensors, then reshape): layouts and preprocessing first, so a configured
+        # shape is in the layout clients send, e.g. --layout NHWC:NCHW --shape "(1,224,224,3)".
         model, tensor_layouts = preprocess(model, config, mapping)
+        _reshape(model, config, mapping)
         try:
             properties = {**cache.properties_for(config), **dict(config.plugin_config)}
             self._compiled = core().compile_model(model, config.target_device, properties)

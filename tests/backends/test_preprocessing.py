@@ -55,7 +55,9 @@ FLAGS = ("--layout", "NHWC:NCHW", "--mean", "[123.675,116.28,103.53]", "--scale"
 
 def test_flags_as_ovms_demo_uses_them(repo, tmp_path):
     """OVMS's ONNX demo command line (demos/using_onnx_model): raw uint8 NHWC and a JPEG both get the steps."""
-    server = OvmsProcess(tmp_path, None, "--model_name", "m", "--model_path", str(repo / "nchw"), *FLAGS)
+    # --shape in the layout clients send, after the layout change (OVMS applies preprocessing, then reshapes)
+    server = OvmsProcess(tmp_path, None, "--model_name", "m", "--model_path", str(repo / "nchw"), *FLAGS,
+                         "--shape", "(1,6,6,3)")
     try:
         server.wait_ready()
         with grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}") as client:
