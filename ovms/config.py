@@ -6,6 +6,7 @@ module touches OpenVINO; backends interpret shapes, layouts and plugin configs.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -122,6 +123,9 @@ class ModelConfig:
     # A servable that calls other served models (a DAG pipeline, a graph with model nodes): the registry loads
     # it after the models it may use and checks it again (``Servable.revalidate``) whenever they change.
     uses_models: bool = False
+    # kind "graph": a digest of graph.pbtxt, so an edited graph makes a changed entry and is reloaded (OVMS compares
+    # the graph file's MD5 on every config reload).
+    graph_digest: str | None = None
     pipeline: Any = None  # kind "pipeline": its ovms.pipelines.definition.PipelineDefinition
     # base_path naming one model file (resnet50.xml, model.onnx, ...): base_path is its directory, and the file is
     # served as version 1 (OVMS: "synthetic version 1"). Local paths only.
@@ -302,16 +306,15 @@ def graph_config(name: str, base_path: pathlib.Path, *, graph_path: pathlib.Path
     if graph is None and task is None:
         raise ConfigError(f"{where}: {base_path} has no graph.pbtxt; give --task (text_generation, embeddings, "
                           "rerank) or pull the model with --pull to write one")
-    return ModelConfig(name=name, base_path=base_path, kind="graph", graph_path=graph, task=task,
-                       graph_text=graph_text if graph is None else None, uses_models=_graph_uses_models(graph))
-
-
-def _graph_uses_models(graph: pathlib.Path | None) -> bool:
-    """A MediaPipe graph with model nodes calls served models: it loads after them (ovms.mediapipe reads it)."""
     try:
-        return graph is not None and "OpenVINOModelServerSessionCalculator" in graph.read_text()
+        content = graph.read_bytes() if graph is not None else b""
     except OSError:
-        return False
+        content = b""  # the loader reports the unreadable file
+    # A MediaPipe graph with model nodes calls served models: it loads after them (ovms.mediapipe reads it).
+    return ModelConfig(name=name, base_path=base_path, kind="graph", graph_path=graph, task=task,
+                       graph_text=graph_text if graph is None else None,
+                       uses_models=b"OpenVINOModelServerSessionCalculator" in content,
+                       graph_digest=hashlib.sha256(content).hexdigest() if graph is not None else None)
 
 
 def localize(config: ModelConfig, local_dir: pathlib.Path) -> ModelConfig:

@@ -37,11 +37,9 @@ def describe(exc: BaseException, path: pathlib.Path | None = None) -> str:
 
 def _import_handler(path: pathlib.Path) -> types.ModuleType:
     # One module per file, named after its full path: OVMS loads only one of two files that share a name
-    # (reference.md, "Multiple nodes"); here /a/model.py and /b/model.py are both served.
+    # (reference.md, "Multiple nodes"); here /a/model.py and /b/model.py are both served. Executed again on every
+    # load, so a reloaded graph runs the handler as it is now.
     name = "ovms_python_node_" + hashlib.sha1(str(path).encode()).hexdigest()[:16]
-    module = sys.modules.get(name)
-    if module is not None:
-        return module
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     directory = str(path.parent)

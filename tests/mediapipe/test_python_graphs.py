@@ -282,3 +282,36 @@ def test_subconfig_models_are_served_with_the_graph(repo, tmp_path):
         infer_input.set_data_from_numpy(np.ones(10, dtype=np.float32))
         assert client.infer("graph", [infer_input]).as_numpy("summary").tobytes() == b" ".join([b"3"] * 10)
         assert client.is_model_ready("dummy")
+
+
+def test_graph_waits_for_its_model_and_reloads_when_its_file_changes(repo, tmp_path):
+    """A graph whose model is not served loads once a reload serves it; an edited graph.pbtxt is reloaded (OVMS
+    compares the graph file on every config reload) and the old Python nodes are finalized."""
+    graph_dir = tmp_path / "upper_graph"
+    shutil.copytree(repo.parent / "mixed", tmp_path / "mixed")
+    shutil.copytree(repo.parent / "upper", graph_dir)
+    (graph_dir / "finalized.json").unlink(missing_ok=True)
+    graph = tmp_path / "mixed" / "graph.pbtxt"
+    graph.write_text(graph.read_text().replace('servable_name: "dummy"', 'servable_name: "late"'))
+    config = tmp_path / "config.json"
+    entries = [{"name": "mixed", "base_path": "mixed"}, {"name": "upper", "base_path": "upper_graph"}]
+    config.write_text(json.dumps({"model_config_list": [], "mediapipe_config_list": entries}))
+    infer_input = grpcclient.InferInput("numbers", [10], "FP32")
+    infer_input.set_data_from_numpy(np.ones(10, dtype=np.float32))
+    with ThreadedServer(config_path=config) as running:
+        client = grpcclient.InferenceServerClient(running.grpc_url)
+        assert not client.is_model_ready("mixed")
+        shutil.copytree(repo.parent / "dummy", tmp_path / "late")
+        config.write_text(json.dumps({"model_config_list": [{"config": {"name": "late", "base_path": "late"}}],
+                                      "mediapipe_config_list": entries}))
+        running.call(running.server.manager.reload())
+        assert client.is_model_ready("mixed")
+        assert client.infer("mixed", [infer_input]).as_numpy("summary").tobytes() == b" ".join([b"3"] * 10)
+
+        handler = graph_dir / "model.py"
+        handler.write_text(handler.read_text().replace("text.upper().encode()", "(text.upper() + '!').encode()"))
+        (graph_dir / "graph.pbtxt").write_text((graph_dir / "graph.pbtxt").read_text() + "\n# edited\n")
+        running.call(running.server.manager.reload())
+        assert json.loads((graph_dir / "finalized.json").read_text())["node_name"] == "pythonNode"
+        results = client.infer("upper", [text_input(grpcclient, "text", b"again")])
+        assert results.as_numpy("uppercase").tobytes() == b"AGAIN!"
