@@ -16,6 +16,7 @@ the backend calls in its worker thread (OpenCV releases the GIL while decoding a
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Sequence
 
 import numpy as np
@@ -24,6 +25,12 @@ from ovms._native.codec_errors import CodecError
 from ovms.errors import Kind, ServingError
 from ovms.types import NUMPY_DTYPE, Tensor, TensorSpec
 
+# A 94 KB PNG can claim 81 megapixels; OpenCV's own limit (2^30 pixels, 3 GB of BGR) lets one request take the
+# memory of a small machine. OpenCV reads OPENCV_IO_MAX_IMAGE_PIXELS once, so it is set when this module is
+# imported (with the serving stack, before any graph node could import cv2): 2^26 pixels, an 8192x8192 image,
+# 200 MB. An operator may set it higher.
+MAX_IMAGE_PIXELS = 1 << 26
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
 # Precisions OVMS converts decoded images to (tensor_conversion_common.cpp getMatTypeFromTensorPrecision).
 IMAGE_DATATYPES = {"FP32", "FP64", "FP16", "INT16", "UINT8", "INT8", "UINT16", "INT32"}
 
@@ -94,7 +101,13 @@ class ImageBatch:
             _, channels, height, width = spec.shape
         pixels = []
         for index, encoded in enumerate(self.images):
-            image = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_UNCHANGED) if encoded else None
+            try:
+                image = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_UNCHANGED) if encoded else None
+            except cv2.error:  # the size check (OPENCV_IO_MAX_IMAGE_PIXELS), before any pixel is decoded
+                raise ServingError(Kind.IMAGE_PARSING_FAILED,
+                                   f"input name: {name}; image {index} is larger than "
+                                   f"{os.environ['OPENCV_IO_MAX_IMAGE_PIXELS']} pixels "
+                                   "(OPENCV_IO_MAX_IMAGE_PIXELS)") from None
             if image is None:
                 raise ServingError(Kind.IMAGE_PARSING_FAILED,
                                    f"input name: {name}; image {index} ({len(encoded)} bytes) is not a JPEG or PNG "

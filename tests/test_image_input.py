@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import pathlib
 import struct
 import urllib.error
@@ -28,6 +29,7 @@ from ovms._proto.messages import kserve as pb
 from ovms.config import model_config_from_dict
 from tests.conftest import ThreadedServer
 from tests.grpc_stubs import stub as make_stub
+from tests.test_cli import OvmsProcess
 
 RNG = np.random.default_rng(20261202)
 
@@ -213,6 +215,34 @@ def test_not_an_image_is_invalid_argument_with_ovms_message(server):
                             {"Inference-Header-Content-Length": str(len(header))})
     assert code == 400 and body["error"].startswith("Image parsing failed - "), body
     assert "preceded by its length as 4 bytes" in body["error"]
+
+
+def test_image_claiming_too_many_pixels_is_refused_before_decoding(repository, tmp_path):
+    """A 94 KB PNG of 9000x9000 (81 Mpx, 243 MB as BGR) against the 2^26-pixel limit, in a server process of its
+    own: OpenCV reads its limit once per process, and this test process imported cv2 before ovms."""
+    bomb = encode(np.zeros((9000, 9000), np.uint8))
+    assert len(bomb) < 200_000
+    saved = os.environ.pop("OPENCV_IO_MAX_IMAGE_PIXELS", None)  # the server sets it itself
+    try:
+        server = OvmsProcess(tmp_path, None, "--model_name", "gray", "--model_path", str(repository / "gray"))
+    finally:
+        if saved is not None:
+            os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = saved
+    try:
+        server.wait_ready()
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}") as client:
+            request = grpcclient.InferInput("INPUT0", [1], "BYTES")
+            request.set_data_from_numpy(np.array([bomb], dtype=object))
+            with pytest.raises(InferenceServerException) as raised:
+                client.infer("gray", [request])
+            small = grpcclient.InferInput("INPUT0", [1], "BYTES")
+            small.set_data_from_numpy(np.array([encode(image(4, 4, channels=1))], dtype=object))
+            assert client.infer("gray", [small]).as_numpy("OUTPUT0").shape == (1, 4, 4, 1)
+    finally:
+        server.process.terminate()
+        server.process.communicate(timeout=30)
+    assert raised.value.message() == ("Image parsing failed - input name: INPUT0; image 0 is larger than 67108864 "
+                                      "pixels (OPENCV_IO_MAX_IMAGE_PIXELS)")
 
 
 @pytest.mark.parametrize("model, images, message", [
