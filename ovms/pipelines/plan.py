@@ -91,6 +91,9 @@ def make_plan(definition: PipelineDefinition,
                           f"{[alias for _, alias in producer.outputs]}")
 
     for node in nodes.values():
+        if not node.inputs:
+            raise _refuse(name, "Pipeline definition has unconnected nodes",
+                          f"node {node.name} has no inputs; connect it to the request or to another node")
         seen = set()
         for input_name, source in node.inputs:
             if input_name in seen:

@@ -178,6 +178,10 @@ BAD = {
     "not_all_inputs": (pipeline("not_all_inputs", ["b"], [
         node("one", "simple", inputs={"INPUT0": ("request", "b")}, outputs={"OUTPUT0": "out"}),
     ], {"out": ("one", "out")}), "Pipeline definition does not have connections for all inputs"),
+    "no_inputs": (pipeline("no_inputs", ["b"], [
+        node("one", "dummy", inputs={"b": ("request", "b")}, outputs={"a": "a"}),
+        node("lonely", library="nodes_sum", inputs={}, outputs={"total": "t"}),
+    ], {"a": ("one", "a"), "t": ("lonely", "t")}), "node lonely has no inputs"),
     "gather_not_demultiplexer": (pipeline("gather_not_demultiplexer", ["b"], [
         node("one", "dummy", inputs={"b": ("request", "b")}, outputs={"a": "a"}),
         node("two", "dummy", inputs={"b": ("one", "a")}, outputs={"a": "a"}, gather_from_node="one"),
