@@ -100,9 +100,9 @@ class GenAIDataPlane:
         async with self._hold(name, RerankServable, "Unary", "rerank (/v3/rerank)") as servable:
             return await servable.rerank(query, documents)
 
-    async def tokenize(self, name: str, text: str) -> list[int]:
+    async def tokenize(self, name: str, texts: list[str], options: dict | None = None) -> list[list[int]]:
         async with self._hold(name, GenerativeServable, "Unary", "tokenization (/v3/tokenize)") as servable:
-            return await servable.tokenize(text)
+            return await servable.tokenize(texts, **(options or {}))
 
     def _created(self, name: str) -> int:
         return self._loaded_at.setdefault(name, int(time.time()))

@@ -120,6 +120,10 @@ class GenAINodeOptions:
     draft_models_path: pathlib.Path | None = None
     draft_device: str = ""  # "": the main model's device
     draft_scheduler: dict = dataclasses.field(default_factory=dict)  # max_num_batched_tokens, cache_size, ...
+    # KV cache: eviction (CacheEvictionConfig), sparse attention, and the cache interval (SchedulerConfig)
+    cache_eviction: dict | None = None
+    sparse_attention: dict | None = None
+    cache_interval_multiplier: int | None = None
     raw: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -164,7 +168,87 @@ def read_graph_text(text: str, base: pathlib.Path, *, where: str = "graph") -> G
                       f"(calculators: {', '.join(sorted(_CALCULATORS))})")
 
 
+# The node options OVMS's calculators define (src/llm/llm_calculator.proto, src/embeddings/
+# embeddings_calculator_ov.proto, src/rerank/rerank_calculator_ov.proto); each is read below or refused with the
+# reason, never accepted and ignored.
+KNOWN_OPTIONS = {
+    "text_generation": {"models_path", "max_num_batched_tokens", "cache_size", "max_num_seqs", "dynamic_split_fuse",
+                        "device", "plugin_config", "best_of_limit", "max_tokens_limit", "enable_prefix_caching",
+                        "draft_models_path", "draft_device", "draft_max_num_batched_tokens", "draft_cache_size",
+                        "draft_block_size", "draft_max_num_seqs", "draft_dynamic_split_fuse", "draft_eagle3_mode",
+                        "pipeline_type", "cache_eviction_config", "tool_parser", "reasoning_parser",
+                        "enable_tool_guided_generation", "sparse_attention_config", "cache_interval_multiplier",
+                        "chat_template_mode"},
+    "embeddings": {"models_path", "normalize_embeddings", "target_device", "device", "plugin_config", "pooling",
+                   "truncate"},
+    "rerank": {"models_path", "max_allowed_chunks", "max_position_embeddings", "target_device", "device",
+               "plugin_config"},
+}
+
+
+def _check_known(task: str, options: dict) -> None:
+    known = KNOWN_OPTIONS.get(task)
+    if known is None:
+        return
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"graph node option(s) {', '.join(unknown)} unknown to OVMS's {task} calculator; "
+                          f"the options it has: {', '.join(sorted(known))}")
+    if task == "rerank" and _first(options, "max_position_embeddings") is not None:
+        raise ConfigError("graph option max_position_embeddings is not supported by this server's rerank node (it "
+                          "takes the limit from the model's config.json); remove it")
+    mode = _first(options, "chat_template_mode")
+    if mode is not None and str(mode).upper() != "JINJA":
+        raise ConfigError(f"graph option chat_template_mode {mode} is not supported: this server renders chat "
+                          "templates with Python Jinja2 (JINJA); remove the option or set JINJA")
+
+
+def _message(options: dict, name: str, fields: dict, required: tuple = ()) -> dict | None:
+    """A nested option message as {field: value}, checked: known fields, required ones present, enum names."""
+    value = _first(options, name)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"graph option {name} must be a message {{ ... }}")
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise ConfigError(f"graph option {name}: unknown field(s) {', '.join(unknown)}; fields: "
+                          f"{', '.join(sorted(fields))}")
+    result = {}
+    for field, kind in fields.items():
+        item = _first(value, field)
+        if item is None:
+            if field in required:
+                raise ConfigError(f"graph option {name}: required field {field} is missing")
+            continue
+        if isinstance(kind, tuple):  # an enum
+            if str(item).upper() not in kind:
+                raise ConfigError(f"graph option {name}.{field}: {item!r} is not one of {', '.join(kind)}")
+            item = str(item).upper()
+        elif kind is dict:
+            item = _message(value, field, KV_CRUSH_FIELDS)
+        elif kind is float:
+            if not isinstance(item, (int, float)) or isinstance(item, bool):
+                raise ConfigError(f"graph option {name}.{field} must be a number, got {item!r}")
+            item = float(item)
+        elif not isinstance(item, kind) or isinstance(item, bool) != (kind is bool):
+            raise ConfigError(f"graph option {name}.{field} must be a {kind.__name__}, got {item!r}")
+        result[field] = item
+    return result
+
+
+KV_CRUSH_FIELDS = {"budget": int, "anchor_point_mode": ("RANDOM", "ZEROS", "ONES", "MEAN", "ALTERNATING"),
+                   "rng_seed": int}
+CACHE_EVICTION_FIELDS = {"aggregation_mode": ("SUM", "NORM_SUM"), "start_size": int, "recent_size": int,
+                         "max_cache_size": int, "apply_rotation": bool, "snapkv_window_size": int,
+                         "kv_crush_config": dict}
+SPARSE_ATTENTION_FIELDS = {"mode": ("TRISHAPE", "XATTENTION"), "num_last_dense_tokens_in_prefill": int,
+                           "num_retained_start_tokens_in_cache": int, "num_retained_recent_tokens_in_cache": int,
+                           "xattention_threshold": float, "xattention_block_size": int, "xattention_stride": int}
+
+
 def node_options_from(task: str, options: dict, base: pathlib.Path) -> GenAINodeOptions:
+    _check_known(task, options)
     models_path = pathlib.Path(_first(options, "models_path", "./"))
     plugin_config = _first(options, "plugin_config", "{}") or "{}"
     try:
@@ -187,6 +271,17 @@ def node_options_from(task: str, options: dict, base: pathlib.Path) -> GenAINode
         if value is not None:
             setattr(result, name, str(value).upper())
     _draft_options(result, options, base)
+    result.cache_eviction = _message(options, "cache_eviction_config", CACHE_EVICTION_FIELDS,
+                                     required=("start_size", "recent_size", "max_cache_size"))
+    sparse = _message(options, "sparse_attention_config", SPARSE_ATTENTION_FIELDS)
+    result.sparse_attention = sparse
+    interval = _first(options, "cache_interval_multiplier")
+    if interval is not None:
+        result.cache_interval_multiplier = int(interval)
+    if result.pipeline_type in ("LM", "VLM") and (result.cache_eviction or sparse or interval is not None):
+        raise ConfigError(f"graph options cache_eviction_config, sparse_attention_config and "
+                          f"cache_interval_multiplier need continuous batching; pipeline_type {result.pipeline_type} "
+                          "runs one request at a time (use LM_CB, VLM_CB or AUTO)")
     return result
 
 

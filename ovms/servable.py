@@ -86,7 +86,10 @@ class GenerativeServable(TextServable):
         """The prompt text for a conversation (raises ServingError for what the template rejects)."""
 
     @abc.abstractmethod
-    async def tokenize(self, text: str) -> list[int]: ...
+    async def tokenize(self, texts: list[str], *, max_length: int | None = None, truncation: bool = False,
+                       pad_to_max_length: bool = False, add_special_tokens: bool = True,
+                       padding_side: str | None = None) -> list[list[int]]:
+        """Token ids of each text as /v3/tokenize returns them (padding kept only with pad_to_max_length)."""
 
     @abc.abstractmethod
     async def generate(self, request: "GenerationRequest") -> "GenerationStream":

@@ -287,6 +287,8 @@ class LLMServable(GenerativeServable):
                      "dynamic_split_fuse": bool(options.dynamic_split_fuse)}
         if options.max_num_batched_tokens:
             scheduler["max_num_batched_tokens"] = int(options.max_num_batched_tokens)
+        if options.cache_interval_multiplier is not None:
+            scheduler["cache_interval_multiplier"] = options.cache_interval_multiplier
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         bulk, bulk_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         package_root = str(pathlib.Path(__file__).resolve().parents[2])
@@ -326,7 +328,9 @@ class LLMServable(GenerativeServable):
                                  "device": options.device, "plugin_config": dict(options.plugin_config),
                                  "flush_seconds": flush_seconds, "context_length": self.context_length,
                                  "max_tokens_limit": options.max_tokens_limit, "vision": self.vision,
-                                 "draft": self._draft_spec(scheduler), "assisted": options.decoding != "standard"}))
+                                 "draft": self._draft_spec(scheduler), "assisted": options.decoding != "standard",
+                                 "cache_eviction": options.cache_eviction,
+                                 "sparse_attention": options.sparse_attention}))
         log.info("%s: generation worker started (pid %d)", self.name, self._worker.pid)
 
     def _draft_spec(self, scheduler: dict) -> dict | None:
@@ -668,8 +672,24 @@ class LLMServable(GenerativeServable):
     def _encode(self, text: str) -> ov.Tensor:
         return self.tokenizer.encode(text, add_special_tokens=False).input_ids
 
-    async def tokenize(self, text: str) -> list[int]:
-        return self._encode(text).data[0].tolist()
+    async def tokenize(self, texts: list[str], *, max_length: int | None = None, truncation: bool = False,
+                       pad_to_max_length: bool = False, add_special_tokens: bool = True,
+                       padding_side: str | None = None) -> list[list[int]]:
+        options = {"add_special_tokens": add_special_tokens, "pad_to_max_length": pad_to_max_length}
+        if max_length is not None:
+            options["max_length"] = max_length
+        if truncation:
+            options["truncation"] = True
+        if padding_side is not None:
+            options["padding_side"] = padding_side
+        try:
+            encoded = self.tokenizer.encode(texts, **options)
+        except RuntimeError as exc:
+            raise ServingError(Kind.GENAI_INVALID_REQUEST, str(exc).splitlines()[0]) from None
+        ids, mask = encoded.input_ids.data, encoded.attention_mask.data
+        if pad_to_max_length:
+            return [row.tolist() for row in ids]
+        return [row[keep != 0].tolist() for row, keep in zip(ids, mask)]
 
     def _overrides(self, params: SamplingParams) -> dict:
         """The GenerationConfig fields this request changes from the model's defaults (generation_config.json)."""

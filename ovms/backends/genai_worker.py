@@ -165,6 +165,31 @@ def drain(handle, pending: dict, request_id: int, logprobs, finish_names: dict |
     return last
 
 
+def kv_cache_options(scheduler, spec: dict, ov_genai) -> None:
+    """The graph's cache_eviction_config and sparse_attention_config on the SchedulerConfig, as OVMS builds them
+    (src/llm/language_model/continuous_batching/servable_initializer.cpp)."""
+    eviction = spec.get("cache_eviction")
+    if eviction:
+        crush = eviction.get("kv_crush_config")
+        kvcrush = None
+        if crush is not None:
+            kvcrush = ov_genai.KVCrushConfig(int(crush.get("budget", 0)),
+                                             getattr(ov_genai.KVCrushAnchorPointMode,
+                                                     crush.get("anchor_point_mode", "RANDOM")),
+                                             int(crush.get("rng_seed", 0)))
+        scheduler.use_cache_eviction = True
+        scheduler.cache_eviction_config = ov_genai.CacheEvictionConfig(
+            eviction["start_size"], eviction["recent_size"], eviction["max_cache_size"],
+            getattr(ov_genai.AggregationMode, eviction.get("aggregation_mode", "NORM_SUM")),
+            eviction.get("apply_rotation", False), eviction.get("snapkv_window_size", 8), kvcrush)
+    sparse = spec.get("sparse_attention")
+    if sparse is not None:
+        fields = dict(sparse)
+        mode = getattr(ov_genai.SparseAttentionMode, fields.pop("mode", "TRISHAPE"))
+        scheduler.use_sparse_attention = True
+        scheduler.sparse_attention_config = ov_genai.SparseAttentionConfig(mode, **fields)
+
+
 def batch_scheduling() -> bool:
     """Put this thread, and the threads it starts later (OpenVINO's), under Linux's SCHED_BATCH; False if refused.
 
@@ -240,6 +265,11 @@ class _Worker:
             return config
 
         scheduler = scheduler_config(spec["scheduler"])
+        try:
+            kv_cache_options(scheduler, spec, ov_genai)
+        except Exception as exc:  # noqa: BLE001 - reported to the server, which names the model
+            self.send(("load_error", f"cache_eviction_config / sparse_attention_config: {exc}"))
+            return 1
         properties = dict(spec["plugin_config"])
         draft = spec.get("draft")
         try:

@@ -213,13 +213,9 @@ async def rerank(request: web.Request) -> web.Response:
 
 
 async def tokenize(request: web.Request) -> web.Response:
-    document = await _body(request)
-    model = codec.decode_generate({"model": document.get("model"), "prompt": ""}, chat=False).model
-    text = document.get("text", document.get("prompt"))
-    if not isinstance(text, str):
-        raise codec.invalid("text is missing or not a string")
-    tokens = await request.app[GENAI].tokenize(model, text)
-    return _json({"tokens": tokens})
+    call = codec.decode_tokenize(await _body(request))
+    rows = await request.app[GENAI].tokenize(call.model, call.texts, call.options)
+    return _json(codec.tokenize_json(rows))
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -29,7 +29,7 @@ def assert_only_v3_is_guarded(url: str, key: str) -> None:
     for method, path, body in (("POST", "/v3/chat/completions", HELLO), ("POST", "/v1/chat/completions", HELLO),
                                ("POST", "/v3/v1/chat/completions", HELLO),
                                ("POST", "/v3/completions", {"model": "tiny", "prompt": "Hi", "max_tokens": 2}),
-                               ("POST", "/v3/tokenize", {"model": "tiny", "prompt": "Hi"}),
+                               ("POST", "/v3/tokenize", {"model": "tiny", "text": "Hi"}),
                                ("GET", "/v3/models", None), ("GET", "/v3/models/tiny", None)):
         for headers in ({}, {"Authorization": f"Bearer {key}x"}, {"Authorization": key}):
             r = requests.request(method, url + path, json=body, headers=headers, timeout=30)

@@ -1,6 +1,7 @@
-"""Speculative decoding (draft_models_path) and prompt lookup decoding (plugin_config prompt_lookup), as OVMS's
-graphs configure them: greedy answers equal plain greedy decoding token for token, and the engine's accepted
-candidate tokens are counted in /metrics."""
+"""Decoding and KV-cache options of OVMS's LLM graphs: speculative decoding (draft_models_path) and prompt lookup
+(plugin_config prompt_lookup) give the plain greedy answers token for token, with the accepted candidate tokens
+counted in /metrics; cache_eviction_config and sparse_attention_config reach the scheduler; options the server
+does not implement are refused by name."""
 from __future__ import annotations
 
 import json
@@ -32,7 +33,11 @@ def assisted_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("assisted")
     graphs = {"plain": graph(),
               "speculative": graph(draft_models_path=f'"{LLM_DIR}"', draft_max_num_seqs=4),
-              "lookup": graph().replace("plugin_config: '{ }'", "plugin_config: '{\"prompt_lookup\": true}'")}
+              "lookup": graph().replace("plugin_config: '{ }'", "plugin_config: '{\"prompt_lookup\": true}'"),
+              "evicting": graph(cache_eviction_config="{ start_size: 32, recent_size: 64, max_cache_size: 512, "
+                                                      "aggregation_mode: SUM }",
+                                sparse_attention_config="{ mode: TRISHAPE, num_last_dense_tokens_in_prefill: 10 }",
+                                cache_interval_multiplier=2)}
     for name, text in graphs.items():
         (root / name).mkdir()
         (root / name / "graph.pbtxt").write_text(text)
@@ -69,6 +74,8 @@ def test_speculative_and_prompt_lookup_answer_as_plain_greedy_decoding(assisted_
         assert complete(client, "speculative", prompt, assistant_confidence_threshold=0.4) == plain
         assert complete(client, "lookup", prompt) == plain
         assert complete(client, "lookup", prompt, num_assistant_tokens=2, max_ngram_size=2) == plain
+        # short prompts: nothing to evict, and the sparse prefill is dense for the last 10 tokens
+        assert complete(client, "evicting", prompt) == plain
     # The model drafting for itself: the main model accepts candidates, so fewer steps than tokens.
     accepted = metric(assisted_server, "ovms_llm_draft_accepted_tokens", "speculative")
     generated = metric(assisted_server, "ovms_llm_generated_tokens", "speculative")
@@ -107,3 +114,30 @@ def test_draft_path_is_relative_to_the_graph_and_lookup_excludes_a_draft():
                                                       "plugin_config: '{\"prompt_lookup\": true}'")
     with pytest.raises(ConfigError, match="choose one decoding method"):
         read_graph_text(both, pathlib.Path("/graphs"))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"cache_eviction_config": "{ start_size: 32, recent_size: 64 }"},
+     "cache_eviction_config: required field max_cache_size is missing"),
+    ({"cache_eviction_config": "{ start_size: 32, recent_size: 64, max_cache_size: 512, aggregation_mode: MAX }"},
+     "cache_eviction_config.aggregation_mode: 'MAX' is not one of SUM, NORM_SUM"),
+    ({"sparse_attention_config": "{ mode: TRISHAPE, window: 3 }"}, "sparse_attention_config: unknown field(s) window"),
+    ({"chat_template_mode": "MINJA"}, "chat_template_mode MINJA is not supported"),
+    ({"max_cache": 3}, "graph node option(s) max_cache unknown to OVMS's text_generation calculator"),
+    ({"pipeline_type": "LM", "cache_eviction_config": "{ start_size: 1, recent_size: 1, max_cache_size: 8 }"},
+     "need continuous batching; pipeline_type LM runs one request at a time"),
+])
+def test_graph_options_checked_and_unknown_ones_refused(options, message):
+    with pytest.raises(ConfigError) as info:
+        read_graph_text(graph(**options), pathlib.Path("/graphs"))
+    assert message in str(info.value)
+
+
+def test_kv_cache_options_are_read():
+    options = read_graph_text(graph(cache_eviction_config="{ start_size: 32, recent_size: 64, max_cache_size: 512, "
+                                                          "kv_crush_config: { budget: 4, anchor_point_mode: MEAN } }",
+                                    sparse_attention_config="{ mode: XATTENTION, xattention_threshold: 1 }"),
+                              pathlib.Path("/graphs"))
+    assert options.cache_eviction == {"start_size": 32, "recent_size": 64, "max_cache_size": 512,
+                                      "kv_crush_config": {"budget": 4, "anchor_point_mode": "MEAN"}}
+    assert options.sparse_attention == {"mode": "XATTENTION", "xattention_threshold": 1.0}
