@@ -93,6 +93,9 @@ class InferRequest:
     id: str = ""
     requested_outputs: list[str] | None = None
     parameters: dict[str, Any] | None = None
+    # The outputs feed another model in this process (a pipeline node): the backend hands them over as writable
+    # numpy arrays, which the next model reads in place, instead of wire bytes.
+    outputs_as_arrays: bool = False
 
 
 @dataclasses.dataclass(slots=True)

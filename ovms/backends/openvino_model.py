@@ -197,7 +197,7 @@ class OpenVINOServable(InferServable):
         """
         request = self._compiled.create_infer_request()
         while (job := self._jobs.get()) is not None:
-            loop, future, arrays, queued = job
+            loop, future, arrays, queued, as_arrays = job
             started = time.perf_counter()
             self._busy[slot] = True
             try:
@@ -219,6 +219,8 @@ class OpenVINOServable(InferServable):
                     if tensor.element_type == ov.Type.string:
                         array = np.array(tensor.bytes_data, dtype=object).reshape(shape)
                         result[name] = Tensor(name, datatype, shape, array=array)
+                    elif as_arrays:  # for a pipeline's next node: one copy, writable, shared with it
+                        result[name] = Tensor(name, datatype, shape, array=tensor.data.copy())
                     else:
                         # Wire bytes straight away: one copy out of the request's buffer, which the next job
                         # reuses; a JSON answer views them with np.frombuffer.
@@ -239,7 +241,7 @@ class OpenVINOServable(InferServable):
                 if name not in known:
                     raise ServingError(Kind.INVALID_MISSING_OUTPUT, f"Unknown output: {name}")
         future = asyncio.get_running_loop().create_future()
-        self._jobs.put((future.get_loop(), future, arrays, time.perf_counter()))
+        self._jobs.put((future.get_loop(), future, arrays, time.perf_counter(), request.outputs_as_arrays))
         try:
             produced, waited, inferred = await future
         except ServingError:  # the request's own fault, found in the worker (an image that does not decode)

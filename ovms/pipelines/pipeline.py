@@ -113,7 +113,7 @@ class Pipeline(InferServable):
         try:
             response = await servable.infer(InferRequest(
                 node.model_name, entry.version, [Tensor.from_array(name, array) for name, array in inputs.items()],
-                requested_outputs=[item for item, _ in node.outputs]))
+                requested_outputs=[item for item, _ in node.outputs], outputs_as_arrays=True))
         except ServingError as exc:
             entry.stats.fail_count += 1
             raise ServingError(exc.kind, f"{exc.details + '; ' if exc.details else ''}pipeline {self.name} node "

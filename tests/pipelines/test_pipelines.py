@@ -337,3 +337,21 @@ def test_pipeline_follows_its_models_and_is_revalidated(model_repo, tmp_path):
         rest(server.rest_url, "POST", "/v1/config/reload")
         result = wait_for(lambda: infer(client, "chain", {"b": b}, ["result"]), what="the pipeline to serve again")
         assert result["result"][0, 0] == 3
+
+
+def test_model_outputs_reach_the_next_node_as_writable_arrays(served):
+    """A pipeline asks its models for arrays (one copy out of the infer request), which the next model's
+    ov.Tensor then shares instead of copying (OpenVINO shares only writable arrays)."""
+    from ovms.types import InferRequest, Tensor
+
+    servable = served.server.registry.resolve("dummy", 1)
+    b = np.ones((1, 10), np.float32)
+
+    async def call(as_arrays: bool):
+        return await servable.infer(InferRequest("dummy", 1, [Tensor.from_array("b", b)], outputs_as_arrays=as_arrays))
+
+    passed_on = served.call(call(True)).outputs[0]
+    assert passed_on.has_array and passed_on.as_array().flags.writeable
+    np.testing.assert_array_equal(passed_on.as_array(), b + 1)
+    on_the_wire = served.call(call(False)).outputs[0]
+    assert not on_the_wire.has_array and isinstance(on_the_wire.raw, bytes)
