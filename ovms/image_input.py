@@ -90,15 +90,21 @@ class ImageBatch:
                                                         f"{name}")
         return cls(spec, images, axes)
 
-    def decode(self) -> np.ndarray:
-        """The images as one array of the input's shape and precision (blocking; call off the event loop)."""
+    def decode(self, dim_bounds: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+        """The images as one array of the input's shape and precision (blocking; call off the event loop).
+
+        ``dim_bounds``: (min, max) of each input dimension where the backend knows them (max -1: unbounded). A
+        height or width with a range takes the first image's size brought into the range (OVMS: "adjusted to the
+        nearer border"), and every image is resized to it; an unbounded one takes the first image's size, and the
+        others must have it.
+        """
         import cv2
 
         spec, name = self.spec, self.spec.name
-        if self.axes == "NHWC":
-            _, height, width, channels = spec.shape
-        else:
-            _, channels, height, width = spec.shape
+        h_axis, w_axis, c_axis = (1, 2, 3) if self.axes == "NHWC" else (2, 3, 1)
+        height, width, channels = spec.shape[h_axis], spec.shape[w_axis], spec.shape[c_axis]
+        h_range = _range(dim_bounds, h_axis) if height == -1 else None
+        w_range = _range(dim_bounds, w_axis) if width == -1 else None
         pixels = []
         for index, encoded in enumerate(self.images):
             try:
@@ -123,13 +129,15 @@ class ImageBatch:
                     raise ServingError(Kind.INVALID_NO_OF_CHANNELS,
                                        f"image {index} has {image.shape[2]} channels, image 0 has {first.shape[2]}; "
                                        f"input name: {name}")
-            target_h = height if height != -1 else (pixels[0].shape[0] if pixels else image.shape[0])
-            target_w = width if width != -1 else (pixels[0].shape[1] if pixels else image.shape[1])
+            if not pixels:
+                target_h = height if height != -1 else _clamp(image.shape[0], h_range)
+                target_w = width if width != -1 else _clamp(image.shape[1], w_range)
+            elif ((height == -1 and h_range is None and image.shape[0] != target_h)
+                  or (width == -1 and w_range is None and image.shape[1] != target_w)):
+                raise ServingError(Kind.BINARY_IMAGES_RESOLUTION_MISMATCH,
+                                   f"image {index} is {image.shape[1]}x{image.shape[0]}, image 0 is "
+                                   f"{pixels[0].shape[1]}x{pixels[0].shape[0]}; input name: {name}")
             if image.shape[:2] != (target_h, target_w):
-                if height == -1 or width == -1:
-                    raise ServingError(Kind.BINARY_IMAGES_RESOLUTION_MISMATCH,
-                                       f"image {index} is {image.shape[1]}x{image.shape[0]}, image 0 is "
-                                       f"{target_w}x{target_h}; input name: {name}")
                 image = cv2.resize(image, (target_w, target_h), interpolation=cv2.INTER_LINEAR)
                 if image.ndim == 2:
                     image = image[:, :, np.newaxis]
@@ -140,6 +148,21 @@ class ImageBatch:
         if self.axes == "NCHW":
             batch = batch.transpose(0, 3, 1, 2)
         return np.ascontiguousarray(batch)
+
+
+def _range(dim_bounds, axis: int) -> tuple[int, int] | None:
+    """A dimension's (min, max) when it is a range, None when it takes any size."""
+    if dim_bounds is None:
+        return None
+    low, high = dim_bounds[axis]
+    return None if high == -1 and low <= 1 else (low, high)
+
+
+def _clamp(size: int, bounds: tuple[int, int] | None) -> int:
+    if bounds is None:
+        return size
+    low, high = bounds
+    return max(low, size if high == -1 else min(size, high))
 
 
 def _convert(batch: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -46,6 +46,7 @@ MODELS = {
     "resnetlike": ([1, 3, 8, 8], {"layout": "NHWC:NCHW"}),  # served as [1,8,8,3] NHWC, resized to 8x8
     "batch2": ([2, 6, 5, 3], {}),  # NHWC by default: two images per request, each resized to 6x5
     "anysize": ([-1, -1, -1, 3], {}),  # no resize: the first image's size, the others must match
+    "ranged": ([-1, -1, -1, 3], {"shape": "(1,4:8,4:8,3)"}),  # sizes out of range go to the nearer border
     "nchw": ([1, 3, 4, 4], {"layout": "NCHW"}),  # the images are transposed
     "gray": ([1, 4, 4, 1], {}),
     "planar": ([1, 3, 4, 4], {"layout": "NDHW"}),  # not image-like: refused with OVMS's message
@@ -141,6 +142,15 @@ def test_dynamic_input_takes_the_image_size(server):
     expected = np.stack([pixels_of(i) for i in images])
     out = triton_grpc(server, "anysize", images)
     assert out.shape == (2, 5, 7, 3) and np.array_equal(out, expected)
+
+
+@pytest.mark.parametrize("size, resized", [((10, 10), (8, 8)), ((2, 6), (4, 6)), ((5, 7), (5, 7))])
+def test_ranged_input_brings_the_size_into_the_range(server, size, resized):
+    """OVMS docs/binary_input_layout_and_shape.md: with [1,100:200,200,3], 90 rows become 100, 220 become 200."""
+    png = encode(image(*size))
+    out = triton_grpc(server, "ranged", [png])
+    assert out.shape == (1, *resized, 3)
+    assert np.array_equal(out, raw_answer(server, "ranged", pixels_of(png, *resized)[None]))
 
 
 def test_nchw_input_gets_the_image_transposed(server):

@@ -146,12 +146,15 @@ class OpenVINOServable(InferServable):
         except RuntimeError as exc:
             raise ModelLoadError(f"{path}: Cannot load network into target device {config.target_device} "
                                  f"({_first_line(exc)})") from None
-        self._inputs, self._real_input = [], {}
+        self._inputs, self._real_input, self._dim_bounds = [], {}, {}
         for source, port in zip(model.inputs, self._compiled.inputs):
             real = port.get_any_name()
             spec = _spec(port, mapping.inputs.get(real, real), tensor_layouts.get(real) or _model_layout(source))
             self._inputs.append(spec)
             self._real_input[spec.name] = real
+            if len(spec.shape) == 4:  # for images: ranges such as 100:200, which TensorSpec shows as -1
+                self._dim_bounds[spec.name] = tuple((d.get_min_length(), d.get_max_length())
+                                                    for d in port.get_partial_shape())
         self._outputs = [_spec(p, mapping.outputs.get(p.get_any_name(), p.get_any_name()))
                          for p in self._compiled.outputs]
         unknown = (set(mapping.inputs) - set(self._real_input.values())) | (
@@ -203,7 +206,7 @@ class OpenVINOServable(InferServable):
             try:
                 for name, array in arrays.items():
                     if isinstance(array, ImageBatch):
-                        array = array.decode()
+                        array = array.decode(self._dim_bounds.get(name))
                     name = self._real_input[name]
                     if array.dtype == object:
                         tensor = ov.Tensor(np.array(array.tolist(), dtype=np.bytes_).reshape(array.shape))
