@@ -143,3 +143,28 @@ def test_wire_round_trip_equals_for_both_twins(array):
         assert bytes(tensor) == array.tobytes()
         again = tensor_class(param.values[0])("y", np.array(tensor))
         assert (again.datatype, again.shape) == (datatype, array.shape)
+
+
+@pytest.mark.parametrize("pure", TWINS)
+def test_tensors_in_reference_cycles_are_collected_cleanly(pure):
+    """A Tensor caught in a cycle (a traceback's frame, a dict holding itself) is collected without touching its
+    buffer's export: the compiled twin once raised "BufferError: memoryview has 1 exported buffer" there and then
+    crashed the process."""
+    import gc
+
+    unraisable = []
+    previous, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        for _ in range(200):
+            holder: dict = {"tensor": tensor_class(pure)._from_wire("x", bytes(range(16)), (4,), "FP32")}
+            holder["self"], holder["view"] = holder, holder["tensor"].data
+            holder["nested"] = tensor_class(pure)("y", holder["tensor"].data)
+            try:
+                raise ValueError(holder)
+            except ValueError as exc:
+                holder["error"] = exc
+            del holder
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    assert unraisable == []
