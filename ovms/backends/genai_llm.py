@@ -228,6 +228,13 @@ class LLMServable(GenerativeServable):
         self._poll_handle: asyncio.TimerHandle | None = None
         self._restart_task: asyncio.Future | None = None  # a worker (re)start in progress, awaited by requests
         self._restart_failed: tuple[float, ModelLoadError] | None = None
+        # Recycling (see _recycle): requests sent to the current worker, the recycle in progress, and an event set
+        # when no request runs (what the recycle waits for).
+        self._recycle_after = _recycle_requests()
+        self._sent_to_worker = 0
+        self._recycling: asyncio.Task | None = None
+        self._idle: asyncio.Event | None = None
+        self.worker_recycles = 0
         # metrics (read by the data plane)
         self.in_flight = 0
         self.generated_tokens = 0
@@ -530,6 +537,8 @@ class LLMServable(GenerativeServable):
                 continue
             del active[request_id]
             self.in_flight -= 1
+            if not active and self._idle is not None:
+                self._idle.set()
             if sequence.accepted is not None and not sequence.accepted.done():  # refused before it started
                 kind_name, text = data if kind == wire.ERROR else ("OV_INTERNAL_INFERENCE_ERROR", "cancelled")
                 sequence.accepted.set_exception(ServingError(Kind[kind_name], text))
@@ -570,6 +579,8 @@ class LLMServable(GenerativeServable):
                 sequence.stream.deliver(error)
         self.in_flight -= len(self._active)
         self._active.clear()
+        if self._idle is not None:
+            self._idle.set()
         self._loop = None
 
     def _stop_worker(self, *, wait: bool = True, close_socket: bool = True) -> int | None:
@@ -648,6 +659,34 @@ class LLMServable(GenerativeServable):
                 raise ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, f"the generation worker of {self.name} "
                                                                      f"could not start: {exc}") from None
         self._attach(loop)
+
+    async def _recycle(self) -> None:
+        """Replace the generation worker after OVMS_GENAI_WORKER_RECYCLE_REQUESTS requests.
+
+        openvino_genai 2026.4's ContinuousBatchingPipeline keeps 8-10 KB per finished request and its tokenizer
+        about as much again, which nothing gives back (bench/genai_pipeline_leak.py); only a new process does.
+        New requests wait here (none fails) while the running ones finish; then the worker is told to exit and
+        a new one loads. Waiting instead of loading the new worker beside the old one keeps the model's memory
+        at one copy; the cost is one pause of (the longest running answer + a model load) per cycle.
+        """
+        try:
+            log.info("%s: recycling the generation worker after %d requests (openvino_genai keeps memory for "
+                     "every finished request; a new process returns it): new requests wait for the %d running "
+                     "ones to finish and for a new worker to load", self.name, self._sent_to_worker,
+                     len(self._active))
+            while self._active:
+                self._idle = asyncio.Event()
+                await self._idle.wait()
+            self._idle = None
+            kept = self._detach()
+            self._loop = None
+            code = await asyncio.to_thread(self._stop_worker, close_socket=kept)
+            self._sent_to_worker = 0
+            await self._ensure_worker()
+            self.worker_recycles += 1
+            log.info("%s: generation worker recycled (the old one exited with code %s)", self.name, code)
+        finally:
+            self._recycling = None
 
     def _restart_worker(self) -> None:
         try:
@@ -773,7 +812,12 @@ class LLMServable(GenerativeServable):
         # The worker tokenizes (as a caller of the pipeline in its own process would) and answers ACCEPTED with
         # the prompt's token count, or ERROR (prompt longer than the context, ...): errors stay HTTP errors.
         overrides = self._overrides(request.params)
+        if self._recycling is None and self._recycle_after and self._sent_to_worker >= self._recycle_after:
+            self._recycling = asyncio.get_running_loop().create_task(self._recycle())
+        if self._recycling is not None:
+            await asyncio.shield(self._recycling)
         await self._ensure_worker()
+        self._sent_to_worker += 1
         stream = _Stream(self, request.params, 0)
         sequence = _Sequence(request_id, None, None, stream)
         sequence.accepted = asyncio.get_running_loop().create_future()
@@ -888,6 +932,22 @@ def _deliver(deliveries) -> None:
 def _sched_batch() -> bool:
     """OVMS_GENAI_SCHED_BATCH (default 1): the generation worker runs under SCHED_BATCH (see genai_worker)."""
     return os.environ.get("OVMS_GENAI_SCHED_BATCH", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _recycle_requests() -> int:
+    """OVMS_GENAI_WORKER_RECYCLE_REQUESTS: requests after which the generation worker is replaced (0: never).
+
+    The default, 50,000, bounds what openvino_genai keeps per finished request to about 1 GB.
+    """
+    text = os.environ.get("OVMS_GENAI_WORKER_RECYCLE_REQUESTS", "50000")
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ModelLoadError(f"OVMS_GENAI_WORKER_RECYCLE_REQUESTS={text!r}: expected a number of requests (0 "
+                             "never recycles the generation worker)")
+    return value
 
 
 def _flush_seconds() -> float:

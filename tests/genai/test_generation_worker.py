@@ -597,3 +597,37 @@ def test_sched_batch_can_be_turned_off(tmp_path, monkeypatch):
         servable = running.server.registry.resolve("tiny-llm")
         assert_serves(running, servable)
         assert worker_policies(servable._worker.pid) == {os.SCHED_OTHER}
+
+
+# ---- recycling: openvino_genai keeps memory per finished request; a new worker returns it ----------------------
+
+def test_worker_is_recycled_after_its_requests_and_no_request_fails(tmp_path, monkeypatch):
+    monkeypatch.setenv("OVMS_GENAI_WORKER_RECYCLE_REQUESTS", "5")
+    graph_dir = write_graph(tmp_path)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_config_list": [{"config": {"name": "tiny-llm",
+                                                                    "base_path": str(graph_dir)}}]}))
+    with ThreadedServer(config_path=config) as server:
+        servable = server.server.registry.resolve("tiny-llm")
+        pids = {servable._worker.pid}
+        expected = post(server, "chat/completions", {**HELLO, "max_tokens": 12, "temperature": 0}).json()
+
+        def chat(i: int):
+            body = {**HELLO, "max_tokens": 12, "temperature": 0, "stream": i % 2 == 0}
+            response = post(server, "chat/completions", body, stream=body["stream"])
+            pids.add(servable._worker.pid if servable._worker else None)
+            if body["stream"]:
+                text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                               for line in response.iter_lines(decode_unicode=True)
+                               if line.startswith("data: {") and json.loads(line[6:])["choices"])
+                return response.status_code, text
+            return response.status_code, response.json()["choices"][0]["message"]["content"]
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(chat, range(24)))
+        assert [code for code, _ in results] == [200] * 24
+        assert {text for _, text in results} == {expected["choices"][0]["message"]["content"]}
+        assert servable.worker_recycles >= 3  # 25 requests, a new worker every 5
+        live = [pid for pid in children(os.getpid()) if is_worker(pid) and alive(pid)]
+        assert servable._worker.pid in live and not (pids - {None, servable._worker.pid}) & set(live)
+        assert_serves(server, servable)
