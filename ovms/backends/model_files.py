@@ -77,6 +77,12 @@ class NameMapping:
                 return real
         return name
 
+    def real_output(self, name: str) -> str:
+        for real, mapped in self.outputs.items():
+            if mapped == name:
+                return real
+        return name
+
 
 def read_mapping(directory: pathlib.Path) -> NameMapping:
     """The version directory's mapping_config.json (OVMS's format), or no renames when there is none.

@@ -23,20 +23,29 @@ _ELEMENT = {"BF16": ov.Type.bf16, "FP64": ov.Type.f64, "FP32": ov.Type.f32, "FP1
             "UINT4": ov.Type.u4, "UINT1": ov.Type.u1}
 
 
-def _layouts(model: ov.Model, config: ModelConfig, mapping: NameMapping) -> list[tuple[str, str]]:
-    """(model input name, "TENSOR[:MODEL]") pairs; config names may be mapped names, as OVMS expects."""
+def _layouts(model: ov.Model, config: ModelConfig, mapping: NameMapping) -> list[tuple[bool, str, str]]:
+    """(is_input, model tensor name, "TENSOR[:MODEL]") triples; config names may be mapped names, as OVMS expects.
+
+    A layout per name may name an output too (OVMS applies it with PrePostProcessor::output): the answer comes in
+    the first layout, converted from the model's second one.
+    """
     if config.layout is None:
         return []
     if isinstance(config.layout, str):
-        return [(model.inputs[0].get_any_name(), config.layout)]
-    names = {n for port in model.inputs for n in port.get_names()}
-    pairs = []
+        return [(True, model.inputs[0].get_any_name(), config.layout)]
+    inputs = {n for port in model.inputs for n in port.get_names()}
+    outputs = {n for port in model.outputs for n in port.get_names()}
+    triples = []
     for name, text in config.layout:
-        real = mapping.real_input(name)
-        if real not in names:
-            continue  # an output's layout (OVMS allows those): not applied here
-        pairs.append((real, text))
-    return pairs
+        real_input, real_output = mapping.real_input(name), mapping.real_output(name)
+        if real_input in inputs:
+            triples.append((True, real_input, text))
+        elif real_output in outputs:
+            triples.append((False, real_output, text))
+        else:
+            raise ModelLoadError(f"model {config.name}: Layout from config not found in model: {name!r}; inputs "
+                                 f"are {sorted(inputs)}, outputs {sorted(outputs)}")
+    return triples
 
 
 def preprocess(model: ov.Model, config: ModelConfig, mapping: NameMapping) -> tuple[ov.Model, dict[str, str]]:
@@ -48,12 +57,13 @@ def preprocess(model: ov.Model, config: ModelConfig, mapping: NameMapping) -> tu
     ppp = ov.preprocess.PrePostProcessor(model)
     tensor_layouts = {}
     try:
-        for name, text in layouts:
+        for is_input, name, text in layouts:
             served, _, model_layout = text.partition(":")
-            step = ppp.input(name)
+            step = ppp.input(name) if is_input else ppp.output(name)
             step.tensor().set_layout(ov.Layout(served))
             step.model().set_layout(ov.Layout(model_layout or served))
-            tensor_layouts[name] = served.upper()
+            if is_input:
+                tensor_layouts[name] = served.upper()
     except RuntimeError as exc:
         raise ModelLoadError(f"model {config.name}: layout {config.layout!r} cannot be applied "
                              f"({_first_line(exc)}); use e.g. NCHW, or NHWC:NCHW to accept NHWC input") from None

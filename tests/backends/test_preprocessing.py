@@ -157,3 +157,22 @@ def test_bad_flag_value_is_a_configuration_error(repo):
     assert result.returncode == 1, result
     assert "Configuration error: command line: The provided precision is in wrong format: precision 'u8'" in \
         result.stderr
+
+
+def test_layout_per_name_reaches_outputs_and_unknown_names_are_refused(repo):
+    """OVMS applies a named layout to an output too: OUTPUT0 answered NHWC from the model's NCHW."""
+    config = model_config_from_dict({"name": "m", "base_path": str(repo / "nchw"),
+                                     "layout": {"INPUT0": "NHWC:NCHW", "OUTPUT0": "NHWC:NCHW"}}, where="test")
+    servable = load_servable(config, 1)
+    try:
+        assert [s.shape for s in servable.outputs] == [(1, 6, 6, 3)]
+        x = RNG.random((1, 6, 6, 3), dtype=np.float32)
+        out = asyncio.run(servable.infer(InferRequest("m", None, [Tensor("INPUT0", "FP32", x.shape, array=x)])))
+        assert np.array_equal(out.outputs[0].as_array(), x)
+    finally:
+        servable.close()
+    wrong = model_config_from_dict({"name": "m", "base_path": str(repo / "nchw"), "layout": {"IMAGE": "NHWC"}},
+                                   where="test")
+    with pytest.raises(ModelLoadError, match=r"model m: Layout from config not found in model: 'IMAGE'; inputs are "
+                                             r"\['INPUT0'\], outputs \['OUTPUT0'\]"):
+        load_servable(wrong, 1)
