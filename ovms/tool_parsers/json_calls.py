@@ -1,11 +1,11 @@
-"""Tool-call parsers: the model's text -> (content, tool calls), per model family.
+"""The JSON-object tool-call formats: hermes3 and llama3, read whole or as a stream.
 
 - ``hermes3`` (Hermes, Qwen2.5/Qwen3): ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks.
 - ``llama3``: an optional ``<|python_tag|>`` then ``{"name": ..., "parameters": {...}}`` objects separated by
   ``;`` (Llama 3.1+ JSON tool calling).
 A block that is not valid JSON stays in the content (the model did not call a tool after all).
 
-``parse_tool_calls`` reads a whole answer; ``tool_call_stream`` gives a ``ToolCallStream`` that reads it as it is
+``PARSERS`` read a whole answer; a ``ToolCallStream`` over ``STREAM_SYNTAXES`` reads it as it is
 generated and hands out content and OpenAI-style tool-call deltas in order (see its docstring).
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ovms.genai_types import ToolCall, ToolCallDelta
 from ovms.json_stream import CHARS, END, KEY, CanonicalJsonReader, JsonStreamError
 
 log = logging.getLogger("ovms.tool_parsers")
+
 
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 
@@ -77,15 +78,7 @@ def parse_llama3(text: str) -> tuple[str, list[ToolCall]]:
     return prefix.strip(), calls
 
 
-PARSERS = {"hermes3": parse_hermes3, "qwen3": parse_hermes3, "llama3": parse_llama3}
-
-
-def parse_tool_calls(parser: str | None, text: str) -> tuple[str, list[ToolCall]]:
-    """Content and tool calls of a generated text (no parser, or an unknown one: all content)."""
-    function = PARSERS.get(parser or "")
-    if function is None:
-        return text, []
-    return function(text)
+PARSERS = {"hermes3": parse_hermes3, "llama3": parse_llama3}
 
 
 # ---- streaming ------------------------------------------------------------------------------------------------
@@ -100,7 +93,7 @@ class _Syntax:
 
 _HERMES_SYNTAX = _Syntax("<tool_call>", "</tool_call>", ("arguments",), bare_json=False)
 _LLAMA3_SYNTAX = _Syntax("<|python_tag|>", None, ("parameters", "arguments"), bare_json=True)
-STREAM_SYNTAXES = {"hermes3": _HERMES_SYNTAX, "qwen3": _HERMES_SYNTAX, "llama3": _LLAMA3_SYNTAX}
+STREAM_SYNTAXES = {"hermes3": _HERMES_SYNTAX, "llama3": _LLAMA3_SYNTAX}
 
 # What a ToolCallStream is reading, named by the method that reads it.
 _START = "_read_start"  # the beginning of the answer (llama3: whitespace so far, "{" would start calls)
@@ -390,23 +383,3 @@ def _strip_separators(text: str) -> str:
     while start < len(text) and (text[start] == ";" or text[start].isspace()):
         start += 1
     return text[start:]
-
-
-def tool_call_stream(parser: str | None, *, label: str = "") -> ToolCallStream | None:
-    """A streaming reader for the parser's format, or None when there is nothing to parse (no or unknown parser).
-
-    ``label`` names the stream in log lines (e.g. the response id and choice index).
-    """
-    syntax = STREAM_SYNTAXES.get(parser or "")
-    return None if syntax is None else ToolCallStream(syntax, label=label)
-
-
-def split_reasoning(parser: str | None, text: str) -> tuple[str | None, str]:
-    """(reasoning, content) for models that think in ``<think>...</think>`` (qwen3, deepseek-r1 style).
-
-    Qwen3's template opens ``<think>`` in the prompt, so the output may hold only the closing tag.
-    """
-    if parser not in ("qwen3", "deepseek_r1") or "</think>" not in text:
-        return None, text
-    reasoning, content = text.split("</think>", 1)
-    return reasoning.replace("<think>", "", 1).strip(), content.lstrip()

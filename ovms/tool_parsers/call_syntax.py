@@ -1,0 +1,178 @@
+"""Tool calls written as function calls rather than JSON: lfm2 (Python syntax) and gemma4 (Gemma's own).
+
+- ``lfm2`` (LFM2, LFM2.5): ``<|tool_call_start|>[get_weather(city="Paris", days=3), f(flag=True)]<|tool_call_end|>``;
+  keyword values are Python literals (``'x'``, ``True``, ``None``, lists, dicts). OVMS src/llm/io_processing/lfm2.
+- ``gemma4``: ``<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:3}<tool_call|>``; keys are bare, strings
+  are delimited by ``<|"|>``, other values are JSON literals. OVMS src/llm/io_processing/gemma4.
+
+A call's name goes out as soon as it is written; its arguments when the call closes (both syntaxes need the
+whole call to be read as values).
+"""
+from __future__ import annotations
+
+import ast
+import json
+
+from ovms.tool_parsers.incremental import Parsed, canonical, content_before, skip_space, with_calls
+
+LFM2_START, LFM2_END = "<|tool_call_start|>", "<|tool_call_end|>"
+
+
+def _python_call_end(text: str, start: int) -> int:
+    """The index after the ")" that closes the call whose "(" is at ``start`` (-1: not written yet)."""
+    depth, quote, position = 0, "", start
+    while position < len(text):
+        c = text[position]
+        if quote:
+            if c == "\\":
+                position += 1
+            elif c == quote:
+                quote = ""
+        elif c in "'\"":
+            quote = c
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+            if depth == 0:
+                return position + 1
+        position += 1
+    return -1
+
+
+def _python_arguments(source: str) -> str | None:
+    """``name(a=1, b='x')`` -> '{"a": 1, "b": "x"}'; None when it is not a call with literal keyword values."""
+    try:
+        node = ast.parse(source.strip(), mode="eval").body
+        if not isinstance(node, ast.Call) or node.args:
+            return None
+        return canonical({keyword.arg: ast.literal_eval(keyword.value) for keyword in node.keywords})
+    except (SyntaxError, ValueError, TypeError):
+        return None
+
+
+def parse_lfm2(text: str, final: bool) -> Parsed:
+    content, at, marker = content_before(text, (LFM2_START,), final)
+    if at < 0:
+        return Parsed(content)
+    calls: list[tuple[str, str]] = []
+    position = skip_space(text, at + len(marker))
+    if text.startswith("[", position):
+        position += 1
+    while True:
+        position = skip_space(text, position)
+        if text.startswith(",", position):
+            position += 1
+            continue
+        paren = text.find("(", position)
+        if paren < 0:
+            break
+        name = text[position:paren].strip()
+        if not name.replace("_", "a").replace(".", "a").replace("-", "a").isalnum():
+            break
+        end = _python_call_end(text, paren)
+        if end < 0:
+            if not final:
+                calls.append((name, ""))
+            break
+        arguments = _python_arguments(name.replace(".", "_").replace("-", "_") + text[paren:end])
+        if arguments is None:
+            break
+        calls.append((name, arguments))
+        position = end
+    return with_calls(text, content, calls, final)
+
+
+GEMMA4_START, GEMMA4_END, GEMMA4_QUOTE = "<|tool_call>", "<tool_call|>", '<|"|>'
+
+
+class _GemmaReader:
+    """Reads Gemma 4's argument syntax into Python values."""
+
+    def __init__(self, text: str, position: int) -> None:
+        self.text, self.position = text, position
+
+    def value(self):
+        text = self.text
+        self.position = skip_space(text, self.position)
+        if text.startswith(GEMMA4_QUOTE, self.position):
+            start = self.position + len(GEMMA4_QUOTE)
+            end = text.find(GEMMA4_QUOTE, start)
+            if end < 0:
+                raise ValueError("a string is not closed")
+            self.position = end + len(GEMMA4_QUOTE)
+            return text[start:end]
+        if text.startswith("{", self.position):
+            return self._object()
+        if text.startswith("[", self.position):
+            return self._array()
+        start = self.position
+        while self.position < len(text) and text[self.position] not in ",}]":
+            self.position += 1
+        word = text[start:self.position].strip()
+        if self.position == len(text) or not word:
+            raise ValueError("a value is not complete")
+        try:
+            return json.loads(word)
+        except ValueError:
+            return word
+
+    def _object(self) -> dict:
+        result = {}
+        self.position += 1
+        while True:
+            self.position = skip_space(self.text, self.position)
+            if self.text.startswith("}", self.position):
+                self.position += 1
+                return result
+            if self.text.startswith(",", self.position):
+                self.position += 1
+                continue
+            colon = self.text.find(":", self.position)
+            if colon < 0:
+                raise ValueError("a key is not complete")
+            key = self.text[self.position:colon].strip().strip('"')
+            if self.text[self.position:colon].startswith(GEMMA4_QUOTE):
+                key = self.text[self.position:colon].strip().replace(GEMMA4_QUOTE, "")
+            self.position = colon + 1
+            result[key] = self.value()
+
+    def _array(self) -> list:
+        result = []
+        self.position += 1
+        while True:
+            self.position = skip_space(self.text, self.position)
+            if self.text.startswith("]", self.position):
+                self.position += 1
+                return result
+            if self.text.startswith(",", self.position):
+                self.position += 1
+                continue
+            if self.position >= len(self.text):
+                raise ValueError("an array is not closed")
+            result.append(self.value())
+
+
+def parse_gemma4(text: str, final: bool) -> Parsed:
+    content, at, marker = content_before(text, (GEMMA4_START,), final)
+    if at < 0:
+        return Parsed(content)
+    calls: list[tuple[str, str]] = []
+    while at >= 0:
+        position = skip_space(text, at + len(GEMMA4_START))
+        if not text.startswith("call:", position):
+            break
+        brace = text.find("{", position)
+        if brace < 0:
+            break
+        name = text[position + len("call:"):brace].strip()
+        reader = _GemmaReader(text, brace)
+        try:
+            arguments = reader.value()
+        except (ValueError, IndexError):
+            if not final:
+                calls.append((name, ""))
+            break
+        calls.append((name, canonical(arguments)))
+        at = text.find(GEMMA4_START, reader.position)
+    return with_calls(text, content, calls, final)
