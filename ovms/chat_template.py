@@ -68,13 +68,3 @@ def render(source: str, messages: list[dict], *, tools: list | None = None, add_
     except jinja2.TemplateError as exc:
         raise ServingError(Kind.GENAI_INVALID_REQUEST, f"chat template could not be applied: {exc}") from None
 
-
-def detect_tool_parser(source: str | None) -> str | None:
-    """The tool-call format a template teaches the model: hermes (<tool_call>) or llama3 (<|python_tag|>/ipython)."""
-    if not source:
-        return None
-    if "<tool_call>" in source:
-        return "hermes3"
-    if "<|python_tag|>" in source or "ipython" in source:
-        return "llama3"
-    return None

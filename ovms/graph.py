@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from ovms.errors import ConfigError
+from ovms.tool_parsers import check_parser_names
 
 _TOKEN = re.compile(r"""\s+|\#[^\n]*|(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|(?P<ext>\[[^\]]*\])"""
                     r"""|(?P<punct>[{}:,;<>])|(?P<word>[-+\w./]+)""")
@@ -282,6 +283,8 @@ def node_options_from(task: str, options: dict, base: pathlib.Path) -> GenAINode
         raise ConfigError(f"graph options cache_eviction_config, sparse_attention_config and "
                           f"cache_interval_multiplier need continuous batching; pipeline_type {result.pipeline_type} "
                           "runs one request at a time (use LM_CB, VLM_CB or AUTO)")
+    if task == "text_generation":
+        _check_llm_options(result)
     return result
 
 
@@ -316,3 +319,16 @@ def _draft_options(result: GenAINodeOptions, options: dict, base: pathlib.Path) 
     path = pathlib.Path(str(draft_path))
     result.draft_models_path = path if path.is_absolute() else base / path
     result.draft_device = str(device or "")
+
+
+
+def _check_llm_options(options: GenAINodeOptions) -> None:
+    """Refuse, at load, what OVMS refuses and what this server would otherwise accept and ignore."""
+    try:
+        check_parser_names(options.tool_parser, options.reasoning_parser)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if options.enable_tool_guided_generation not in (False, "false", None):
+        raise ConfigError("enable_tool_guided_generation: true is not supported by this server: it does not "
+                          "constrain generation to the tool-call schema. Remove the field from the graph's "
+                          "node_options (or set it to false); tool calls are still parsed by tool_parser.")

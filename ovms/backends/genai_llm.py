@@ -34,7 +34,7 @@ import openvino as ov
 import openvino_genai as ov_genai
 import openvino_tokenizers  # noqa: F401 - registers the tokenizer ops (VocabDecoder, ...) with ov.Core
 
-from ovms import chat_template
+from ovms import chat_template, tool_parsers
 from ovms._native import load as load_native
 from ovms.backends import genai_worker as wire
 from ovms.errors import Kind, ModelLoadError, ServingError
@@ -69,6 +69,18 @@ def token_byte_table(models_path: pathlib.Path, vocab_size: int) -> list[bytes]:
     request = core.compile_model(model, "CPU").create_infer_request()
     request.infer({0: np.arange(vocab_size, dtype=np.int64).reshape(vocab_size, 1)})
     return [bytes(b) for b in request.get_output_tensor(0).bytes_data]
+
+
+def _keep_marker_tokens(token_bytes: list[bytes], vocab: dict[str, int], markers: set[str]) -> None:
+    """Give the special tokens a parser reads their text back (the table decodes special tokens to b"").
+
+    OVMS decodes with skip_special_tokens(false) for these parsers (requiresStreamingWithSpecialTokens); keeping
+    only the parsers' own markers leaves the other special tokens (end of turn, padding) out of the answer.
+    """
+    for marker in markers:
+        token = vocab.get(marker)
+        if token is not None and 0 <= token < len(token_bytes) and not token_bytes[token]:
+            token_bytes[token] = marker.encode()
 
 
 class _Sequence:
@@ -266,12 +278,23 @@ class LLMServable(GenerativeServable):
             raise
         if eager:
             self._await_worker_ready()
+        self.template = chat_template.find_template(path) or self.tokenizer.get_original_chat_template() or None
+        try:
+            tool_parser, reasoning_parser = tool_parsers.resolve_parsers(options.tool_parser,
+                                                                         options.reasoning_parser, self.template)
+        except ValueError as exc:
+            self._stop_worker()
+            raise ModelLoadError(f"{name}: {exc}") from None
+        if tool_parser or reasoning_parser:
+            log.info("%s: tool_parser %s, reasoning_parser %s (%s)", name, tool_parser, reasoning_parser,
+                     "from the graph" if options.tool_parser or options.reasoning_parser
+                     else "detected from the chat template")
+        _keep_marker_tokens(token_bytes, self.tokenizer.get_vocab(),
+                            tool_parsers.special_tokens(tool_parser, reasoning_parser))
         self._detokenizer_module = load_native("detokenize")
         # Once per model: building it per stream cost O(vocabulary) per request (15 ms for 150k tokens).
         self.vocabulary = self._detokenizer_module.Vocabulary(token_bytes)
-        self.template = chat_template.find_template(path) or self.tokenizer.get_original_chat_template() or None
-        tool_parser = options.tool_parser or chat_template.detect_tool_parser(self.template)
-        self._info = GenerativeInfo(tool_parser=tool_parser, reasoning_parser=options.reasoning_parser,
+        self._info = GenerativeInfo(tool_parser=tool_parser, reasoning_parser=reasoning_parser,
                                     max_num_seqs=int(options.max_num_seqs), context_length=self.context_length,
                                     vision=self.vision)
         self._eos = self.tokenizer.get_eos_token()

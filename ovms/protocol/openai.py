@@ -388,11 +388,13 @@ def response_json(call: GenerateCall, response_id: str, created: int, choices: l
 
 def chunk_json(call: GenerateCall, response_id: str, created: int, index: int, *, text: str | None = None,
                role: bool = False, finish_reason: str | None = None,
-               tool_calls: list[ToolCallDelta] | None = None) -> dict:
+               tool_calls: list[ToolCallDelta] | None = None, reasoning: str | None = None) -> dict:
     if call.chat:
         delta: dict[str, Any] = {}
         if role:
             delta["role"] = "assistant"
+        if reasoning is not None:
+            delta["reasoning_content"] = reasoning
         if text is not None:
             delta["content"] = text
         if tool_calls:
@@ -428,6 +430,12 @@ class ChunkEncoder:
             body = f'{index}, "delta": {{"content": {quoted}}}, "finish_reason": {finish}, "logprobs": null}}]}}\n\n'
         else:
             body = f'{index}, "text": {quoted}, "finish_reason": {finish}, "logprobs": null}}]}}\n\n'
+        return (self._head + body).encode()
+
+    def reasoning(self, index: int, text: str) -> bytes:
+        """A chat chunk whose delta is a piece of ``reasoning_content`` (as vLLM and OVMS stream it)."""
+        quoted = json.dumps(text, ensure_ascii=False)
+        body = f'{index}, "delta": {{"reasoning_content": {quoted}}}, "finish_reason": null, "logprobs": null}}]}}\n\n'
         return (self._head + body).encode()
 
     def tool_call(self, index: int, delta: ToolCallDelta) -> bytes:

@@ -9,8 +9,8 @@ An answer is a run of messages, each ``<|channel|>CHANNEL[<|constrain|>TYPE]<|me
 As OVMS reads it (src/llm/io_processing/gptoss/harmony.cpp): ``analysis`` messages are the reasoning, ``final`` and
 ``commentary`` messages the content (joined with a space), and a ``commentary`` (or ``analysis``) message whose
 channel names ``to=functions.NAME`` is a call of NAME with the message as its arguments, as written. Text outside
-messages is dropped. An answer cut short ends its last message. The special tokens must be in the decoded text
-(``SPECIAL_TOKENS`` lists them for the servable).
+messages is dropped. An answer cut short ends its last message. The special tokens (``TOKENS``) must be in the decoded
+text.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ CHANNEL, CONSTRAIN, MESSAGE = "<|channel|>", "<|constrain|>", "<|message|>"
 CLOSERS = ("<|end|>", "<|return|>", "<|call|>")
 TOKENS = (CHANNEL, CONSTRAIN, MESSAGE, "<|start|>") + CLOSERS
 _FUNCTIONS = "to=functions."
-SPECIAL_TOKENS = TOKENS + (CONSTRAIN,)
 
 
 def _messages(text: str, final: bool) -> list[tuple[str, str]]:
@@ -73,14 +72,13 @@ def parse_harmony(text: str, final: bool, *, reasoning: bool, calls: bool) -> Pa
         return Parsed(text)
     thoughts, content, found = [], [], []
     messages = _messages(text, final)
-    for index, (channel, body) in enumerate(messages):
-        last_open = not final and index == len(messages) - 1
+    for channel, body in messages:
         name = _function(channel)
         if name is not None:
-            if calls and (name or not last_open):
+            if calls and name:
                 found.append((name, body))
         elif channel == "analysis":
             thoughts.append(body)
         elif channel in ("final", "commentary"):
             content.append(body)
-    return Parsed(" ".join(content), found, " ".join(thoughts) if reasoning else None)
+    return Parsed(" ".join(content), found, " ".join(thoughts) if reasoning and thoughts else None)

@@ -21,7 +21,7 @@ from ovms.errors import Kind, ServingError
 from ovms.genai_types import TextChunk, Usage
 from ovms.media import MediaPolicy, canonical_host, normalize_domains
 from ovms.protocol import openai as codec
-from ovms.tool_parsers import STREAM_SYNTAXES, ToolCallStream, parse_tool_calls, split_reasoning, tool_call_stream
+from ovms.tool_parsers import OutputParser, OutputStream, ReasoningDelta, implicit_reasoning_start
 
 log = logging.getLogger("ovms.openai")
 
@@ -112,10 +112,7 @@ async def _generate(request: web.Request, call: codec.GenerateCall) -> web.Strea
             choice = codec.Choice(index, text, finish.get(index, "stop"), logprobs=logprobs.get(index),
                                   tokens=tokens.get(index))
             if call.chat:
-                choice.reasoning, choice.text = split_reasoning(generation.info.reasoning_parser, text)
-                text = choice.text
-            if call.chat and call.tools:
-                choice.text, choice.tool_calls = parse_tool_calls(generation.info.tool_parser, text)
+                choice.reasoning, choice.text, choice.tool_calls = _output_parser(call, generation).parse(text)
                 if choice.tool_calls:
                     choice.finish_reason = "tool_calls"
             if call.echo:
@@ -135,8 +132,9 @@ class _EventStream(web.StreamResponse):
 async def _stream(request: web.Request, call: codec.GenerateCall, generation, response_id: str,
                   created: int) -> web.StreamResponse:
     response = _EventStream(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    parse_tools = bool(call.chat and call.tools and generation.info.tool_parser in STREAM_SYNTAXES)
-    tool_streams: dict[int, ToolCallStream] = {}
+    output_parser = _output_parser(call, generation) if call.chat else None
+    parse = output_parser is not None and output_parser.active
+    output_streams: dict[int, OutputStream] = {}
     encoder = codec.ChunkEncoder(call, response_id, created)
     completion_tokens = 0
     # Chunks that end a choice wait for the next write: the end of the answer (usage, [DONE]) normally follows
@@ -152,12 +150,12 @@ async def _stream(request: web.Request, call: codec.GenerateCall, generation, re
                                           for index in range(call.params.n)))
         async for chunk in generation.stream:
             completion_tokens += chunk.token_count
-            if parse_tools:
-                tool_stream = tool_streams.get(chunk.index)
-                if tool_stream is None:
-                    tool_stream = tool_streams[chunk.index] = tool_call_stream(
-                        generation.info.tool_parser, label=f"{response_id} choice {chunk.index}")
-                data = _tool_call_chunks(encoder, tool_stream, chunk)
+            if parse:
+                output_stream = output_streams.get(chunk.index)
+                if output_stream is None:
+                    output_stream = output_streams[chunk.index] = output_parser.stream(
+                        label=f"{response_id} choice {chunk.index}")
+                data = _parsed_chunks(encoder, output_stream, chunk)
                 if data:
                     await response.write(b"".join(data))
                 continue
@@ -188,15 +186,28 @@ async def _stream(request: web.Request, call: codec.GenerateCall, generation, re
     return response
 
 
-def _tool_call_chunks(encoder: codec.ChunkEncoder, tool_stream: ToolCallStream, chunk: TextChunk) -> list[bytes]:
-    """SSE chunks of what ``chunk`` settles: content and tool-call pieces in text order, then the finish."""
-    pieces = tool_stream.feed(chunk.text)
+def _output_parser(call: codec.GenerateCall, generation) -> OutputParser:
+    """The graph's reasoning and tool parsers for this request (tool calls only when it offers tools)."""
+    info = generation.info
+    return OutputParser(info.tool_parser, info.reasoning_parser, tools=call.tools,
+                        implicit=implicit_reasoning_start(info.reasoning_parser, generation.prompt))
+
+
+def _parsed_chunks(encoder: codec.ChunkEncoder, output_stream: OutputStream, chunk: TextChunk) -> list[bytes]:
+    """SSE chunks of what ``chunk`` settles: reasoning, content and tool-call pieces in order, then the finish."""
+    pieces = output_stream.feed(chunk.text)
     if chunk.finish_reason is not None:
-        pieces += tool_stream.finish()
-    chunks = [encoder.text(chunk.index, p) if isinstance(p, str) else encoder.tool_call(chunk.index, p)
-              for p in pieces]
+        pieces += output_stream.finish()
+    chunks = []
+    for piece in pieces:
+        if isinstance(piece, str):
+            chunks.append(encoder.text(chunk.index, piece))
+        elif isinstance(piece, ReasoningDelta):
+            chunks.append(encoder.reasoning(chunk.index, piece.text))
+        else:
+            chunks.append(encoder.tool_call(chunk.index, piece))
     if chunk.finish_reason is not None:
-        chunks.append(encoder.finish(chunk.index, tool_stream.finish_reason(chunk.finish_reason)))
+        chunks.append(encoder.finish(chunk.index, output_stream.finish_reason(chunk.finish_reason)))
     return chunks
 
 

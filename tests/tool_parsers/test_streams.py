@@ -1,0 +1,100 @@
+"""Every parser streams what it parses: for random splits of real model outputs, the concatenated stream
+pieces (content, reasoning, each call's name and arguments) equal the non-streamed parse."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ovms.genai_types import ToolCallDelta
+from ovms.tool_parsers import REASONING_PARSERS, TOOL_PARSERS, OutputParser, ReasoningDelta
+from tests.tool_parsers.samples import SAMPLES, TOOLS
+
+
+def streamed(parser: OutputParser, pieces: list[str]):
+    stream = parser.stream(label="test")
+    events = []
+    for piece in pieces:
+        events += stream.feed(piece)
+    events += stream.finish()
+    reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
+    content = "".join(e for e in events if isinstance(e, str))
+    calls: list[list] = []
+    for e in events:
+        if isinstance(e, ToolCallDelta):
+            if e.id is not None:
+                assert e.index == len(calls) and e.name and e.arguments == "", f"first delta of a call: {e}"
+                calls.append([e.name, ""])
+            else:
+                assert e.index == len(calls) - 1, f"arguments delta {e} is not for the last call named"
+                calls[e.index][1] += e.arguments
+    # Nothing after the first call is content, and no reasoning comes after content or calls.
+    kinds = [type(e).__name__ for e in events]
+    if "ReasoningDelta" in kinds:
+        assert max(i for i, k in enumerate(kinds) if k == "ReasoningDelta") < min(
+            [i for i, k in enumerate(kinds) if k != "ReasoningDelta"] or [len(kinds)])
+    return reasoning, content, [tuple(c) for c in calls], stream.finish_reason("stop")
+
+
+def split(text: str, cuts: list[int]) -> list[str]:
+    points = sorted({c % (len(text) + 1) for c in cuts})
+    return [text[a:b] for a, b in zip([0] + points, points + [len(text)]) if b > a]
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda s: f"{s[0]}-{s[1]}-{s[2][:24]}")
+def test_whole_answer_parses_as_ovms_does(sample):
+    tool, thinking, text, reasoning, content, calls = sample
+    got_reasoning, got_content, got_calls = OutputParser(tool, thinking, tools=TOOLS).parse(text)
+    assert (got_reasoning, got_content) == (reasoning, content)
+    assert [(c.name, c.arguments) for c in got_calls] == calls
+    assert all(c.id.startswith("call_") and len(c.id) == 29 for c in got_calls)
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda s: f"{s[0]}-{s[1]}-{s[2][:24]}")
+def test_stream_one_character_at_a_time_equals_the_whole_parse(sample):
+    tool, thinking, text, reasoning, content, calls = sample
+    got = streamed(OutputParser(tool, thinking, tools=TOOLS), list(text))
+    assert got == (reasoning or "", content, calls, "tool_calls" if calls else "stop")
+
+
+@settings(max_examples=60, deadline=None)
+@given(sample=st.sampled_from(SAMPLES), cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=40))
+def test_stream_at_any_split_equals_the_whole_parse(sample, cuts):
+    tool, thinking, text, reasoning, content, calls = sample
+    parser = OutputParser(tool, thinking, tools=TOOLS)
+    whole_reasoning, whole_content, whole_calls = parser.parse(text)
+    got = streamed(parser, split(text, cuts))
+    assert got == (whole_reasoning or "", whole_content, [(c.name, c.arguments) for c in whole_calls],
+                   "tool_calls" if whole_calls else "stop")
+
+
+def test_every_parser_has_a_sample():
+    """A parser added to the names without a real output here would go untested."""
+    assert {s[0] for s in SAMPLES if s[0]} == set(TOOL_PARSERS)
+    assert {s[1] for s in SAMPLES if s[1]} == set(REASONING_PARSERS)
+
+
+def test_content_goes_out_before_the_call_and_the_name_before_the_arguments():
+    parser = OutputParser("qwen3coder", None, tools=TOOLS)
+    stream = parser.stream()
+    assert stream.feed("Let me look. <tool") == ["Let me look."]
+    assert stream.feed("_call>\n<function=get_wea") == []
+    first = stream.feed("ther>\n<parameter=location>\nPar")
+    assert len(first) == 2 and first[0].name == "get_weather" and first[0].id and first[1].arguments == "{"
+    assert [e.arguments for e in stream.feed("is\n</parameter>\n")] == ['"location": "Paris"']
+    assert [e.arguments for e in stream.feed("</function>\n</tool_call>")] == ["}"]
+    assert stream.finish() == [] and stream.finish_reason("stop") == "tool_calls"
+
+
+def test_reasoning_streams_as_reasoning_deltas_when_the_prompt_opened_it():
+    parser = OutputParser(None, "qwen3", implicit=True)
+    stream = parser.stream()
+    events = stream.feed("I think") + stream.feed(" so.</thi") + stream.feed("nk>\n\nYes.") + stream.finish()
+    assert events == [ReasoningDelta("I think"), ReasoningDelta(" so."), "Yes."]
+    assert parser.parse("I think so.</think>\n\nYes.") == ("I think so.", "Yes.", [])
+
+
+def test_without_tools_in_the_request_calls_stay_content():
+    text = 'functools[{"name": "f", "arguments": {}}]'
+    assert OutputParser("phi4", None, tools=None).parse(text) == (None, text, [])
+    assert not OutputParser("phi4", None, tools=None).active
