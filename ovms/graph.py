@@ -331,4 +331,4 @@ def _check_llm_options(options: GenAINodeOptions) -> None:
     if options.enable_tool_guided_generation not in (False, "false", None):
         raise ConfigError("enable_tool_guided_generation: true is not supported by this server: it does not "
                           "constrain generation to the tool-call schema. Remove the field from the graph's "
-                          "node_options (or set it to false); tool calls are still parsed by tool_parser.")
+                          "node_options (or set it to false); tool calls are still parsed by tool_parser")
