@@ -36,6 +36,19 @@ def test_pull_downloads_verifies_and_writes_graph(pull, hub, llm_repo, big_files
     assert len([r for r in cdn if r["range"]]) >= 8  # 8 MiB in 1 MiB ranges
 
 
+def test_parser_names_ovms_does_not_have_are_refused_before_the_download(pull, hub):
+    run = pull(REPO, "--task", "text_generation", "--tool_parser", "qwen3")
+    assert run.code == 64, run.output
+    assert ('Unsupported tool_parser: "qwen3". Supported tool parsers are: llama3, hermes3, phi4, mistral, gptoss, '
+            'qwen3coder, devstral, lfm2, gemma4, onyx, minicpm5') in run.stderr
+    run = pull(REPO, "--task", "text_generation", "--reasoning_parser", "deepseek_r1")
+    assert run.code == 64 and 'Unsupported reasoning_parser: "deepseek_r1"' in run.stderr, run.output
+    run = pull(REPO, "--task", "text_generation", "--enable_tool_guided_generation", "true")
+    assert run.code == 64 and "--enable_tool_guided_generation true is not supported" in run.stderr, run.output
+    assert hub.requests == [] and "Traceback" not in run.output
+    assert not model_dir(pull).exists()
+
+
 def test_rerun_is_a_noop_and_leaves_user_edits(pull, hub, llm_repo):
     assert pull(REPO, "--task", "text_generation").code == 0
     d = model_dir(pull)
