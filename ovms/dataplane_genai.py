@@ -17,6 +17,7 @@ from ovms.genai_types import (ChatMessage, EmbeddingResult, GenerationRequest, G
 from ovms.media import MediaPolicy, load_images
 from ovms.registry import VersionState
 from ovms.servable import EmbeddingServable, GenerationStream, GenerativeServable, RerankServable
+from ovms.tool_parsers import guided
 
 
 @dataclasses.dataclass(slots=True)
@@ -62,8 +63,12 @@ class GenAIDataPlane:
     @contextlib.asynccontextmanager
     async def generation(self, name: str, params: SamplingParams, *, messages: list[ChatMessage] | None = None,
                          prompt: str | None = None, tools: list | None = None,
-                         template_kwargs: dict | None = None, stream: bool = False) -> AsyncIterator[Generation]:
-        """Render the prompt (chat template for messages), start generating, and abort on early exit."""
+                         template_kwargs: dict | None = None, stream: bool = False,
+                         tools_required: bool = False) -> AsyncIterator[Generation]:
+        """Render the prompt (chat template for messages), start generating, and abort on early exit.
+
+        With tools, the graph's enable_tool_guided_generation or ``tools_required`` (tool_choice "required")
+        constrain the tool calls to the tools' schemas, as OVMS does for the parsers it builds a constraint for."""
         async with self._hold(name, GenerativeServable, "Stream" if stream else "Unary",
                               "text generation (/v3/chat/completions, /v3/completions)") as servable:
             images: list = []
@@ -76,6 +81,10 @@ class GenAIDataPlane:
                     images = await load_images(urls, self.media)
                     messages = _tag_images(messages)
                 prompt = servable.apply_chat_template(messages, tools=tools, template_kwargs=template_kwargs)
+            if tools and (servable.info.tool_guided_generation or tools_required):
+                tags = guided.tool_call_tags(servable.info.tool_parser, tools, required=tools_required)
+                if tags is not None:
+                    params = dataclasses.replace(params, tool_call_tags=tags)
             stream = await servable.generate(GenerationRequest(name, prompt or "", params, images=images))
             try:
                 yield Generation(stream, servable.info, prompt or "")

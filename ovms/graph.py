@@ -323,12 +323,9 @@ def _draft_options(result: GenAINodeOptions, options: dict, base: pathlib.Path) 
 
 
 def _check_llm_options(options: GenAINodeOptions) -> None:
-    """Refuse, at load, what OVMS refuses and what this server would otherwise accept and ignore."""
+    """Refuse, at load, the parser names OVMS refuses (enable_tool_guided_generation is checked against the
+    parser by the servable, which knows the detected one)."""
     try:
         check_parser_names(options.tool_parser, options.reasoning_parser)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if options.enable_tool_guided_generation not in (False, "false", None):
-        raise ConfigError("enable_tool_guided_generation: true is not supported by this server: it does not "
-                          "constrain generation to the tool-call schema. Remove the field from the graph's "
-                          "node_options (or set it to false); tool calls are still parsed by tool_parser")

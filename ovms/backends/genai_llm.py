@@ -71,6 +71,12 @@ def token_byte_table(models_path: pathlib.Path, vocab_size: int) -> list[bytes]:
     return [bytes(b) for b in request.get_output_tensor(0).bytes_data]
 
 
+def _structured(params: SamplingParams) -> str | dict | None:
+    """The structured-output constraint the worker builds: tool-call tags win over response_format, as in OVMS
+    (its parser's config builder replaces the structural tags of the response format)."""
+    return params.tool_call_tags if params.tool_call_tags is not None else params.json_schema
+
+
 def _keep_marker_tokens(token_bytes: list[bytes], vocab: dict[str, int], markers: set[str]) -> None:
     """Give the special tokens a parser reads their text back (the table decodes special tokens to b"").
 
@@ -285,6 +291,13 @@ class LLMServable(GenerativeServable):
         except ValueError as exc:
             self._stop_worker()
             raise ModelLoadError(f"{name}: {exc}") from None
+        guided = options.enable_tool_guided_generation not in (False, "false", None)
+        if guided and tool_parser not in tool_parsers.guided.GUIDED_PARSERS:
+            self._stop_worker()
+            raise ModelLoadError(f"{name}: enable_tool_guided_generation: true needs tool_parser "
+                                 f"{', '.join(tool_parsers.guided.GUIDED_PARSERS)} (OVMS builds the tool-call "
+                                 f"constraint for those only); this model's tool_parser is {tool_parser or 'none'}. "
+                                 f"Set the graph's tool_parser, or remove enable_tool_guided_generation")
         if tool_parser or reasoning_parser:
             log.info("%s: tool_parser %s, reasoning_parser %s (%s)", name, tool_parser, reasoning_parser,
                      "from the graph" if options.tool_parser or options.reasoning_parser
@@ -296,7 +309,7 @@ class LLMServable(GenerativeServable):
         self.vocabulary = self._detokenizer_module.Vocabulary(token_bytes)
         self._info = GenerativeInfo(tool_parser=tool_parser, reasoning_parser=reasoning_parser,
                                     max_num_seqs=int(options.max_num_seqs), context_length=self.context_length,
-                                    vision=self.vision)
+                                    vision=self.vision, tool_guided_generation=guided)
         self._eos = self.tokenizer.get_eos_token()
         self._bos = self.tokenizer.get_bos_token()
         if self._lm:
@@ -802,7 +815,7 @@ class LLMServable(GenerativeServable):
         """LM: the request's GenerationConfig, checked (the worker does the same in its process)."""
         config = self._base_config()  # a copy of the defaults (generation_config.json)
         try:
-            wire.complete_config(config, self._overrides(params), params.json_schema, prompt_tokens,
+            wire.complete_config(config, self._overrides(params), _structured(params), prompt_tokens,
                                  self.context_length, self.options.max_tokens_limit, ov_genai)
         except ValueError as exc:
             raise ServingError(Kind.GENAI_INVALID_REQUEST, wire.first_line(exc)) from None
@@ -845,7 +858,7 @@ class LLMServable(GenerativeServable):
         sequence = _Sequence(request_id, None, None, stream)
         sequence.accepted = asyncio.get_running_loop().create_future()
         stream._sequence = sequence
-        self._send(("add", request_id, request.prompt, overrides, request.params.json_schema,
+        self._send(("add", request_id, request.prompt, overrides, _structured(request.params),
                     request.images or None))
         self._active[request_id] = sequence
         self.in_flight += 1

@@ -109,7 +109,16 @@ def _encode_one(tokenizer, prompt: str):
         return exc
 
 
-def complete_config(config, overrides: dict, json_schema: str | None, prompt_tokens: int,
+def _tool_call_constraint(tags: dict, ov_genai):
+    """StructuredOutputConfig with the TriggeredTags of ``ovms.tool_parsers.guided.tool_call_tags``."""
+    structured = ov_genai.StructuredOutputConfig
+    items = [structured.Tag(begin=t["begin"], content=structured.JSONSchema(t["schema"]), end=t["end"])
+             for t in tags["tags"]]
+    triggered = structured.TriggeredTags(triggers=tags["triggers"], tags=items, at_least_one=tags["at_least_one"])
+    return structured(structural_tags_config=triggered)
+
+
+def complete_config(config, overrides: dict, json_schema: str | dict | None, prompt_tokens: int,
                     context_length: int | None, max_tokens_limit: int | None, ov_genai) -> None:
     """Defaults + the request's overrides, checked against the prompt's length; ValueError says what is wrong."""
     for name, value in overrides.items():
@@ -126,7 +135,9 @@ def complete_config(config, overrides: dict, json_schema: str | None, prompt_tok
         if "max_new_tokens" in overrides:
             raise ValueError(f"max_tokens exceeds limit provided in graph config: {max_tokens_limit}")
         config.max_new_tokens = max_tokens_limit  # no max_tokens asked: the graph's limit is the default
-    if json_schema is not None:
+    if isinstance(json_schema, dict):  # tool-call tags (ovms.tool_parsers.guided)
+        config.structured_output_config = _tool_call_constraint(json_schema, ov_genai)
+    elif json_schema is not None:
         config.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=json_schema)
     try:
         config.validate()

@@ -201,9 +201,8 @@ def _remote_task(settings, repo_id: str, revision: str) -> str | None:
     return tasks.infer_task(found["config.json"], found["model_index.json"])
 
 
-def _check_llm_flags(args: argparse.Namespace) -> None:
-    """Refuse, before downloading, what the written graph would fail to load with: parser names OVMS does not have
-    (as OVMS's graph_cli_parser.cpp does, with its message) and --enable_tool_guided_generation true."""
+def _check_parser_names(args: argparse.Namespace) -> None:
+    """Refuse, before downloading, parser names OVMS does not have, as OVMS's graph_cli_parser.cpp does."""
     from ovms.tool_parsers import DISABLED, REASONING_PARSERS, TOOL_PARSERS
 
     for flag, names in (("reasoning_parser", REASONING_PARSERS), ("tool_parser", TOOL_PARSERS)):
@@ -212,15 +211,11 @@ def _check_llm_flags(args: argparse.Namespace) -> None:
             kind = flag.replace("_", " ")
             raise UsageError(f'Unsupported {flag}: "{value}". Supported {kind}s are: {", ".join(names)}',
                              remedy=f'Use one of them, or "{DISABLED}" to turn the {kind} off.')
-    if str(getattr(args, "enable_tool_guided_generation", "false")).lower() == "true":
-        raise UsageError("--enable_tool_guided_generation true is not supported by this server: it does not "
-                         "constrain generation to the tool-call schema, and the graph would fail to load.",
-                         remedy="Leave the flag out (tool calls are still parsed by --tool_parser).")
 
 
 def _pull(args: argparse.Namespace, stop: _StopOnSignal) -> pathlib.Path:
     _require(args, "Pull mode", "source_model", "model_repository_path")
-    _check_llm_flags(args)
+    _check_parser_names(args)
     repo_id = check_repo_id(args.source_model)
     task = getattr(args, "task", None)
     if task is not None and task not in graph.TASKS:

@@ -14,6 +14,8 @@ in order, content (``str``), ``ReasoningDelta`` and ``ToolCallDelta`` pieces who
 - ``call_syntax``: lfm2, gemma4
 - ``harmony``: gptoss (tool calls and reasoning)
 - ``reasoning``: qwen3, lfm2, minicpm5, gemma4 (think tags), onyx
+
+``guided`` builds the tool-call constraint of ``enable_tool_guided_generation`` and ``tool_choice: "required"``.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import functools
 from typing import Callable
 
 from ovms.genai_types import ToolCall
-from ovms.tool_parsers import call_syntax, harmony, json_calls, json_lists, reasoning, xml_calls
+from ovms.tool_parsers import call_syntax, guided, harmony, json_calls, json_lists, reasoning, xml_calls
 from ovms.tool_parsers.incremental import Parsed, ReasoningDelta, SettledStream, call_id
 from ovms.tool_parsers.json_calls import PARSERS, STREAM_SYNTAXES, ToolCallStream
 

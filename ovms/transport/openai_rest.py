@@ -82,8 +82,8 @@ async def _generate(request: web.Request, call: codec.GenerateCall) -> web.Strea
     dp = request.app[GENAI]
     response_id, created = codec.new_id("chatcmpl" if call.chat else "cmpl"), codec.now()
     async with dp.generation(call.model, call.params, messages=call.messages, prompt=call.prompt,
-                             tools=call.tools, template_kwargs=call.template_kwargs,
-                             stream=call.stream) as generation:
+                             tools=call.tools, template_kwargs=call.template_kwargs, stream=call.stream,
+                             tools_required=call.tool_choice == "required") as generation:
         if call.stream:
             return await _stream(request, call, generation, response_id, created)
         texts: dict[int, list[str]] = {}

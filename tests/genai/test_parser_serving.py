@@ -10,15 +10,24 @@ from ovms.protocol import openai as codec
 from ovms.tool_parsers import OutputParser
 from ovms.transport.openai_rest import _parsed_chunks
 from tests.conftest import ThreadedServer
+from tests.fixtures.genai.dialogues import TOOLS
 from tests.genai.conftest import LLM_DIR, LLM_GRAPH
 from tests.test_cli_settings import states
 
 
-def test_a_graph_with_an_unknown_parser_fails_alone_with_ovms_message(tmp_path, caplog):
+ROME_ONLY = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "enum": ["Rome"]}}, "required": ["city"]}}}]
+WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]  # with TOOLS: get_weather(Paris)
+STORY = [{"role": "user", "content": "Tell me a story"}]  # a prompt the fixture was not trained on
+
+
+def test_unknown_parsers_fail_their_graph_alone_and_tool_calls_follow_the_schema_when_guided(tmp_path, caplog):
     good = LLM_GRAPH.format(path=LLM_DIR, max_num_seqs=2)
     graphs = {"good": good,
+              "guided": good.replace('device: "CPU",', 'device: "CPU", enable_tool_guided_generation: true,'),
               "bad-parser": good.replace('device: "CPU",', 'device: "CPU", tool_parser: "qwen3",'),
-              "guided": good.replace('device: "CPU",', 'device: "CPU", enable_tool_guided_generation: true,')}
+              "guided-no-builder": good.replace('device: "CPU",', 'device: "CPU", tool_parser: "qwen3coder", '
+                                                                  'enable_tool_guided_generation: true,')}
     for name, text in graphs.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "graph.pbtxt").write_text(text)
@@ -28,18 +37,40 @@ def test_a_graph_with_an_unknown_parser_fails_alone_with_ovms_message(tmp_path, 
     with caplog.at_level(logging.INFO), ThreadedServer(config_path=config) as running:
         port = running.server.rest_port
         got = states(port)
-        assert got["good"] == {"1": "AVAILABLE"}, got
-        assert got["bad-parser"] == got["guided"] == {"1": "LOADING"}, got  # failed, retried when files change
+        assert got["good"] == got["guided"] == {"1": "AVAILABLE"}, got
+        assert got["bad-parser"] == got["guided-no-builder"] == {"1": "LOADING"}, got  # retried when files change
         import openai
 
         with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v3", api_key="x", max_retries=0, timeout=60) as client:
-            answer = client.chat.completions.create(model="good", messages=[{"role": "user", "content": "hi"}],
-                                                    max_tokens=3)
-        assert answer.choices[0].finish_reason in ("stop", "length")
+            def ask(model, messages, tools, **kwargs):
+                choice = client.chat.completions.create(model=model, messages=messages, tools=tools,
+                                                        max_tokens=40, **kwargs).choices[0]
+                calls = [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls or []]
+                return choice.message.content or "", calls, choice.finish_reason
+
+            forced = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"'
+            # The schema allows Rome only. Unguided, the fixture model writes Paris anyway; guided, what follows
+            # <tool_call> is held to the schema. (The tiny model then pads the object with spaces up to max_tokens,
+            # so the call is cut short and stays content.)
+            content, calls, _ = ask("good", WEATHER, ROME_ONLY)
+            assert "Paris" in content and not calls
+            content, calls, finish = ask("guided", WEATHER, ROME_ONLY)
+            assert content.startswith(forced) and "Paris" not in content and finish == "length"
+            # Where the model calls within the schema, guided generation changes nothing.
+            assert ask("guided", WEATHER, TOOLS) == ("", [("get_weather", {"city": "Paris"})], "tool_calls")
+            # tool_choice "required" constrains an unguided graph too, and makes at least one call.
+            assert ask("good", WEATHER, TOOLS, tool_choice="required")[1:] == ([("get_weather", {"city": "Paris"})],
+                                                                                "tool_calls")
+            content, calls, _ = ask("good", STORY, TOOLS)
+            assert '{"name": "get_weather"' not in content
+            content, calls, _ = ask("good", STORY, ROME_ONLY, tool_choice="required")
+            assert content.startswith(forced)
     logged = "\n".join(caplog.messages)
     assert ('Unsupported tool_parser "qwen3" specified in graph configuration. Supported tool parsers are: llama3, '
             'hermes3, phi4') in logged
-    assert "enable_tool_guided_generation: true is not supported by this server" in logged
+    assert ("guided-no-builder: enable_tool_guided_generation: true needs tool_parser hermes3, llama3, phi4, "
+            "devstral (OVMS builds the tool-call constraint for those only); this model's tool_parser is "
+            "qwen3coder") in logged
 
 
 def chunks_of(parser: OutputParser, pieces: list[str]) -> list[dict]:

@@ -43,8 +43,6 @@ def test_parser_names_ovms_does_not_have_are_refused_before_the_download(pull, h
             'qwen3coder, devstral, lfm2, gemma4, onyx, minicpm5') in run.stderr
     run = pull(REPO, "--task", "text_generation", "--reasoning_parser", "deepseek_r1")
     assert run.code == 64 and 'Unsupported reasoning_parser: "deepseek_r1"' in run.stderr, run.output
-    run = pull(REPO, "--task", "text_generation", "--enable_tool_guided_generation", "true")
-    assert run.code == 64 and "--enable_tool_guided_generation true is not supported" in run.stderr, run.output
     assert hub.requests == [] and "Traceback" not in run.output
     assert not model_dir(pull).exists()
 

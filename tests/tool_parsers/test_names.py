@@ -46,7 +46,6 @@ def test_every_ovms_tool_parser_loads(tool):
                                          'onyx, minicpm5, lfm2'),
     ('tool_parser: "lfm2", reasoning_parser: "qwen3",', "Cannot use tool parser lfm2 with reasoning parser qwen3 as "
                                                          "they have different requirements for special tokens"),
-    ("enable_tool_guided_generation: true,", "enable_tool_guided_generation: true is not supported by this server"),
 ])
 def test_what_ovms_does_not_have_fails_the_graph_with_its_message(options, message):
     with pytest.raises(ConfigError) as error:
@@ -54,8 +53,9 @@ def test_what_ovms_does_not_have_fails_the_graph_with_its_message(options, messa
     assert message in str(error.value)
 
 
-def test_guided_generation_false_is_accepted():
+def test_guided_generation_is_read_from_the_graph():
     assert graph("enable_tool_guided_generation: false,").enable_tool_guided_generation is False
+    assert graph("enable_tool_guided_generation: true,").enable_tool_guided_generation is True
 
 
 # Template fragments with the markers OVMS's ChatTemplateAnalyzer looks for, as the real templates write them.
