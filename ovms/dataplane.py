@@ -11,7 +11,7 @@ from ovms.drain import Drain
 from ovms.metrics import Metrics
 from ovms.registry import Registry, VersionState
 from ovms.servable import InferServable, Servable, StreamingInferServable
-from ovms.types import InferRequest, InferResponse, ModelMetadata
+from ovms.types import InferRequest, InferResponse, ModelMetadata, StreamContext
 
 SERVER_NAME = "OpenVINO Model Server"
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
@@ -172,8 +172,8 @@ class DataPlane:
                 metrics.observe("ovms_inference_time_us", (request.model_name, version), response.timings_us[1])
         return response
 
-    async def infer_stream(self, request: InferRequest, *, api: str = "KServe", interface: str = "gRPC",
-                           method: str = "ModelStreamInfer") -> AsyncIterator[InferResponse]:
+    async def infer_stream(self, request: InferRequest, *, stream: StreamContext | None = None, api: str = "KServe",
+                           interface: str = "gRPC", method: str = "ModelStreamInfer") -> AsyncIterator[InferResponse]:
         """The responses to one request of a stream: several from a servable that streams (a graph whose Python
         node yields), else the one ``infer`` gives."""
         try:
@@ -187,7 +187,7 @@ class DataPlane:
         started = time.perf_counter_ns()
         servable = entry.enter()
         try:
-            async for response in servable.infer_stream(request):
+            async for response in servable.infer_stream(request, stream=stream):
                 yield response
         except BaseException:
             entry.stats.fail_count += 1

@@ -13,7 +13,7 @@ import numpy as np
 from ovms._native.codec_errors import CodecError
 from ovms.errors import Kind, ServingError
 from ovms.image_input import ImageBatch, is_image_input
-from ovms.types import InferRequest, InferResponse, TensorSpec
+from ovms.types import InferRequest, InferResponse, StreamContext, TensorSpec
 
 if TYPE_CHECKING:
     from ovms.genai_types import (ChatMessage, EmbeddingResult, GenerationRequest, GenerativeInfo, RerankResult,
@@ -58,7 +58,9 @@ class StreamingInferServable(InferServable):
     yields): ``infer_stream`` serves gRPC ModelStreamInfer, ``infer`` the unary calls."""
 
     @abc.abstractmethod
-    def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]: ...
+    def infer_stream(self, request: InferRequest, *,
+                     stream: StreamContext | None = None) -> AsyncIterator[InferResponse]:
+        """The responses to one request of a stream; ``stream`` is shared by the stream's requests."""
 
 
 class TextServable(Servable):

@@ -111,6 +111,14 @@ class InferResponse:
 
 
 @dataclasses.dataclass(slots=True)
+class StreamContext:
+    """What the requests of one ModelStreamInfer stream share: the next automatic packet timestamp (OVMS numbers a
+    stream's requests 0, 1, 2, ... for a graph, unless a request sets OVMS_MP_TIMESTAMP; later ones follow it)."""
+
+    next_timestamp: int = 0
+
+
+@dataclasses.dataclass(slots=True)
 class ModelMetadata:
     name: str
     versions: list[str]

@@ -12,7 +12,7 @@ from ovms.mediapipe.definition import INFERENCE, PYTHON, SESSION, GraphDefinitio
 from ovms.mediapipe.executor import GraphFailure, GraphRun, runner_for
 from ovms.mediapipe.python_node import PythonNode
 from ovms.servable import StreamingInferServable
-from ovms.types import InferRequest, InferResponse, Tensor, TensorSpec
+from ovms.types import InferRequest, InferResponse, StreamContext, Tensor, TensorSpec
 
 log = logging.getLogger("ovms.mediapipe")
 
@@ -105,7 +105,7 @@ class MediapipeServable(StreamingInferServable):
 
     # ---- requests ----------------------------------------------------------------------------------------------
 
-    def _packets(self, request: InferRequest) -> tuple[dict[str, Any], int]:
+    def _packets(self, request: InferRequest, stream: StreamContext | None = None) -> tuple[dict[str, Any], int]:
         """The graph input packets of a request (as OVMS deserializes them by stream tag) and their timestamp."""
         from pyovms import Tensor as PyTensor
 
@@ -127,10 +127,13 @@ class MediapipeServable(StreamingInferServable):
                     raise ServingError(Kind.INVALID_CONTENT_SIZE, f"{exc}; input name: {name}") from None
             else:
                 packets[name] = tensor.as_array()
-        timestamp = (request.parameters or {}).get(TIMESTAMP_PARAMETER, 0)
+        automatic = stream.next_timestamp if stream is not None else 0
+        timestamp = (request.parameters or {}).get(TIMESTAMP_PARAMETER, automatic)
         if not isinstance(timestamp, int) or isinstance(timestamp, bool):
             raise ServingError(Kind.MEDIAPIPE_INVALID_TIMESTAMP, "Invalid timestamp format in request parameter "
                                                                  f"{TIMESTAMP_PARAMETER}. Should be int64")
+        if stream is not None:
+            stream.next_timestamp = timestamp + 1
         return packets, timestamp
 
     @staticmethod
@@ -165,9 +168,11 @@ class MediapipeServable(StreamingInferServable):
         outputs = [self._wire(s.name, received[s.name]) for s in self.definition.outputs]
         return InferResponse(self.name, self.version, outputs, request.id)
 
-    async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
-        """One response per graph output packet, as it is produced (OVMS's streaming serialization)."""
-        packets, timestamp = self._packets(request)
+    async def infer_stream(self, request: InferRequest, *,
+                           stream: StreamContext | None = None) -> AsyncIterator[InferResponse]:
+        """One response per graph output packet, as it is produced (OVMS's streaming serialization), stamped with its
+        packet timestamp: the request's OVMS_MP_TIMESTAMP, or the stream's next one (0, 1, 2, ...)."""
+        packets, timestamp = self._packets(request, stream)
         queue: asyncio.Queue = asyncio.Queue()
         done = object()
 

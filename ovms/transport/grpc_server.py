@@ -17,6 +17,7 @@ from ovms.errors import Kind, ServingError
 from ovms.protocol import kserve_grpc as codec
 from ovms.protocol import tfs
 from ovms.transport.grpc_health import HealthService, ReflectionService
+from ovms.types import StreamContext
 
 log = logging.getLogger("ovms.grpc")
 
@@ -121,12 +122,12 @@ class InferenceServicer:
         response = await self.dp.infer(codec.decode_infer_request(request))
         return codec.encode_infer_response(response)
 
-    async def _stream_one(self, data: bytes, out: asyncio.Queue) -> None:
+    async def _stream_one(self, data: bytes, out: asyncio.Queue, stream: StreamContext) -> None:
         """Answer one request of a stream into ``out`` (several responses from a graph that streams), then END."""
         request = pb.ModelInferRequest()
         try:
             request = _parse(pb.ModelInferRequest, data)
-            async for response in self.dp.infer_stream(codec.decode_infer_request(request)):
+            async for response in self.dp.infer_stream(codec.decode_infer_request(request), stream=stream):
                 out.put_nowait(pb.ModelStreamInferResponse(infer_response=codec.encode_infer_response(response)))
             out.put_nowait(_END)
             return
@@ -167,12 +168,13 @@ class InferenceServicer:
             await context.abort(grpc.StatusCode[exc.grpc_code], exc.message)
         pending: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)
         done = object()
+        stream = StreamContext()
 
         async def read() -> None:
             try:
                 async for data in request_iterator:
                     out: asyncio.Queue = asyncio.Queue()
-                    await pending.put((asyncio.ensure_future(self._stream_one(data, out)), out))
+                    await pending.put((asyncio.ensure_future(self._stream_one(data, out, stream)), out))
             finally:
                 await pending.put(done)
 

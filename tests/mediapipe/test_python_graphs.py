@@ -315,3 +315,22 @@ def test_graph_waits_for_its_model_and_reloads_when_its_file_changes(repo, tmp_p
         assert json.loads((graph_dir / "finalized.json").read_text())["node_name"] == "pythonNode"
         results = client.infer("upper", [text_input(grpcclient, "text", b"again")])
         assert results.as_numpy("uppercase").tobytes() == b"AGAIN!"
+
+
+def test_stream_timestamps_number_the_requests_or_follow_the_client(served):
+    """OVMS's automatic timestamps on a stream: its requests are 0, 1, 2, ...; OVMS_MP_TIMESTAMP on a request sets
+    it, and later requests follow it."""
+    received: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(served.grpc_url)
+    client.start_stream(callback=lambda result, error: received.put((result, error)))
+    try:
+        client.async_stream_infer("python_model", [text_input(grpcclient, "text", b"a")])
+        client.async_stream_infer("python_model", [text_input(grpcclient, "text", b"b")])
+        client.async_stream_infer("python_model", [text_input(grpcclient, "text", b"c")],
+                                  parameters={"OVMS_MP_TIMESTAMP": 100})
+        client.async_stream_infer("python_model", [text_input(grpcclient, "text", b"d")])
+        items = [received.get(timeout=30) for _ in range(4)]
+    finally:
+        client.stop_stream()
+    assert [r.as_numpy("uppercase").tobytes() for r, _ in items] == [b"A", b"B", b"C", b"D"]
+    assert [r.get_response().parameters["OVMS_MP_TIMESTAMP"].int64_param for r, _ in items] == [0, 1, 100, 101]
