@@ -4,8 +4,12 @@ The Hub imitation (tests/pull/hub_imitation.py) runs in this process and throttl
 per-connection cap is what makes parallel transfers pay); `python -m ovms.download` runs as a real process.
 
     .venv/bin/python bench/download_bench.py [--models 4] [--mib 16] [--throttle_mib 2] [--connections 2]
+                                             [--max_connections 8]
 
-Each pass starts a fresh service on a fresh models directory and times POST -> every job completed.
+Each pass starts a fresh service on a fresh models directory and times POST -> every job completed. Both passes
+run the same service: every job's transfers share one engine bounded by --max_connections; a model's weights
+file is planned in --connections ranges (OVMS_PULL_CONNECTIONS, OVMS_PULL_SEGMENT_BYTES), so one model alone
+keeps that many connections busy until the engine is saturated and starts cutting ranges.
 """
 from __future__ import annotations
 
@@ -37,10 +41,11 @@ def payload(path: pathlib.Path, seed: str, size: int) -> pathlib.Path:
     return path
 
 
-def start_service(models: pathlib.Path, env: dict, parallel: int) -> tuple[subprocess.Popen, str]:
+def start_service(models: pathlib.Path, env: dict, parallel: int, max_connections: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "ovms.download", "--port", str(port), "--models_dir", str(models),
-                             "--max_parallel_downloads", str(parallel), "--log_level", "WARNING"],
+                             "--max_parallel_downloads", str(parallel), "--max_connections", str(max_connections),
+                             "--log_level", "WARNING"],
                             env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}/api/v1"
     for _ in range(300):
@@ -62,9 +67,9 @@ def wait_all(url: str, ids: list[str]) -> None:
         time.sleep(0.05)
 
 
-def run_pass(repos: list[str], env: dict, *, parallel: bool) -> float:
+def run_pass(repos: list[str], env: dict, *, parallel: bool, max_connections: int) -> float:
     with tempfile.TemporaryDirectory(prefix="dlbench-") as tmp:
-        proc, url = start_service(pathlib.Path(tmp), env, len(repos) if parallel else 1)
+        proc, url = start_service(pathlib.Path(tmp), env, len(repos), max_connections)
         try:
             t0 = time.perf_counter()
             if parallel:
@@ -88,7 +93,10 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=4)
     parser.add_argument("--mib", type=int, default=16, help="size of each model's weights file")
     parser.add_argument("--throttle_mib", type=float, default=2.0, help="MiB/s per connection")
-    parser.add_argument("--connections", type=int, default=2, help="OVMS_PULL_CONNECTIONS (per model)")
+    parser.add_argument("--connections", type=int, default=2, help="ranges a model's weights file is planned in "
+                        "(OVMS_PULL_CONNECTIONS)")
+    parser.add_argument("--max_connections", type=int, default=None, help="the service's bound on transfers in "
+                        "flight across all jobs (default models x connections)")
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     hub = HubImitation()
@@ -107,12 +115,13 @@ def main() -> None:
         env.update(HF_ENDPOINT=hub.hub_url, OVMS_PULL_CONNECTIONS=str(args.connections),
                    OVMS_PULL_SEGMENT_BYTES=str(max(1, args.mib // args.connections) << 20), OVMS_PULL_SYNC="0")
         total = args.models * args.mib
+        bound = args.max_connections or args.models * args.connections
         print(f"{args.models} models x {args.mib} MiB, {args.throttle_mib:g} MiB/s per connection, "
-              f"{args.connections} connection(s) per model")
+              f"{args.connections} range(s) per weights file, at most {bound} connections across all jobs")
         results = {"one after another": [], "4 at once" if args.models == 4 else "all at once": []}
         for _ in range(args.repeat):
-            results[list(results)[0]].append(run_pass(repos, env, parallel=False))
-            results[list(results)[1]].append(run_pass(repos, env, parallel=True))
+            results[list(results)[0]].append(run_pass(repos, env, parallel=False, max_connections=bound))
+            results[list(results)[1]].append(run_pass(repos, env, parallel=True, max_connections=bound))
         for name, times in results.items():
             best = min(times)
             print(f"{name:>18}: {best:6.2f} s best of {len(times)} ({total / best:6.1f} MiB/s)  "

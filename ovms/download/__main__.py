@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "MODELS_DIR/.ovms_download/jobs.sqlite3")
     parser.add_argument("--max_parallel_downloads", type=int, default=4,
                         help="models downloading at once, across all requests (default 4)")
+    parser.add_argument("--max_connections", type=int, default=None,
+                        help="transfers in flight across all downloads, on one shared connection pool (default "
+                             "OVMS_PULL_CONNECTIONS, 32); the count grows to it while the total rate grows")
     parser.add_argument("--remote_url_allowlist", default=os.environ.get(ALLOWLIST_ENV),
                         help="hosts (name[:port]) and http(s) URL prefixes, comma-separated, that hub remote-url may "
                              f"download from (env {ALLOWLIST_ENV}); empty: hub remote-url is unavailable")
@@ -44,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_parallel_downloads < 1:
         print("--max_parallel_downloads must be at least 1.", file=sys.stderr)
         return 64
+    if args.max_connections is not None and args.max_connections < 1:
+        print("--max_connections must be at least 1.", file=sys.stderr)
+        return 64
     try:
         allowlist = parse_allowlist(args.remote_url_allowlist)
     except ValueError as exc:
@@ -52,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="[%(asctime)s][%(name)s][%(levelname)s] %(message)s")
     service = DownloadService(args.models_dir, max_parallel_downloads=args.max_parallel_downloads,
+                              max_connections=args.max_connections,
                               plugins=default_plugins(remote_url_allowlist=allowlist))
     app = create_app(service)
     print(f"Model download service on http://{args.host}:{args.port}/api/v1 (models in {service.models_dir})",

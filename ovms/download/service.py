@@ -1,8 +1,11 @@
 """The download service: requests become jobs, jobs run on download threads, every change is recorded.
 
 One event loop owns the jobs and the SQLite store; each running job has one thread (at most
-``max_parallel_downloads`` at once) that drives the pull engine and reports back with
-``loop.call_soon_threadsafe``. A job is keyed by what it fetches (hub, name, revision, precision, device,
+``max_parallel_downloads`` at once) that drives its hub and reports back with ``loop.call_soon_threadsafe``. The
+bytes of every job move on one shared engine (``ovms.pull.engine.SharedEngine``): one pycurl multi handle whose
+transfers in flight, across all jobs and all their files and ranges, never exceed ``max_connections``.
+
+A job is keyed by what it fetches (hub, name, revision, precision, device,
 layout, place): a request for a key that is queued, running or completed (and still on disk) gets that job's id
 instead of a new one.
 """
@@ -25,6 +28,8 @@ from ovms.download.hubs.base import BadName, CannotList, FetchTask, Plugin, Refu
 from ovms.download.jobs import ACTIVE, STATE_DIR, Job, JobStore, now_iso
 from ovms.download.plugins import default_plugins
 from ovms.pull import convert
+from ovms.pull.engine import SharedEngine
+from ovms.pull.settings import from_environment
 from ovms.pull.errors import InterruptedPull, PullError
 
 log = logging.getLogger("ovms.download")
@@ -55,9 +60,12 @@ class Control:
 
 class DownloadService:
     def __init__(self, models_dir: pathlib.Path, *, max_parallel_downloads: int = 4,
-                 plugins: dict[str, Plugin] | None = None) -> None:
+                 max_connections: int | None = None, plugins: dict[str, Plugin] | None = None) -> None:
+        """``max_connections``: transfers in flight across all jobs (default OVMS_PULL_CONNECTIONS)."""
         self.models_dir = pathlib.Path(models_dir).expanduser().resolve()
         self.max_parallel_downloads = max(1, int(max_parallel_downloads))
+        self.max_connections = max_connections
+        self.engine: SharedEngine | None = None
         self.plugins = plugins if plugins is not None else default_plugins()
         self.jobs: dict[str, Job] = {}
         self.controls: dict[str, Control] = {}
@@ -76,6 +84,9 @@ class DownloadService:
         self.store = JobStore(self.models_dir)
         self.executor = concurrent.futures.ThreadPoolExecutor(self.max_parallel_downloads,
                                                               thread_name_prefix="ovms-download")
+        settings = from_environment()
+        most = self.max_connections or settings.connections
+        self.engine = SharedEngine(min(settings.initial_connections, most), most)
         resumed = []
         for job in self.store.load_all():
             self.jobs[job.id] = job
@@ -88,8 +99,8 @@ class DownloadService:
                      ", ".join(f"{j.model_name} ({j.id})" for j in resumed))
         for job in resumed:
             self._spawn(self._run_sequence([job], {}))
-        log.info("Model download service: models in %s, at most %d downloads at once", self.models_dir,
-                 self.max_parallel_downloads)
+        log.info("Model download service: models in %s, at most %d downloads at once sharing at most %d "
+                 "connections", self.models_dir, self.max_parallel_downloads, self.engine.most)
 
     async def close(self) -> None:
         """Stop running transfers (their jobs stay queued in the store and resume at the next start)."""
@@ -99,6 +110,8 @@ class DownloadService:
             await asyncio.wait(list(self._tasks), timeout=30)
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.engine is not None:
+            self.engine.close()
         if self.store is not None:
             self.store.close()
 
@@ -256,7 +269,8 @@ class DownloadService:
         task = FetchTask(request=job.request, credentials=credentials, base=base, staging=self._staging(job),
                          final=pathlib.Path(job.output_dir), stop_requested=lambda: control.stop,
                          on_progress=lambda done, total: self._progress_from_thread(job, control, done, total),
-                         on_status=lambda status: self.loop.call_soon_threadsafe(self._set_status, job, status))
+                         on_status=lambda status: self.loop.call_soon_threadsafe(self._set_status, job, status),
+                         engine=self.engine)
         try:
             result = await self.loop.run_in_executor(self.executor, self._work, plugin, task, job, control)
         except InterruptedPull:

@@ -62,12 +62,14 @@ def pull_repository(paths: ModelPaths, settings: PullSettings, *, revision: str 
                     select: Callable[[list[RemoteFile]], list[RemoteFile]] | None = None,
                     wanted_in_record: Callable[[dict], bool] | None = None,
                     overwrite: bool = False, stop_requested=lambda: None, hub: HubClient | None = None,
-                    progress_stream=None, on_progress: Callable[[int, int], None] | None = None) -> PullResult:
+                    progress_stream=None, on_progress: Callable[[int, int], None] | None = None,
+                    engine=None) -> PullResult:
     """Bring ``paths.source_model`` at ``revision`` to ``paths.model_dir``, every file verified.
 
     ``select`` narrows the file list (GGUF); ``wanted_in_record`` says whether a completion record already
     covers this request (default: any record of this repository does). ``on_progress(bytes_on_disk, total)`` is
-    called on the download thread as bytes arrive (the download service's job progress).
+    called on the download thread as bytes arrive (the download service's job progress). ``engine`` (a
+    ``SharedEngine``) runs the transfers on a multi handle shared with other pulls, within its bound.
     """
     model_dir = paths.model_dir
     marker_fd = None
@@ -103,7 +105,7 @@ def pull_repository(paths: ModelPaths, settings: PullSettings, *, revision: str 
         if marker_fd is None:
             marker_fd = state.hold_marker(paths.marker, paths.source_model, revision)
         return _download(paths, settings, hub, revision, commit, files, finals, record, stop_requested,
-                         progress_stream, on_progress)
+                         progress_stream, on_progress, engine)
     finally:
         if marker_fd is not None:
             os.close(marker_fd)
@@ -113,7 +115,7 @@ def pull_repository(paths: ModelPaths, settings: PullSettings, *, revision: str 
 
 def _download(paths: ModelPaths, settings: PullSettings, hub: HubClient, revision: str, commit: str,
               files: list[RemoteFile], finals: list[pathlib.Path], record: dict | None, stop_requested,
-              progress_stream, on_progress=None) -> PullResult:
+              progress_stream, on_progress=None, engine=None) -> PullResult:
     model_dir = paths.model_dir
     model_dir.mkdir(parents=True, exist_ok=True)
     state.remove_stale_temporaries([paths.record])  # a run killed while writing the record
@@ -127,7 +129,8 @@ def _download(paths: ModelPaths, settings: PullSettings, hub: HubClient, revisio
     jobs = [FileJob(f, final, hub.resolve_url(paths.source_model, commit, f.path))
             for f, final in zip(files, finals)]
     try:
-        downloader = Downloader(settings, hub, paths.source_model, revision, commit, progress, stop_requested)
+        downloader = Downloader(settings, hub, paths.source_model, revision, commit, progress, stop_requested,
+                                engine=engine)
         progress.start_counting_rate()
         downloader.run(jobs)
     finally:

@@ -168,7 +168,9 @@ class Downloader:
     """Runs a set of FileJobs to completion or raises a PullError (state on disk stays resumable)."""
 
     def __init__(self, settings: PullSettings, hub: HubClient, repo_id: str, revision: str, commit: str,
-                 progress, stop_requested=lambda: None) -> None:
+                 progress, stop_requested=lambda: None, *, engine=None) -> None:
+        """With ``engine`` (a ``SharedEngine``), the transfers run on its one multi handle, within its global
+        bound, next to other Downloaders' (the download service's jobs); without, on a multi handle of its own."""
         self.settings = settings
         self.hub = hub
         self.repo_id = repo_id
@@ -178,27 +180,36 @@ class Downloader:
         self.stop_requested = stop_requested  # returns a signal name when the user asked to stop
         self.writer = load_native("rangewrite")
         log.debug("Range writer: %s", self.writer.__name__)
-        self.multi = pycurl.CurlMulti()
+        self.engine = engine
+        self.multi = engine.multi if engine is not None else pycurl.CurlMulti()
         self.idle_handles: list[pycurl.Curl] = []
         self.queue: collections.deque[tuple[FileJob, state.Segment]] = collections.deque()
         self.transfers: dict[pycurl.Curl, Transfer] = {}
         self.verifier = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="ovms-verify")
         self.verifying: dict[concurrent.futures.Future, FileJob] = {}
         self.jobs: list[FileJob] = []
-        self.control = ConnectionControl(settings.initial_connections, settings.connections)
+        self.control = engine.control if engine is not None else ConnectionControl(settings.initial_connections,
+                                                                                    settings.connections)
         self.received = 0  # body bytes received by all transfers (the rate the control measures)
+        self.last_checkpoint = time.monotonic()
 
     # ---- public ----------------------------------------------------------------------------------------
     def run(self, jobs: list[FileJob]) -> None:
         self.jobs = jobs
+        handed = False
         try:
             for stale in state.remove_stale_temporaries([state.sidecar_path(job.final) for job in jobs]):
                 log.debug("Removed %s, left by a run killed while it recorded progress", stale)
             for job in jobs:
                 self._begin(job)
-            self._loop()
+            if self.engine is not None:
+                handed = True
+                self.engine.serve(self)  # its thread runs the turns and the shutdown; returns or raises at the end
+            else:
+                self._loop()
         finally:
-            self._shutdown()
+            if not handed:
+                self._shutdown()
 
     # ---- job life cycle --------------------------------------------------------------------------------
     def _begin(self, job: FileJob) -> None:
@@ -493,8 +504,14 @@ class Downloader:
 
     # ---- the loop ----------------------------------------------------------------------------------------
     def _schedule(self, now: float) -> None:
+        while len(self.transfers) < self.control.limit and self._start_next(now):
+            pass
+
+    def _start_next(self, now: float) -> bool:
+        """Start the first range in the queue that may start now; False when none may."""
         waiting = []
-        while self.queue and len(self.transfers) < self.control.limit:
+        started = False
+        while self.queue:
             job, seg = self.queue.popleft()
             if job.phase != "downloading" or seg.complete:
                 continue
@@ -503,7 +520,10 @@ class Downloader:
                 continue
             self._cut(job, seg)
             self._start(job, seg)
+            started = True
+            break
         self.queue.extendleft(reversed(waiting))
+        return started
 
     def _cut(self, job: FileJob, seg: state.Segment) -> None:
         """Cut ``seg`` (not in flight) to about ``RANGE_SECONDS`` of one connection's observed rate; its rest is
@@ -555,12 +575,30 @@ class Downloader:
                 state.save_sidecar(job.final, job.remote, self.commit, job.segments)
                 job.dirty = False
 
+    def _check_stop(self) -> None:
+        signal_name = self.stop_requested()
+        if signal_name:
+            raise InterruptedPull(f"Pull of {self.repo_id} stopped by {signal_name}.", remedy=RESUME_HINT)
+
+    def _after_transfers(self) -> bool:
+        """The part of a turn after the multi handle's work: checks that ended, stalls, checkpoint, progress.
+        True when every file is done."""
+        for future in [f for f in self.verifying if f.done()]:
+            job = self.verifying.pop(future)
+            self._checked(job, future.result())
+        if all(job.phase == "done" for job in self.jobs):
+            return True
+        now = time.monotonic()
+        self._watch(now)
+        if now - self.last_checkpoint >= self.settings.checkpoint_seconds:
+            self._checkpoint()
+            self.last_checkpoint = now
+        self.progress.tick()
+        return False
+
     def _loop(self) -> None:
-        last_checkpoint = time.monotonic()
         while True:
-            signal_name = self.stop_requested()
-            if signal_name:
-                raise InterruptedPull(f"Pull of {self.repo_id} stopped by {signal_name}.", remedy=RESUME_HINT)
+            self._check_stop()
             now = time.monotonic()
             self._schedule(now)
             self.control.observe(now, self.received, len(self.transfers))
@@ -579,17 +617,8 @@ class Downloader:
                         self._finished(t, code, message)
                 if not remaining:
                     break
-            for future in [f for f in self.verifying if f.done()]:
-                job = self.verifying.pop(future)
-                self._checked(job, future.result())
-            if all(job.phase == "done" for job in self.jobs):
+            if self._after_transfers():
                 return
-            now = time.monotonic()
-            self._watch(now)
-            if now - last_checkpoint >= self.settings.checkpoint_seconds:
-                self._checkpoint()
-                last_checkpoint = now
-            self.progress.tick()
             if self.transfers:
                 self.multi.select(0.1)
             else:
@@ -607,10 +636,13 @@ class Downloader:
         for handle in self.idle_handles:
             handle.close()
         self.idle_handles.clear()
-        self.multi.close()
+        if self.engine is None:
+            self.multi.close()
         for future in self.verifying:
             future.cancel()
-        self.verifier.shutdown(wait=True)
+        # On a shared engine a check still hashing must not hold up the other Downloaders' transfers: it ends on
+        # its own (its result is no longer wanted).
+        self.verifier.shutdown(wait=self.engine is None)
         for job in self.jobs:
             if job.fd >= 0:
                 os.close(job.fd)

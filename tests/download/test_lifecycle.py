@@ -147,3 +147,26 @@ def test_parallel_downloads_false_runs_the_request_in_order(hub, service):
         hub.repos["OpenVINO/first-ov"].files["openvino_model.bin"].sha256))
     second_start = min(i for i, r in enumerate(hub.requests) if "second-ov" in r["path"])
     assert second_start > first_done, "the second model was not asked for before the first one's bytes"
+
+
+def test_jobs_share_one_bound_on_connections(hub, service_factory):
+    """Three models at once, every file in 1 MiB ranges: with --max_connections 2 no more than two requests are
+    ever answered at once across the jobs (each job alone would open up to OVMS_PULL_CONNECTIONS=4)."""
+    names = [f"OpenVINO/shared{i}-ov" for i in range(3)]
+    data = {n: slow_repo(hub, n, size=3 << 20, bps=3 << 20) for n in names}
+    service = service_factory(service_env(hub), "--max_connections", "2")
+    ids = service.download([{"name": n, "hub": "huggingface"} for n in names], parallel_downloads=True).json()[
+        "job_ids"]
+    for job_id, name in zip(ids, names):
+        job = service.wait(job_id)
+        assert job["status"] == "completed", (job, service.log())
+        assert (service.models_dir / "models" / "huggingface" / name.replace("/", "_") / "openvino_model.bin"
+                ).read_bytes() == data[name]
+    cdn = sorted([(r["started"], 1) for r in hub.requests if r["origin"] == "cdn"] +
+                 [(r["ended"], -1) for r in hub.requests if r["origin"] == "cdn"])
+    most = now = 0
+    for _, step in cdn:
+        now += step
+        most = max(most, now)
+    assert most == 2, most
+    assert "sharing at most 2 connections" in service.log()

@@ -51,6 +51,7 @@ class FetchTask:
     stop_requested: Callable[[], str | None]  # a reason ("canceled", "shutdown") when the job must stop
     on_progress: Callable[[int, int], None]  # (bytes on disk, total)
     on_status: Callable[[str], None] = lambda status: None  # "converting" once the download is done
+    engine: object = None  # ovms.pull.engine.SharedEngine: every job's transfers on one bounded multi handle
 
 
 @dataclasses.dataclass

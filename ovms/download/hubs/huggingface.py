@@ -194,7 +194,7 @@ class HuggingFacePlugin(Plugin):
                                           "PATH.", remedy=convert.INSTALL_HINT)
             paths = ModelPaths(task.staging, repo_id)
             result = pull_repository(paths, settings, revision=revision, stop_requested=task.stop_requested,
-                                     hub=hub, on_progress=task.on_progress,
+                                     hub=hub, on_progress=task.on_progress, engine=task.engine,
                                      wanted_in_record=lambda r: r.get("revision") == revision)
         finally:
             hub.close()

@@ -110,7 +110,8 @@ class OllamaPlugin(Plugin):
             task.on_progress(0, progress.total)
             jobs = [FileJob(f, staging_model / f.path, f"{base}/v2/{namespace}/{model}/blobs/sha256:{f.sha256}")
                     for f in files]
-            Downloader(settings, hub, f"{namespace}/{model}", tag, tag, progress, task.stop_requested).run(jobs)
+            Downloader(settings, hub, f"{namespace}/{model}", tag, tag, progress, task.stop_requested,
+                       engine=task.engine).run(jobs)
             if settings.sync:
                 flush_to_disk([j.final for j in jobs])
             target = staging_model / manifest_rel

@@ -141,7 +141,8 @@ class RemoteUrlPlugin(Plugin):
                           "download_path.")
         staged = task.staging / "file" / task.final.name
         digest = single_file.fetch(url, staged, probe.size, wanted, settings, label=url,
-                                   on_progress=task.on_progress, stop_requested=task.stop_requested)
+                                   on_progress=task.on_progress, stop_requested=task.stop_requested,
+                                   engine=task.engine)
         publish_file(staged, task.final)
         return self._result(task, digest, probe.size, from_cache=False)
 

@@ -130,7 +130,7 @@ def probe(url: str, settings: PullSettings) -> Probe:
 
 
 def fetch(url: str, target: pathlib.Path, size: int, sha256: str | None, settings: PullSettings, *, label: str,
-          on_progress, stop_requested) -> str:
+          on_progress, stop_requested, engine=None) -> str:
     """Bring ``url`` to ``target`` (parallel ranges, resumable from the bytes on disk, checked); returns its
     sha256. ``target``'s directory is a staging directory: nothing is written elsewhere."""
     settings = dataclasses.replace(settings, endpoint=NO_HUB, token=None)
@@ -143,7 +143,7 @@ def fetch(url: str, target: pathlib.Path, size: int, sha256: str | None, setting
         progress = Progress(size, label, stream=io.StringIO(), listener=on_progress)
         on_progress(0, size)
         job = FileJob(remote, target, url)
-        Downloader(settings, hub, label, "", sha256 or "", progress, stop_requested).run([job])
+        Downloader(settings, hub, label, "", sha256 or "", progress, stop_requested, engine=engine).run([job])
         if settings.sync:
             flush_to_disk([target])
     finally:

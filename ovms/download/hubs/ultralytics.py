@@ -137,7 +137,8 @@ class UltralyticsPlugin(Plugin):
             weights.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(task.final / weights.name, weights)
         sha256 = single_file.fetch(url, weights, probe.size, None, settings, label=url,
-                                   on_progress=task.on_progress, stop_requested=task.stop_requested)
+                                   on_progress=task.on_progress, stop_requested=task.stop_requested,
+                                   engine=task.engine)
         task.on_status("converting")
         env = {**os.environ, "YOLO_OFFLINE": "1"}  # no update checks or font downloads from the exporter
         for precision in precisions:
