@@ -30,7 +30,8 @@ def load_graph_servable(config: ModelConfig) -> Servable:
             options.models_path = config.base_path
     except ConfigError as exc:
         raise ModelLoadError(str(exc)) from None
-    if not options.models_path.is_dir():
+    # An LLM's models_path may also name a GGUF file (LLMServable checks it, with OVMS's messages)
+    if options.task != "text_generation" and not options.models_path.is_dir():
         raise ModelLoadError(f"models_path {options.models_path} of graph {config.name} is not a directory")
     options.plugin_config = {**cache.properties_for(config), **options.plugin_config}
     if options.task == "text_generation":

@@ -11,6 +11,10 @@ incremental detokenizer (``ovms._native.detokenize``), bytes per token taken fro
 UTF8Validate node bypassed, so partial UTF-8 pieces keep their raw bytes. If the worker dies, its requests fail
 with a clear error and the next request starts a new one.
 
+A GGUF model (``models_path`` a ``.gguf`` file, or a directory holding one; ``ovms.backends.gguf_model``) goes
+the same way: openvino_genai builds the pipeline and the tokenizer from the file, the chat template is its
+``tokenizer.chat_template`` metadata, and the bytes per token come from its ``tokenizer.ggml.tokens``.
+
 ``pipeline_type: LM`` keeps OVMS's one-request-at-a-time LLMPipeline in a thread of this process (its
 ``generate`` releases the GIL).
 """
@@ -37,6 +41,7 @@ import openvino_tokenizers  # noqa: F401 - registers the tokenizer ops (VocabDec
 from ovms import chat_template, tool_parsers
 from ovms._native import load as load_native
 from ovms.backends import genai_worker as wire
+from ovms.backends import gguf_model
 from ovms.errors import Kind, ModelLoadError, ServingError
 from ovms.genai_types import ChatMessage, GenerationRequest, GenerativeInfo, SamplingParams, TextChunk
 from ovms.graph import GenAINodeOptions
@@ -202,9 +207,16 @@ class LLMServable(GenerativeServable):
         self.version = 1
         self.options = options
         path = options.models_path
+        # A GGUF file (or a directory holding one): openvino_genai builds the model and the tokenizer from it.
+        self.gguf = gguf_model.resolve(path)
+        gguf_header = gguf_model.check_servable(self.gguf) if self.gguf is not None else None
+        self.model_path = self.gguf or path  # what openvino_genai opens
         # A VLM export (optimum-cli --task image-text-to-text) has a language model beside its vision encoder.
-        self.vision = (path / "openvino_language_model.xml").is_file()
-        if not self.vision and not (path / "openvino_model.xml").is_file():
+        self.vision = self.gguf is None and (path / "openvino_language_model.xml").is_file()
+        if self.gguf is not None and options.pipeline_type in ("VLM", "VLM_CB"):
+            raise ModelLoadError(f"{name}: pipeline_type {options.pipeline_type}, but models_path is the GGUF text "
+                                 f"model {self.gguf}; use LM, LM_CB or AUTO")
+        if self.gguf is None and not self.vision and not (path / "openvino_model.xml").is_file():
             raise ModelLoadError(f"{path}: no openvino_model.xml (nor openvino_language_model.xml for a VLM); "
                                  "models_path must point at an exported GenAI model (optimum-cli export openvino ...)")
         if self.vision and options.pipeline_type in ("LM", "LM_CB"):
@@ -218,10 +230,14 @@ class LLMServable(GenerativeServable):
         if draft is not None and not (draft / "openvino_model.xml").is_file():
             raise ModelLoadError(f"{name}: draft_models_path {draft} holds no openvino_model.xml; point it at an "
                                  "exported draft model (--draft_source_model at --pull, or optimum-cli export)")
-        if not (path / "openvino_tokenizer.xml").is_file() or not (path / "openvino_detokenizer.xml").is_file():
+        if self.gguf is None and (not (path / "openvino_tokenizer.xml").is_file()
+                                  or not (path / "openvino_detokenizer.xml").is_file()):
             raise ModelLoadError(f"{path}: openvino_tokenizer.xml / openvino_detokenizer.xml missing; convert the "
                                  "tokenizer with openvino_tokenizers (optimum-cli ... --convert-tokenizer)")
-        model_config = _read_json(path / "config.json")
+        if gguf_header is not None:
+            model_config = {"max_position_embeddings": gguf_header.context_length}
+        else:
+            model_config = _read_json(path / "config.json")
         if self.vision and isinstance(model_config.get("text_config"), dict):
             model_config = {**model_config["text_config"], **{k: v for k, v in model_config.items()
                                                                if k in ("max_position_embeddings", "vocab_size")}}
@@ -266,16 +282,19 @@ class LLMServable(GenerativeServable):
             # One inference thread: a prompt encodes in a fraction of a millisecond, and OpenVINO's idle thread
             # pool would otherwise spin on the cores the worker's pipeline and the event loop need (measured:
             # 0.8 core busy at 2 ms between requests, 0.25 with one thread).
-            self.tokenizer = ov_genai.Tokenizer(str(path), INFERENCE_NUM_THREADS=1)
+            self.tokenizer = ov_genai.Tokenizer(str(self.model_path), INFERENCE_NUM_THREADS=1)
             if self._lm:
                 pipeline = ov_genai.VLMPipeline if self.vision else ov_genai.LLMPipeline
                 extra = {}
                 if options.draft_models_path is not None:
                     extra["draft_model"] = ov_genai.draft_model(str(options.draft_models_path), options.draft_device)
-                self._pipe = pipeline(str(path), options.device, **options.plugin_config, **extra)
+                self._pipe = pipeline(str(self.model_path), options.device, **options.plugin_config, **extra)
                 self._base_config = self._pipe.get_generation_config
-            vocab_size = model_config.get("vocab_size") or len(self.tokenizer.get_vocab())
-            token_bytes = token_byte_table(path, int(vocab_size))
+            if gguf_header is not None:
+                token_bytes = gguf_model.token_byte_table(gguf_header)
+            else:
+                vocab_size = model_config.get("vocab_size") or len(self.tokenizer.get_vocab())
+                token_bytes = token_byte_table(path, int(vocab_size))
         except RuntimeError as exc:
             self._stop_worker()
             raise ModelLoadError(f"{path}: openvino_genai could not load the model: {exc}") from None
@@ -284,7 +303,9 @@ class LLMServable(GenerativeServable):
             raise
         if eager:
             self._await_worker_ready()
-        self.template = chat_template.find_template(path) or self.tokenizer.get_original_chat_template() or None
+        # A GGUF's template is its tokenizer.chat_template metadata (the tokenizer reads it; OVMS takes it there)
+        files_template = chat_template.find_template(path) if self.gguf is None else None
+        self.template = files_template or self.tokenizer.get_original_chat_template() or None
         try:
             tool_parser, reasoning_parser = tool_parsers.resolve_parsers(options.tool_parser,
                                                                          options.reasoning_parser, self.template)
@@ -367,7 +388,7 @@ class LLMServable(GenerativeServable):
         self._poll_seconds = flush_seconds
         self._wbuf = bytearray()
         self._worker_starts += 1
-        ours.sendall(wire.frame({"models_path": str(options.models_path), "scheduler": scheduler,
+        ours.sendall(wire.frame({"models_path": str(self.model_path), "scheduler": scheduler,
                                  "device": options.device, "plugin_config": dict(options.plugin_config),
                                  "flush_seconds": flush_seconds, "context_length": self.context_length,
                                  "max_tokens_limit": options.max_tokens_limit, "vision": self.vision,
