@@ -36,7 +36,7 @@ TENSOR_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 
                 39: "MXFP4"}
 LINEAR_TYPES = ("F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")  # gguf_utils/building_blocks.cpp
 _LINEAR = re.compile(r"^blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$")
-_SPLIT = re.compile(r"^(?P<stem>.+)-(?P<part>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
+_SPLIT = re.compile(r"^(?P<stem>.+)-(?P<part>\d{5})-of-(?P<count>\d{5})(?P<ext>\.gguf)$", re.IGNORECASE)
 CONTROL_TOKEN = 3  # llama.cpp token types: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte
 
 # value types of the key-value section: struct format (scalars), 8 string, 9 array
@@ -151,7 +151,8 @@ def split_parts(path: pathlib.Path) -> list[pathlib.Path]:
     if m is None:
         return [path]
     count = int(m.group("count"))
-    return [path.with_name(f"{m.group('stem')}-{i:05d}-of-{m.group('count')}.gguf") for i in range(1, count + 1)]
+    return [path.with_name(f"{m.group('stem')}-{i:05d}-of-{m.group('count')}{m.group('ext')}")
+            for i in range(1, count + 1)]
 
 
 def resolve(models_path: pathlib.Path) -> pathlib.Path | None:
