@@ -343,9 +343,12 @@ def _check_inference(node: Node, sessions: dict[str, Node], where: str) -> None:
         raise _graph_error(where, f"node {node.label}: {INFERENCE} needs input_side_packet \"SESSION:<name>\" "
                                   f"given by an {SESSION} node's output_side_packet")
     for stream in node.data_inputs() + node.data_outputs():
-        if not stream.tag.startswith(OV_TENSOR) or stream.tag.startswith("OVTENSORS"):
+        # Any tag names one OpenVINO tensor (OVMS's demos use DUMMY_IN, SUM, ...), except the packet types below.
+        if stream.tag.startswith(("OVTENSORS", "TENSOR", "TFTENSOR", "TFLITE_TENSOR", PY_TENSOR)):
             raise _graph_error(where, f"node {node.label}: stream \"{stream}\": this server's {INFERENCE} reads and "
-                                      f"writes one OpenVINO tensor per stream, tagged {OV_TENSOR}, {OV_TENSOR}1, ...")
+                                      "writes one OpenVINO tensor per stream (tags such as OVTENSOR, OVTENSOR1, or "
+                                      "any name mapped by tag_to_input_tensor_names); vectors of tensors (OVTENSORS, "
+                                      "TENSORS), MediaPipe, TensorFlow and Python tensors are not served there")
     unknown = set(node.options) - {"tag_to_input_tensor_names", "tag_to_output_tensor_names"}
     if unknown:
         raise _graph_error(where, f"node {node.label}: {INFERENCE} option(s) {', '.join(sorted(unknown))} are not "

@@ -198,6 +198,32 @@ output_stream: "OVMS_PY_TENSOR:out"
 """ + PYTHON_NODE.format(name="reverser", handler="faulty.py",
                          streams='  input_stream: "INPUT:text"\n  output_stream: "OUTPUT:out"')
 
+# As OVMS's demos/mediapipe/multi_model_graph: untagged graph streams (OpenVINO tensors) straight into a model
+# node (no Python), its tensor names mapped from the node's own tags
+MODEL_ONLY_GRAPH = """
+input_stream: "in"
+output_stream: "out"
+node {
+  calculator: "OpenVINOModelServerSessionCalculator"
+  output_side_packet: "SESSION:session"
+  node_options: {
+    [type.googleapis.com / mediapipe.OpenVINOModelServerSessionCalculatorOptions]: { servable_name: "dummy" }
+  }
+}
+node {
+  calculator: "OpenVINOInferenceCalculator"
+  input_side_packet: "SESSION:session"
+  input_stream: "DUMMY_IN:in"
+  output_stream: "DUMMY_OUT:out"
+  node_options: {
+    [type.googleapis.com / mediapipe.OpenVINOInferenceCalculatorOptions]: {
+      tag_to_input_tensor_names { key: "DUMMY_IN" value: "b" }
+      tag_to_output_tensor_names { key: "DUMMY_OUT" value: "a" }
+    }
+  }
+}
+"""
+
 UNKNOWN_CALCULATOR_GRAPH = UPPERCASE_GRAPH.replace('"PythonExecutorCalculator"', '"PythonExecutorCalculatr"')
 MISSING_HANDLER_GRAPH = UPPERCASE_GRAPH.replace('"model.py"', '"missing.py"')
 UNCONNECTED_GRAPH = UPPERCASE_GRAPH.replace('input_stream: "INPUT:text"', 'input_stream: "INPUT:txt"')
@@ -235,6 +261,7 @@ def write_graph_repository(root: pathlib.Path) -> pathlib.Path:
         "mixed/graph.pbtxt": MODEL_GRAPH, "mixed/preprocess.py": PREPROCESS, "mixed/postprocess.py": POSTPROCESS,
         "stream/graph.pbtxt": GENERATOR_GRAPH, "stream/generator.py": GENERATOR,
         "faulty/graph.pbtxt": FAULTY_GRAPH, "faulty/faulty.py": FAULTY,
+        "model_only/graph.pbtxt": MODEL_ONLY_GRAPH,
     }
     for name, text in INVALID.items():
         files[f"{name}/graph.pbtxt"] = text
@@ -248,7 +275,8 @@ def write_graph_repository(root: pathlib.Path) -> pathlib.Path:
                               {"config": {"name": "mixed", "base_path": "mixed"}}],
         "mediapipe_config_list": [{"name": "python_model", "graph_path": str(root / "upper" / "graph.pbtxt")},
                                   {"name": "stream", "base_path": "stream"},
-                                  {"name": "faulty", "base_path": "faulty"}]
+                                  {"name": "faulty", "base_path": "faulty"},
+                                  {"name": "model_only", "base_path": "model_only"}]
                                  + [{"name": name, "base_path": name} for name in INVALID],
     }
     path = root / "config.json"

@@ -105,6 +105,18 @@ def test_python_nodes_around_an_openvino_model(served):
         assert results.as_numpy("scaled").dtype == np.float32
 
 
+def test_openvino_tensors_straight_through_a_model_node(served):
+    """OVTENSOR graph streams: the request tensor reaches the model as it is, its output comes back typed."""
+    b = np.arange(10, dtype=np.float32).reshape(1, 10)
+    for module, url in ((grpcclient, served.grpc_url), (httpclient, served.rest_url)):
+        client = module.InferenceServerClient(url)
+        infer_input = module.InferInput("in", [1, 10], "FP32")
+        infer_input.set_data_from_numpy(b)
+        results = client.infer("model_only", [infer_input])
+        np.testing.assert_array_equal(results.as_numpy("out"), b + 1)
+        assert results.as_numpy("out").dtype == np.float32
+
+
 def stream_results(url: str, requests: list) -> list:
     """Send ``requests`` (model, inputs) on one ModelStreamInfer stream; every result until the stream is idle."""
     received: queue.Queue = queue.Queue()
