@@ -15,7 +15,8 @@ GENAI_CALCULATORS = ("HttpLLMCalculator", "LLMCalculator", "EmbeddingsCalculator
 
 
 def is_mediapipe_graph(graph_path: pathlib.Path | None) -> bool:
-    """A graph served by this package: it has no GenAI calculator (those are ovms.backends.genai's)."""
+    """A graph served by this package: it has no GenAI calculator (those are ovms.backends.genai's). A GenAI graph
+    with Python nodes is refused (ModelLoadError): the GenAI loader would serve its one node and skip the rest."""
     if graph_path is None:
         return False
     from ovms.graph import parse_text_proto
@@ -25,7 +26,12 @@ def is_mediapipe_graph(graph_path: pathlib.Path | None) -> bool:
     except Exception:
         return False  # the GenAI reader reports what is wrong with the file
     calculators = {str((n.get("calculator") or [""])[-1]) for n in document.get("node", []) if isinstance(n, dict)}
-    return bool(calculators) and not calculators & set(GENAI_CALCULATORS)
+    generative = calculators & set(GENAI_CALCULATORS)
+    if generative and "PythonExecutorCalculator" in calculators:
+        raise ModelLoadError(f"graph {graph_path}: PythonExecutorCalculator nodes together with "
+                             f"{', '.join(sorted(generative))} in one graph are not supported by this server; serve "
+                             "the Python nodes as a graph of their own and the generative model as another")
+    return bool(calculators) and not generative
 
 
 def load_mediapipe_servable(config, registry=None):

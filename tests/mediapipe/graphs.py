@@ -247,7 +247,21 @@ node {
 }
 """
 
-INVALID = {"bad_calculator": UNKNOWN_CALCULATOR_GRAPH, "bad_handler": MISSING_HANDLER_GRAPH,
+WITH_LLM_GRAPH = UPPERCASE_GRAPH + """
+node {
+  name: "LLMExecutor"
+  calculator: "HttpLLMCalculator"
+  input_stream: "LOOPBACK:loopback"
+  input_stream: "HTTP_REQUEST_PAYLOAD:input"
+  output_stream: "LOOPBACK:loopback"
+  output_stream: "HTTP_RESPONSE_PAYLOAD:output"
+  node_options: {
+    [type.googleapis.com / mediapipe.LLMCalculatorOptions]: { models_path: "./" }
+  }
+}
+"""
+
+INVALID = {"bad_calculator": UNKNOWN_CALCULATOR_GRAPH, "bad_llm": WITH_LLM_GRAPH, "bad_handler": MISSING_HANDLER_GRAPH,
            "bad_stream": UNCONNECTED_GRAPH, "bad_model": MODEL_GRAPH.replace('"dummy"', '"no_such_model"'),
            "bad_wiring": NO_CONVERTER_GRAPH}
 

@@ -236,6 +236,8 @@ def test_unexpected_and_missing_inputs_use_ovms_messages(served):
     ("bad_calculator", 'node "pythonNode": No registered object with name: PythonExecutorCalculatr; Unable to find '
                        'Calculator "PythonExecutorCalculatr"'),
     ("bad_handler", 'node "pythonNode": The Python Node file path does not exist: '),
+    ("bad_llm", "PythonExecutorCalculator nodes together with HttpLLMCalculator in one graph are not supported by "
+                "this server"),
     ("bad_stream", 'node "pythonNode": Input Stream "txt" does not have a corresponding output stream'),
     ("bad_model", "node dummyInference uses model no_such_model version 1: Model with requested name is not found; "
                   "it is loaded once that model is served"),
