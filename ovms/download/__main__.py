@@ -19,7 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ovms.download", description=(
         "Model download service: the Model Download microservice's REST API (/api/v1) on ovms's verified, "
         "resumable pull engine. Environment: HF_ENDPOINT, HF_TOKEN, https_proxy, GIT_LFS_RESUME_ATTEMPTS, "
-        "GIT_LFS_RESUME_INTERVAL_SECONDS, OVMS_PULL_CONNECTIONS (connections per download), OVMS_PULL_*."))
+        "GIT_LFS_RESUME_INTERVAL_SECONDS, OVMS_PULL_CONNECTIONS (connections across all downloads, as "
+        "--max_connections), OVMS_PULL_*, EXTERNAL_SOURCES_URL_ALLOWLIST, ULTRALYTICS_ASSETS_URL, GETI_HOST, "
+        "GETI_ORGANIZATION_ID, GETI_WORKSPACE_ID, GETI_TOKEN."))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8200)), help="default 8200")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for "
                                                             "all interfaces)")
