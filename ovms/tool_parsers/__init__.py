@@ -137,6 +137,13 @@ def _tool_function(parser: str, tools: list | None) -> Callable[[str, bool], Par
     return None
 
 
+# The parsers whose answer is content until the first of these (incremental.content_before): their stream looks
+# for the marker in new text only. (mistral also takes a list at the very start, so it has none here.)
+_CONTENT_MARKERS = {"phi4": ("functools",), "devstral": ("[TOOL_CALLS]",), "qwen3coder": xml_calls.QWEN3CODER.markers,
+                    "minicpm5": xml_calls.MINICPM5.markers, "onyx": xml_calls.ONYX.markers,
+                    "lfm2": (call_syntax.LFM2_START,), "gemma4": (call_syntax.GEMMA4_START,)}
+
+
 def _legacy_parse(parser: str, text: str, final: bool) -> Parsed:
     content, calls = PARSERS[parser](text)
     return Parsed(content, [(call.name, call.arguments) for call in calls])
@@ -152,15 +159,17 @@ class OutputParser:
         self._reasoning = self._tools = None
         self._legacy = tool in PARSERS
         if "gptoss" in (tool_parser, reasoning_parser):  # one Harmony reader does both jobs
-            self._harmony = functools.partial(harmony.parse_harmony, reasoning=reasoning_parser == "gptoss",
+            self._harmony = functools.partial(harmony.HarmonyParser, reasoning=reasoning_parser == "gptoss",
                                               calls=tool == "gptoss")
             return
         if reasoning_parser in reasoning.THINK_TAGS:
             self._reasoning = functools.partial(_think, reasoning.THINK_TAGS[reasoning_parser], implicit)
         elif reasoning_parser == "onyx":
             self._reasoning = reasoning.parse_onyx
+        self._markers: tuple[str, ...] = ()
         if tool and not self._legacy:
             self._tools = _tool_function(tool, tools)
+            self._markers = _CONTENT_MARKERS.get(tool, ())
         elif tool:
             self._tools = functools.partial(_legacy_parse, tool)
         self._tool_name = tool
@@ -173,7 +182,7 @@ class OutputParser:
     def parse(self, text: str) -> tuple[str | None, str, list[ToolCall]]:
         """(reasoning, content, tool calls) of a whole answer."""
         if self._harmony is not None:
-            parsed = self._harmony(text, True)
+            parsed = self._harmony()(text, True)
         else:
             parsed = self._reasoning(text, True) if self._reasoning else Parsed(text)
             if self._tools is not None:
@@ -183,14 +192,14 @@ class OutputParser:
 
     def stream(self, *, label: str = "") -> "OutputStream":
         if self._harmony is not None:
-            return OutputStream(SettledStream(self._harmony, label=label), None)
+            return OutputStream(SettledStream(self._harmony(), label=label), None)
         first = SettledStream(self._reasoning, label=label) if self._reasoning else None
         if self._tools is None:
             second = None
         elif self._legacy:
             second = ToolCallStream(STREAM_SYNTAXES[self._tool_name], label=label)
         else:
-            second = SettledStream(self._tools, label=label)
+            second = SettledStream(self._tools, label=label, markers=self._markers)
         return OutputStream(first, second)
 
 

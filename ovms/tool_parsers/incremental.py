@@ -8,8 +8,11 @@ it already sent; at the end it reads with ``final=True``, which is what the non-
 streamed pieces, concatenated, are the non-streamed answer, whatever the split
 (tests/genai/test_parser_streams.py checks it for every parser on real model outputs).
 
-The parse costs O(text) per piece; answers with tool calls are short (hundreds of tokens), and plain answers
-leave the content state after the first pieces that cannot start a marker.
+The parse costs O(text) per piece, until a parse says the rest is plain content (``Parsed.passthrough``): a
+reasoning parser says so once the reasoning is over, so a long answer is not re-read at every piece, and a tool
+parser's stream looks for the first call marker in new text only (``markers``). Harmony keeps its messages
+between pieces but still copies the text of the growing message (measured: 54k characters in 10.8k pieces cost
+0.85 s in all, 0.1 s with <think> reasoning; the transport hands a stream at most 20 pieces a second).
 """
 from __future__ import annotations
 
@@ -32,6 +35,9 @@ class Parsed:
     content: str
     calls: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     reasoning: str | None = None
+    # Set by a parse of a text that may continue: whatever follows is content, verbatim (a reasoning parser past
+    # its reasoning). The stream then stops re-reading the text: the answer's rest costs O(1) per piece.
+    passthrough: bool = False
 
 
 @dataclasses.dataclass(slots=True)
@@ -56,8 +62,12 @@ def canonical(value) -> str:
 class SettledStream:
     """Hands out, piece by piece, the growth of a parse function's settled result (see the module docstring)."""
 
-    def __init__(self, parse: ParseFunction, *, label: str = "") -> None:
+    def __init__(self, parse: ParseFunction, *, label: str = "", markers: tuple[str, ...] = ()) -> None:
+        """``markers``: for a parse whose answer is all content until the first of them (``content_before``), the
+        stream finds the first marker itself, in the new text only, and parses only from then on."""
         self._parse = parse
+        self._markers = markers
+        self._held = ""  # while looking for a marker: the text after the content sent (whitespace, marker start)
         self._label = label or "stream"
         self._text: list[str] = []
         self._reasoning = ""
@@ -65,6 +75,7 @@ class SettledStream:
         self._calls: list[list[str]] = []  # [name, arguments sent so far]
         self._consistent = True
         self._final: Parsed | None = None
+        self._passthrough = False
 
     @property
     def called(self) -> bool:
@@ -73,10 +84,41 @@ class SettledStream:
     def feed(self, text: str) -> list:
         if not text:
             return []
+        if self._passthrough:
+            self._content += text
+            return [text]
         self._text.append(text)
-        return self._diff(self._parse("".join(self._text), False))
+        if self._markers:
+            events = self._scan(text)
+            if events is not None:
+                return events
+        parsed = self._parse("".join(self._text), False)
+        events = self._diff(parsed)
+        if parsed.passthrough and self._consistent and parsed.content == self._content:
+            self._passthrough = True
+            self._text = []
+        return events
+
+    def _scan(self, text: str) -> list | None:
+        """Content before any marker, as ``settled_content`` gives it, from the new text; None once a marker is in
+        the text (the caller then parses, and from then on always)."""
+        held = self._held + text
+        if find_first(held, self._markers)[0] >= 0:
+            self._markers = ()
+            return None
+        keep = undecided_tail(held, self._markers)
+        out = held[:len(held) - keep]
+        content = out.rstrip()
+        self._held = held[len(content):]
+        if not content:
+            return []
+        self._content += content
+        return [content]
 
     def finish(self) -> list:
+        if self._passthrough:
+            self._final = Parsed(self._content, [tuple(call) for call in self._calls], self._reasoning or None)
+            return []
         self._final = self._parse("".join(self._text), True)
         return self._diff(self._final)
 

@@ -31,6 +31,7 @@ def parse_think(tags: tuple[str, str], text: str, final: bool, implicit: bool | 
     it did not open."""
     start, end = tags
     stripped = text.lstrip()
+    known = implicit is not None  # passthrough needs it: a guess from the text may change with more text
     if implicit is None:
         implicit = end in text and not stripped.startswith(start)
     body_at = 0
@@ -40,11 +41,12 @@ def parse_think(tags: tuple[str, str], text: str, final: bool, implicit: bool | 
         elif not final and start.startswith(stripped):
             return Parsed("")  # whitespace or a start tag cut short: wait
         else:
-            return Parsed(text)
+            return Parsed(text, passthrough=known and not final)
     body = text[body_at:]
     at = body.find(end)
     if at >= 0:
-        return Parsed(body[at + len(end):].lstrip(), reasoning=body[:at].strip())
+        content = body[at + len(end):].lstrip()
+        return Parsed(content, reasoning=body[:at].strip(), passthrough=known and bool(content) and not final)
     if not final:
         body = body[:len(body) - undecided_tail(body, (end,))]
     return Parsed("", reasoning=body.strip())

@@ -44,7 +44,7 @@ def split(text: str, cuts: list[int]) -> list[str]:
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda s: f"{s[0]}-{s[1]}-{s[2][:24]}")
 def test_whole_answer_parses_as_ovms_does(sample):
     tool, thinking, text, reasoning, content, calls = sample
-    got_reasoning, got_content, got_calls = OutputParser(tool, thinking, tools=TOOLS).parse(text)
+    got_reasoning, got_content, got_calls = OutputParser(tool, thinking, tools=TOOLS, implicit=False).parse(text)
     assert (got_reasoning, got_content) == (reasoning, content)
     assert [(c.name, c.arguments) for c in got_calls] == calls
     assert all(c.id.startswith("call_") and len(c.id) == 29 for c in got_calls)
@@ -53,7 +53,7 @@ def test_whole_answer_parses_as_ovms_does(sample):
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda s: f"{s[0]}-{s[1]}-{s[2][:24]}")
 def test_stream_one_character_at_a_time_equals_the_whole_parse(sample):
     tool, thinking, text, reasoning, content, calls = sample
-    got = streamed(OutputParser(tool, thinking, tools=TOOLS), list(text))
+    got = streamed(OutputParser(tool, thinking, tools=TOOLS, implicit=False), list(text))
     assert got == (reasoning or "", content, calls, "tool_calls" if calls else "stop")
 
 
@@ -61,11 +61,44 @@ def test_stream_one_character_at_a_time_equals_the_whole_parse(sample):
 @given(sample=st.sampled_from(SAMPLES), cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=40))
 def test_stream_at_any_split_equals_the_whole_parse(sample, cuts):
     tool, thinking, text, reasoning, content, calls = sample
-    parser = OutputParser(tool, thinking, tools=TOOLS)
+    parser = OutputParser(tool, thinking, tools=TOOLS, implicit=False)
     whole_reasoning, whole_content, whole_calls = parser.parse(text)
     got = streamed(parser, split(text, cuts))
     assert got == (whole_reasoning or "", whole_content, [(c.name, c.arguments) for c in whole_calls],
                    "tool_calls" if whole_calls else "stop")
+
+
+IMPLICIT = [("qwen3", "The user wants Paris.\n</think>\n\nIt is sunny.", "The user wants Paris.", "It is sunny."),
+            ("qwen3", "Still thinking when max_tokens", "Still thinking when max_tokens", ""),
+            ("minicpm5", "\nShort.</think>Done", "Short.", "Done")]
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=st.sampled_from(IMPLICIT), cuts=st.lists(st.integers(min_value=0, max_value=1000), max_size=20))
+def test_reasoning_opened_by_the_prompt_streams_as_it_parses(case, cuts):
+    thinking, text, reasoning, content = case
+    parser = OutputParser(None, thinking, implicit=True)
+    assert parser.parse(text) == (reasoning, content, [])
+    assert streamed(parser, split(text, cuts)) == (reasoning, content, [], "stop")
+
+
+def test_long_answers_are_not_read_again_at_every_piece():
+    """After the reasoning, and before a tool call's marker, a piece costs the piece, not the answer so far: the
+    stream's parse function is not called again (a quadratic stream took 1 s for a 54k-character answer)."""
+    calls = []
+    parser = OutputParser("qwen3coder", "qwen3", tools=TOOLS, implicit=False)
+    stream = parser.stream()
+    first, second = stream._first, stream._second
+    for stage in (first, second):
+        parse = stage._parse
+        stage._parse = lambda text, final, parse=parse: calls.append(len(text)) or parse(text, final)
+    stream.feed("<think>\nhmm\n</think>\n\nSure")
+    calls.clear()
+    for _ in range(200):
+        assert stream.feed(" word") == [" word"]
+    assert calls == []
+    events = stream.feed(" <tool_call><function=get_weather><parameter=location>Rome</parameter></function>")
+    assert [e.name for e in events if getattr(e, "name", None)] == ["get_weather"] and calls
 
 
 def test_every_parser_has_a_sample():
