@@ -174,3 +174,42 @@ def test_pull_with_a_draft_model_serves_speculative_decoding(hub, tmp_path):
     accepted = re.search(r'^ovms_llm_draft_accepted_tokens\{name="gen",version="1"\} (\S+)$', metrics, re.MULTILINE)
     assert accepted and float(accepted.group(1)) > 0, metrics
     assert "Draft model: OpenVINO-tiny-draft-ov downloaded to:" in log_path.read_text()
+
+
+@pytest.mark.parametrize("gguf_filename", ["tiny-llm-F16.gguf", "tiny-llm-F16-00001-of-00002.gguf"],
+                         ids=["one-file", "split"])
+def test_pull_a_gguf_then_serve_it(hub, tmp_path, gguf_filename):
+    """--gguf_filename from a GGUF repository (a single file, or the first part of a split model, which fetches
+    every part), the graph written with models_path "./<file>", served on openvino_genai's GGUF reader with the
+    GGUF's tokenizer and chat template, answering as the IR the GGUF was written from."""
+    import openai
+
+    gguf_dir = GENAI_FIXTURES / "tiny-llm-gguf"
+    files = {"tiny-llm-F16.gguf": gguf_dir / "tiny-llm-F16.gguf", "README.md": b"# tiny-llm GGUF\n"}
+    files.update({p.name: p for p in sorted((gguf_dir / "split").glob("*.gguf"))})
+    hub.add_repo("unsloth/tiny-llm-GGUF", files)
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(ovms_command(
+            "--source_model", "unsloth/tiny-llm-GGUF", "--gguf_filename", gguf_filename, "--model_repository_path",
+            str(tmp_path / "models"), "--model_name", "gen", "--rest_port", str(port), "--rest_bind_address",
+            "127.0.0.1"), env=pull_env(hub), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(proc, f"http://127.0.0.1:{port}/v2/models/gen/ready", log_path)
+            with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v3", api_key="unused", max_retries=0,
+                               timeout=60) as client:
+                answer = client.chat.completions.create(model="gen", messages=[{"role": "user", "content": "Hello"}],
+                                                        max_tokens=32, temperature=0)
+        finally:
+            stop(proc)
+    assert answer.choices[0].message.content == "Hello! How can I help you?"
+    model_dir = tmp_path / "models" / "unsloth" / "tiny-llm-GGUF"
+    pulled = sorted(p.name for p in model_dir.glob("*.gguf"))
+    wanted = [gguf_filename] if gguf_filename == "tiny-llm-F16.gguf" else sorted(
+        p.name for p in (gguf_dir / "split").glob("*.gguf"))
+    assert pulled == wanted  # only the asked model's files
+    for name in pulled:
+        assert (model_dir / name).read_bytes() == files[name].read_bytes()
+    assert f'models_path: "./{gguf_filename}",' in (model_dir / "graph.pbtxt").read_text()
+    assert "Traceback" not in log_path.read_text()
