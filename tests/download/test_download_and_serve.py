@@ -42,10 +42,10 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(10)
 
 
-def chat(port: int, log_path, timeout: float = 90) -> dict:
+def chat(port: int, log_path, timeout: float = 90, *, model: str = REPO) -> dict:
     """Ask until the model answers (it appears once its config is applied)."""
     deadline = time.monotonic() + timeout
-    body = {"model": REPO, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 32, "temperature": 0}
+    body = {"model": model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 32, "temperature": 0}
     while True:
         try:
             r = requests.post(f"http://127.0.0.1:{port}/v3/chat/completions", json=body, timeout=30)
@@ -118,3 +118,36 @@ def test_model_download_api_on_the_serving_port(hub, tmp_path):
         assert (models / ".ovms_download" / "jobs.sqlite3").is_file()
     finally:
         stop(proc)
+
+
+def test_ollama_model_is_served_by_ovms(hub, service_factory, tmp_path):
+    """An Ollama model whose layer is the tiny LLM as GGUF: downloaded from the registry imitation, laid out as
+    Ollama does plus model.gguf (a link to the layer's blob) and graph.pbtxt, served by `python -m ovms
+    --model_path <the model's directory>` and answering as the IR the GGUF was written from."""
+    from ollama_imitation import OllamaImitation
+
+    gguf = (GENAI_FIXTURES / "tiny-llm-gguf" / "tiny-llm-F16.gguf").read_bytes()
+    registry = OllamaImitation().start()
+    try:
+        registry.add_model("tiny-llm", "f16", {"model": gguf, "template": b"{{ .Prompt }}",
+                                               "params": b'{"stop": ["<|im_end|>"]}'})
+        service = service_factory(service_env(hub, OLLAMA_REGISTRY=registry.url))
+        job = service.wait(service.download([{"name": "tiny-llm:f16", "hub": "ollama"}],
+                                            download_path="o").json()["job_ids"][0])
+    finally:
+        registry.stop()
+    assert job["status"] == "completed", (job, service.log())
+    model_dir = service.models_dir / "o" / "ollama" / "tiny-llm:f16"
+    assert job["result"]["graph_path"] == str(model_dir / "graph.pbtxt")
+    assert (model_dir / "model.gguf").is_symlink() and (model_dir / "model.gguf").read_bytes() == gguf
+    assert str(model_dir / (model_dir / "model.gguf").readlink()) == job["result"]["gguf_path"]
+    assert 'models_path: "./model.gguf",' in (model_dir / "graph.pbtxt").read_text()
+    port = free_port()
+    log_path = tmp_path / "ovms.log"
+    proc = start_ovms(["--model_path", str(model_dir), "--model_name", "tiny-llm", "--rest_port", str(port),
+                       "--rest_bind_address", "127.0.0.1"], service_env(hub), log_path)
+    try:
+        answer = chat(port, log_path, model="tiny-llm")
+    finally:
+        stop(proc)
+    assert answer["choices"][0]["message"]["content"] == "Hello! How can I help you?"

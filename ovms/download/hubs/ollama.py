@@ -7,10 +7,17 @@ model is the ``application/vnd.ollama.image.model`` layer), each ``{mediaType, d
 by the pull engine (parallel ranges, resume after a drop or a restart) and checked against its sha256 digest
 before it takes its final name.
 
-Layout, as Ollama writes it (``OLLAMA_MODELS=<download_path>/ollama/<name>``)::
+Layout, as Ollama writes it (``OLLAMA_MODELS=<download_path>/ollama/<name>``), plus two files that make the
+model servable by ``ovms`` as it is (Ollama reads only ``manifests/`` and ``blobs/``)::
 
     manifests/<registry host>/<namespace>/<model>/<tag>   the manifest as the registry sent it
     blobs/sha256-<hex>                                    config and layers
+    model.gguf -> blobs/sha256-<hex>                      relative symlink to the model layer (a GGUF)
+    graph.pbtxt                                           text generation graph, models_path "./model.gguf"
+
+openvino_genai opens a GGUF only by a name ending in ``.gguf`` (gguf_utils is_gguf_model), which the blob's name
+does not have: hence the link. ``python -m ovms --model_path <that directory> --model_name NAME`` serves it
+(or a config.json entry with that base_path); the job result names the graph.
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ import re
 import urllib.parse
 
 from ovms.download.hubs.base import BadName, FetchTask, Plugin, Refused, publish
-from ovms.pull import state
+from ovms.pull import graph, state
 from ovms.pull.errors import PullError
 from ovms.pull.hub import HubClient, RemoteFile
 from ovms.pull.progress import Progress
@@ -35,6 +42,8 @@ from ovms.pull.verify import flush_to_disk
 DEFAULT_REGISTRY = "https://registry.ollama.ai"
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 MODEL_LAYER = "application/vnd.ollama.image.model"
+GGUF_LINK = "model.gguf"
+GRAPH_FILE = "graph.pbtxt"
 _NAME = re.compile(r"^(?:(?P<ns>[a-z0-9][a-z0-9._-]*)/)?(?P<model>[a-z0-9][a-z0-9._-]*)(?::(?P<tag>[A-Za-z0-9._-]+))?$")
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 
@@ -70,7 +79,8 @@ class OllamaPlugin(Plugin):
             if request.get(field):
                 raise Refused(f"{field} is not used by hub 'ollama'.")
         if request.get("is_ovms"):
-            raise Refused("is_ovms is not supported for hub 'ollama' (its models are GGUF files, not OpenVINO IR).")
+            raise Refused("is_ovms is not supported for hub 'ollama' (its models are GGUF files, not OpenVINO IR; "
+                          "the download writes graph.pbtxt beside the GGUF and ovms serves it as it is).")
 
     def revision(self, request: dict) -> str:
         return self.parse(request)[2]
@@ -87,6 +97,7 @@ class OllamaPlugin(Plugin):
             manifest = _parse_manifest((task.final / manifest_rel).read_bytes(), task.request["name"])
             blobs = [task.final / "blobs" / _blob_name(b["digest"]) for b in [manifest["config"], *manifest["layers"]]]
             if all(p.is_file() for p in blobs):
+                write_serving_files(task.final, manifest, task.request["name"])  # pulled by an older ovms
                 return self._result(task, manifest, manifest_rel, from_cache=True)
         if task.final.exists():
             raise Refused(f"{task.final} already exists and was not downloaded by this service; remove it or "
@@ -117,6 +128,7 @@ class OllamaPlugin(Plugin):
             target = staging_model / manifest_rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(body)
+            write_serving_files(staging_model, manifest, task.request["name"])
         finally:
             hub.close()
             if marker is not None:
@@ -137,10 +149,33 @@ class OllamaPlugin(Plugin):
         return resp.body
 
     def _result(self, task: FetchTask, manifest: dict, manifest_rel: pathlib.Path, *, from_cache: bool) -> dict:
-        gguf = next((l for l in manifest["layers"] if l["mediaType"] == MODEL_LAYER), None)
+        gguf = _model_layer(manifest)
+        graph_path = task.final / GRAPH_FILE
         return {"model_path": str(task.final), "is_ovms": False, "manifest": str(task.final / manifest_rel),
                 "gguf_path": str(task.final / "blobs" / _blob_name(gguf["digest"])) if gguf else None,
+                "graph_path": str(graph_path) if graph_path.is_file() else None,
                 "files": 1 + len(manifest["layers"]), "from_cache": from_cache}
+
+
+def _model_layer(manifest: dict) -> dict | None:
+    return next((layer for layer in manifest["layers"] if layer["mediaType"] == MODEL_LAYER), None)
+
+
+def write_serving_files(model_dir: pathlib.Path, manifest: dict, name: str) -> None:
+    """``model.gguf`` (a relative link to the model layer's blob) and a text generation ``graph.pbtxt`` naming
+    it, unless they are there already; nothing for a manifest without a model layer."""
+    layer = _model_layer(manifest)
+    if layer is None:
+        return
+    link = model_dir / GGUF_LINK
+    target = pathlib.Path("blobs") / _blob_name(layer["digest"])
+    if not (link.is_symlink() and os.readlink(link) == str(target)):
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        os.symlink(target, link)
+    if not (model_dir / GRAPH_FILE).is_file():
+        graph.write_graph(model_dir, "text_generation", graph.GraphOptions(model_name=name,
+                                                                           models_path=f"./{GGUF_LINK}"))
 
 
 def _blob_name(digest: str) -> str:
