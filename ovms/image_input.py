@@ -2,7 +2,7 @@
 
 OVMS (docs/binary_input_layout_and_shape.md, src/tensor_conversion*.cpp) decodes with OpenCV
 (``cv::imdecode(..., IMREAD_UNCHANGED)``: BGR channel order, grayscale stays one channel, PNG alpha stays), resizes
-with ``cv::resize`` (bilinear) to the input's height and width when they are fixed, converts to the input's
+with ``cv::resize`` (bilinear) to the input's height and width when they are fixed or ranges, converts to the input's
 precision (``convertTo``, no scaling: pixels stay 0-255) and stacks the images along the batch dimension. We use
 the same library for the same pixels. The request's shape is ``[N]``: only the number of images.
 
