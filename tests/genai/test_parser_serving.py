@@ -128,3 +128,44 @@ def test_the_parsers_marker_tokens_decode_to_their_text_and_other_special_tokens
     vocab = {"a": 0, "[TOOL_CALLS]": 1, "<|im_end|>": 2, "[ARGS]": 3, "<unused>": 99}
     _keep_marker_tokens(table, vocab, {"[TOOL_CALLS]", "[ARGS]", "<unused>", "<absent>"})
     assert table == [b"a", b"[TOOL_CALLS]", b"", b"[ARGS]x"]  # a token that has bytes keeps them
+
+
+def test_a_template_that_opens_the_reasoning_gets_the_answer_as_reasoning_content(tmp_path):
+    """The fixture model behind a copy of its chat template that ends the prompt with <think>, as Qwen3's does with
+    thinking on: the reasoning parser is detected from the template, and the answer (no </think> in it) is
+    all reasoning, unary and streamed; with reasoning_parser "none" the same answer is the content."""
+    model = tmp_path / "thinking-llm"
+    model.mkdir()
+    for item in LLM_DIR.iterdir():
+        (model / item.name).symlink_to(item)
+    (model / "chat_template.jinja").unlink()
+    template = (LLM_DIR / "chat_template.jinja").read_text()
+    assert "<think>" not in template and template.rstrip().endswith("{% endif %}")
+    (model / "chat_template.jinja").write_text(template.rstrip()[:-len("{% endif %}")] + "<think>\n{% endif %}")
+    thinking = LLM_GRAPH.format(path=model, max_num_seqs=2)
+    graphs = {"thinking": thinking,
+              "raw": thinking.replace('device: "CPU",', 'device: "CPU", reasoning_parser: "none",')}
+    for name, text in graphs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "graph.pbtxt").write_text(text)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"mediapipe_config_list": [{"name": n, "base_path": str(tmp_path / n)}
+                                                            for n in graphs]}))
+    with ThreadedServer(config_path=config) as running:
+        import openai
+
+        url = f"http://127.0.0.1:{running.server.rest_port}/v3"
+        with openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=60) as client:
+            request = dict(messages=[{"role": "user", "content": "Hello"}], max_tokens=12)
+            raw = client.chat.completions.create(model="raw", **request).choices[0].message
+            assert raw.content.strip() and "</think>" not in raw.content
+            assert getattr(raw, "reasoning_content", None) is None
+            unary = client.chat.completions.create(model="thinking", **request).choices[0].message
+            assert (unary.content or "", unary.reasoning_content) == ("", raw.content.strip())
+            reasoning, content = "", ""
+            for chunk in client.chat.completions.create(model="thinking", stream=True, **request):
+                if chunk.choices:
+                    delta = chunk.choices[0].delta
+                    reasoning += getattr(delta, "reasoning_content", None) or ""
+                    content += delta.content or ""
+            assert (reasoning, content) == (raw.content.strip(), "")
