@@ -166,6 +166,8 @@ def parse_gemma4(text: str, final: bool) -> Parsed:
         if brace < 0:
             break
         name = text[position + len("call:"):brace].strip()
+        if not name:
+            break
         reader = _GemmaReader(text, brace)
         try:
             arguments = reader.value()

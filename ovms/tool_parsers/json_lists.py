@@ -79,6 +79,8 @@ def parse_devstral(text: str, final: bool) -> Parsed:
         if args_at < 0:
             break
         name = text[name_start:args_at].strip()
+        if not name:
+            break
         position = skip_space(text, args_at + len("[ARGS]"))
         rest = text[position:]
         if not rest or rest.startswith("</s>") or (not final and undecided_tail(rest, ("</s>",)) == len(rest)):

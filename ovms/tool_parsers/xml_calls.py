@@ -18,13 +18,16 @@ Parameter values are text; as OVMS does (src/llm/io_processing/qwen3coder, minic
 the request's tool schema types as ``string`` stays text, any other value is read as JSON when it is JSON
 (``42``, ``true``, ``{"a": 1}``) and stays text otherwise. One newline on each side of a value is dropped.
 Arguments stream parameter by parameter: ``{"city": "Paris"`` when the parameter closes, ``}`` with the call.
+Text between and after the calls is content, as OVMS removes only the calls from the text (whitespace around them
+is dropped).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 
-from ovms.tool_parsers.incremental import Parsed, canonical, content_before, skip_space, with_calls
+from ovms.tool_parsers.incremental import Parsed, canonical, content_before, find_first, skip_space, undecided_tail, \
+    with_calls
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -77,8 +80,10 @@ def parse_xml_calls(syntax: XmlSyntax, types: dict[str, dict[str, str]], text: s
     if at < 0:
         return Parsed(content)
     calls: list[tuple[str, str]] = []
+    tags = syntax.wrappers + (syntax.function,)
     position = at
     while True:
+        segment_at = position
         position = skip_space(text, position)
         rest = text[position:]
         wrapper = next((tag for tag in syntax.wrappers if rest.startswith(tag)), None)
@@ -86,12 +91,26 @@ def parse_xml_calls(syntax: XmlSyntax, types: dict[str, dict[str, str]], text: s
             position += len(wrapper)
             continue
         if not rest.startswith(syntax.function):
-            break  # the end, a tag cut short, or text after the calls (dropped)
+            if not calls or not rest or (not final and undecided_tail(rest, tags) == len(rest)):
+                break  # no call before it (then none at all), the end, or a tag cut short
+            # Text between or after the calls is content, as OVMS removes only the calls from the text.
+            following, _ = find_first(text, syntax.markers, position)
+            segment = text[segment_at:len(text) if following < 0 else following]
+            if following < 0 and not final:
+                segment = segment[:len(segment) - undecided_tail(segment, syntax.markers)]
+            segment = segment.rstrip() if content else segment.strip()
+            content += segment
+            if following < 0:
+                break
+            position = following
+            continue
         name_at = position + len(syntax.function)
         name_end = text.find(syntax.name_end, name_at)
         if name_end < 0:
             break
-        name = text[name_at:name_end]
+        name = text[name_at:name_end].strip()
+        if not name:
+            break
         kinds = types.get(name, {})
         position = name_end + len(syntax.name_end)
         members: list[str] = []

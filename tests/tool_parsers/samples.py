@@ -74,6 +74,14 @@ SAMPLES = [
     ("onyx", "onyx", " to=self<|message|>I should look up Paris weather.<|eom|> to=get_weather<|message|>"
      + _ATEM + "<|eot|>", "I should look up Paris weather.", "",
      [("get_weather", '{"location": "Paris", "unit": "celsius"}')]),
+    ("onyx", "onyx", " to=self<|message|>I need the weather first.<|eom|> to=get_weather<|message|>" + _ATEM +
+     "<|eom|><|start|>assistant to=user<|message|>I will provide result when I have tool call result.<|eot|>",
+     "I need the weather first.", "I will provide result when I have tool call result.",
+     [("get_weather", '{"location": "Paris", "unit": "celsius"}')]),
+    ("qwen3coder", None, "First <tool_call>\n<function=get_weather>\n<parameter=location>\nParis\n</parameter>\n"
+     "</function>\n</tool_call>\nthen, after a word,\n<tool_call>\n<function=get_weather>\n<parameter=location>\n"
+     "Rome\n</parameter>\n</function>\n</tool_call>\n\nDone.", None, "First\nthen, after a word,\n\nDone.",
+     [("get_weather", '{"location": "Paris"}'), ("get_weather", '{"location": "Rome"}')]),
     ("onyx", "onyx", " to=user<|message|>Send email to=admin for help.<|eot|>", None,
      "Send email to=admin for help.", []),
     # lfm2 (lfm2_output_parser_test.cpp, lfm25_output_parser_test.cpp)
