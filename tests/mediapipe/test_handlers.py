@@ -87,6 +87,17 @@ AT_LOAD = {
 }
 
 
+SLEEPER = """
+import time
+from pyovms import Tensor
+
+class OvmsPythonModel:
+    def execute(self, inputs):
+        time.sleep(1.0)  # a slow node: a model call, a download, heavy pre-processing
+        return [Tensor("out", bytes(inputs[0]))]
+"""
+
+
 def _handler(body: str | None) -> str:
     if body is None:
         return "from pyovms import Tensor\nclass OvmsPythonModel:\n    def execute(self):\n        return []\n"
@@ -96,7 +107,8 @@ def _handler(body: str | None) -> str:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("handlers")
-    graphs = {"sorted": (SORTED_GRAPH, SORTED_INPUTS), "incomplete": (INCOMPLETE_GRAPH, INCOMPLETE)}
+    graphs = {"sorted": (SORTED_GRAPH, SORTED_INPUTS), "incomplete": (INCOMPLETE_GRAPH, INCOMPLETE),
+              "sleeper": (SIMPLE_GRAPH, SLEEPER)}
     graphs.update({name: (SIMPLE_GRAPH, _handler(body)) for name, (body, _) in AT_REQUEST.items()})
     graphs.update({name: (SIMPLE_GRAPH, code) for name, (code, _) in AT_LOAD.items()})
     for name, (graph, handler) in graphs.items():
@@ -169,3 +181,33 @@ def test_wrong_handler_is_refused_at_load_with_the_reason(served, name):
     assert status.error is not None and AT_LOAD[name][1] in status.error, status.error
     assert f'Python node "node" ({served.server.registry.models[name].config.base_path / "model.py"})' in status.error
     assert "The Python Node state initialization failed" in status.error
+
+
+def test_python_nodes_run_off_the_event_loop(served):
+    """While two requests sit in a node's one-second execute, the server answers other calls at once, and the two
+    run side by side (worker threads), not one after the other."""
+    import concurrent.futures
+    import time
+
+    client = grpcclient.InferenceServerClient(served.grpc_url)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        started = time.monotonic()
+        slow = [pool.submit(grpcclient.InferenceServerClient(served.grpc_url).infer, "sleeper",
+                            [_bytes("in", f"r{i}".encode())]) for i in range(2)]
+        time.sleep(0.2)
+        probes = []
+        for _ in range(5):
+            probe = time.monotonic()
+            assert client.is_server_live()
+            assert client.infer("sorted", [_int("a", 1), _int("b", 2), _int("c", 3)]).as_numpy("total")[0] == 123
+            probes.append(time.monotonic() - probe)
+        assert not any(f.done() for f in slow), "the slow requests ended before the probes: the test proves nothing"
+        assert max(probes) < 0.5, probes
+        assert [f.result().as_numpy("out").tobytes() for f in slow] == [b"r0", b"r1"]
+        assert time.monotonic() - started < 1.9  # side by side: about 1 s, not 2
+
+
+def _int(name: str, value: int):
+    infer_input = grpcclient.InferInput(name, [2], "INT32")
+    infer_input.set_data_from_numpy(np.array([value, value], dtype=np.int32))
+    return infer_input
