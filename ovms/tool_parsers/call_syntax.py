@@ -6,14 +6,15 @@
   are delimited by ``<|"|>``, other values are JSON literals. OVMS src/llm/io_processing/gemma4.
 
 A call's name goes out as soon as it is written; its arguments when the call closes (both syntaxes need the
-whole call to be read as values).
+whole call to be read as values). As in OVMS, only the calls are taken out of the text: text between and after
+the call blocks is content.
 """
 from __future__ import annotations
 
 import ast
 import json
 
-from ovms.tool_parsers.incremental import Parsed, canonical, content_before, skip_space, with_calls
+from ovms.tool_parsers.incremental import Parsed, canonical, content_before, skip_space, text_between, with_calls
 
 LFM2_START, LFM2_END = "<|tool_call_start|>", "<|tool_call_end|>"
 
@@ -51,35 +52,48 @@ def _python_arguments(source: str) -> str | None:
         return None
 
 
+def _is_name(text: str) -> bool:
+    return bool(text) and text.replace("_", "a").replace(".", "a").replace("-", "a").isalnum()
+
+
 def parse_lfm2(text: str, final: bool) -> Parsed:
     content, at, marker = content_before(text, (LFM2_START,), final)
     if at < 0:
         return Parsed(content)
     calls: list[tuple[str, str]] = []
-    position = skip_space(text, at + len(marker))
-    if text.startswith("[", position):
+    while at >= 0:  # one <|tool_call_start|>[...]<|tool_call_end|> block per turn
+        position = skip_space(text, at + len(LFM2_START))
+        if not text.startswith("[", position):
+            break
         position += 1
-    while True:
-        position = skip_space(text, position)
-        if text.startswith(",", position):
-            position += 1
-            continue
-        paren = text.find("(", position)
-        if paren < 0:
-            break
-        name = text[position:paren].strip()
-        if not name.replace("_", "a").replace(".", "a").replace("-", "a").isalnum():
-            break
-        end = _python_call_end(text, paren)
-        if end < 0:
-            if not final:
-                calls.append((name, ""))
-            break
-        arguments = _python_arguments(name.replace(".", "_").replace("-", "_") + text[paren:end])
-        if arguments is None:
-            break
-        calls.append((name, arguments))
-        position = end
+        while True:
+            position = skip_space(text, position)
+            if text.startswith(",", position):
+                position += 1
+                continue
+            if text.startswith("]", position):
+                position += 1
+                break
+            paren = text.find("(", position)
+            name = text[position:paren].strip() if paren >= 0 else ""
+            if not _is_name(name):
+                return with_calls(text, content, calls, final)
+            end = _python_call_end(text, paren)
+            if end < 0:
+                if not final:
+                    calls.append((name, ""))
+                return with_calls(text, content, calls, final)
+            arguments = _python_arguments(name.replace(".", "_").replace("-", "_") + text[paren:end])
+            if arguments is None:
+                return with_calls(text, content, calls, final)
+            calls.append((name, arguments))
+            position = end
+        after = skip_space(text, position)
+        if text.startswith(LFM2_END, after):
+            position = after + len(LFM2_END)
+        elif not final and LFM2_END.startswith(text[after:]):
+            break  # the end tag may be coming
+        content, at = text_between(text, position, (LFM2_START,), final, content)
     return with_calls(text, content, calls, final)
 
 
@@ -158,15 +172,14 @@ def parse_gemma4(text: str, final: bool) -> Parsed:
     if at < 0:
         return Parsed(content)
     calls: list[tuple[str, str]] = []
-    while at >= 0:
-        position = skip_space(text, at + len(GEMMA4_START))
+    position = at + len(GEMMA4_START)
+    while True:  # <|tool_call>call:a{...}[call:b{...}]<tool_call|>, blocks with text between them
+        position = skip_space(text, position)
         if not text.startswith("call:", position):
             break
         brace = text.find("{", position)
-        if brace < 0:
-            break
-        name = text[position + len("call:"):brace].strip()
-        if not name:
+        name = text[position + len("call:"):brace].strip() if brace >= 0 else ""
+        if not _is_name(name):
             break
         reader = _GemmaReader(text, brace)
         try:
@@ -176,5 +189,15 @@ def parse_gemma4(text: str, final: bool) -> Parsed:
                 calls.append((name, ""))
             break
         calls.append((name, canonical(arguments)))
-        at = text.find(GEMMA4_START, reader.position)
+        position = skip_space(text, reader.position)
+        if text.startswith("call:", position):
+            continue
+        if text.startswith(GEMMA4_END, position):
+            position += len(GEMMA4_END)
+        elif not final and (GEMMA4_END.startswith(text[position:]) or "call:".startswith(text[position:])):
+            break  # the end tag or another call may be coming
+        content, at = text_between(text, position, (GEMMA4_START,), final, content)
+        if at < 0:
+            break
+        position = at + len(GEMMA4_START)
     return with_calls(text, content, calls, final)

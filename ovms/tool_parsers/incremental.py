@@ -209,6 +209,16 @@ def content_before(text: str, markers, final: bool) -> tuple[str, int, str]:
     return text[:at].rstrip(), at, marker
 
 
+def text_between(text: str, start: int, markers, final: bool, content: str) -> tuple[str, int]:
+    """(content + the text from ``start`` to the next call marker, that marker's position or -1): text between
+    and after calls is content, stripped of the whitespace around it (held back while more may follow)."""
+    following, _ = find_first(text, markers, start)
+    segment = text[start:len(text) if following < 0 else following]
+    if following < 0 and not final:
+        segment = segment[:len(segment) - undecided_tail(segment, markers)]
+    return content + (segment.rstrip() if content else segment.strip()), following
+
+
 def with_calls(text: str, content: str, calls: list[tuple[str, str]], final: bool) -> Parsed:
     """The parse of an answer: at the end, one without a single complete call is all content."""
     if final and not calls:

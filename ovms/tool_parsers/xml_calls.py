@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from ovms.tool_parsers.incremental import Parsed, canonical, content_before, find_first, skip_space, undecided_tail, \
+from ovms.tool_parsers.incremental import Parsed, canonical, content_before, skip_space, text_between, undecided_tail, \
     with_calls
 
 
@@ -94,12 +94,7 @@ def parse_xml_calls(syntax: XmlSyntax, types: dict[str, dict[str, str]], text: s
             if not calls or not rest or (not final and undecided_tail(rest, tags) == len(rest)):
                 break  # no call before it (then none at all), the end, or a tag cut short
             # Text between or after the calls is content, as OVMS removes only the calls from the text.
-            following, _ = find_first(text, syntax.markers, position)
-            segment = text[segment_at:len(text) if following < 0 else following]
-            if following < 0 and not final:
-                segment = segment[:len(segment) - undecided_tail(segment, syntax.markers)]
-            segment = segment.rstrip() if content else segment.strip()
-            content += segment
+            content, following = text_between(text, segment_at, syntax.markers, final, content)
             if following < 0:
                 break
             position = following

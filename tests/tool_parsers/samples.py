@@ -93,6 +93,10 @@ SAMPLES = [
      "generate_DNA_sequence(length=100, preferences=['G', 'C'])]<|tool_call_end|>", None, "Checking.",
      [("test1", '{"arg1": "data1, data2"}'), ("check_status", '{"flag": true}'),
       ("generate_DNA_sequence", '{"length": 100, "preferences": ["G", "C"]}')]),
+    ("lfm2", None, "<|tool_call_start|>[get_weather(location='Paris')]<|tool_call_end|>Checking Paris, then "
+     "Rome.\n<|tool_call_start|>[get_weather(location=\"Rome\", days=2)]<|tool_call_end|>", None,
+     "Checking Paris, then Rome.",
+     [("get_weather", '{"location": "Paris"}'), ("get_weather", '{"location": "Rome", "days": 2}')]),
     # gemma4 (gemma4_output_parser_test.cpp)
     ("gemma4", "gemma4", '<|channel>thought\nSome reasoning content<channel|><|tool_call>call:example_tool{arg1:'
      '<|"|>value1<|"|>,arg2:42}<tool_call|>', "Some reasoning content", "",
@@ -101,6 +105,9 @@ SAMPLES = [
      '<|tool_call>call:generate_DNA_sequence{length:100,preferences:[<|"|>G<|"|>,<|"|>C<|"|>]}<tool_call|>', None,
      "", [("dummy", '{"config": {"name": "astro_config", "value": 99}}'),
           ("generate_DNA_sequence", '{"length": 100, "preferences": ["G", "C"]}')]),
+    ("gemma4", None, '<|tool_call>call:get_weather{location:<|"|>Paris<|"|>}call:get_weather{location:<|"|>Rome'
+     '<|"|>,days:2}<tool_call|>Both asked.', None, "Both asked.",
+     [("get_weather", '{"location": "Paris"}'), ("get_weather", '{"location": "Rome", "days": 2}')]),
     ("gemma4", "gemma4", "<|channel>thought\nSome reasoning content<channel|>SOME CONTENT WITHOUT TOOL CALL",
      "Some reasoning content", "SOME CONTENT WITHOUT TOOL CALL", []),
     # gptoss (gptoss_output_parser_test.cpp, the Harmony format)
