@@ -173,16 +173,17 @@ class DataPlane:
         return response
 
     async def infer_stream(self, request: InferRequest, *, stream: StreamContext | None = None, api: str = "KServe",
-                           interface: str = "gRPC", method: str = "ModelStreamInfer") -> AsyncIterator[InferResponse]:
+                           interface: str = "gRPC", method: str = "Stream") -> AsyncIterator[InferResponse]:
         """The responses to one request of a stream: several from a servable that streams (a graph whose Python
-        node yields), else the one ``infer`` gives."""
+        node yields; counted with OVMS's MediaPipe method label "Stream"), else the one ``infer`` gives (counted as
+        ModelInfer, as before)."""
         try:
             entry = self.registry.version_entry(request.model_name, request.model_version)
         except ServingError:
-            self._count(api, interface, method, request.model_name, request.model_version, False)
+            self._count(api, interface, "ModelInfer", request.model_name, request.model_version, False)
             raise
         if not isinstance(entry.servable, StreamingInferServable):
-            yield await self.infer(request, api=api, interface=interface, method=method)
+            yield await self.infer(request, api=api, interface=interface)
             return
         started = time.perf_counter_ns()
         servable = entry.enter()
