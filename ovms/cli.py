@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     openai.add_argument("--allowed_media_domains", default="",
                         help="comma-separated hosts the server may download image_url images from (http, https), "
                         "matched exactly (a.com does not allow b.a.com); 'all' allows any host. Default: none")
+    openai.add_argument("--verbose_response", nargs="?", const="true", default="false", choices=("true", "false"),
+                        help="add a \"__verbose\" object to chat and completion answers (the last chunk of a "
+                        "stream): the prompt after the chat template and the raw output with its special tokens, "
+                        "before tool and reasoning parsing. For debugging templates and parsers. Default false")
     pull_cli.add_arguments(parser)
     return parser
 
@@ -131,7 +135,8 @@ def openai_settings(args: argparse.Namespace):
     return OpenAISettings(api_key=key, allowed_origins=args.allowed_origins, allowed_methods=args.allowed_methods,
                           allowed_headers=args.allowed_headers, allow_credentials=args.allow_credentials,
                           allowed_local_media_path=str(media_path) if media_path else None,
-                          allowed_media_domains=tuple(d for d in args.allowed_media_domains.split(",") if d.strip()))
+                          allowed_media_domains=tuple(d for d in args.allowed_media_domains.split(",") if d.strip()),
+                          verbose_response=args.verbose_response == "true")
 
 
 def validate(args: argparse.Namespace) -> None:

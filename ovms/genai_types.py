@@ -29,6 +29,8 @@ class SamplingParams:
     num_assistant_tokens: int | None = None  # speculative / prompt lookup decoding: candidates per step
     assistant_confidence_threshold: float | None = None  # speculative: draft until its confidence drops below
     max_ngram_size: int | None = None  # prompt lookup: the longest n-gram matched in the prompt
+    skip_special_tokens: bool = True  # False: special tokens in the text, and no tool / reasoning parsing (OVMS)
+    keep_raw: bool = False  # --verbose_response: the stream keeps the ids for its raw text
 
 
 IGNORE_EOS_MAX_TOKENS = 4000  # OVMS's bound (and, without max_tokens, the length) of a generation ignoring EOS

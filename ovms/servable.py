@@ -113,6 +113,10 @@ class GenerationStream(abc.ABC):
     def abort(self) -> None:
         """Cancel the generation and free its sequence (client gone, deadline); safe to call twice."""
 
+    def raw_text(self, index: int) -> str | None:
+        """A choice's generated text with its special tokens, when the request kept it (``params.keep_raw``)."""
+        return None
+
 
 class EmbeddingServable(TextServable):
     """Text embeddings (pooling and normalization as configured in the graph)."""

@@ -127,6 +127,13 @@ class _Stream(GenerationStream):
         self.first_token_ns: int | None = None
         self.generated = 0
         self._finished = False
+        self._raw_ids: dict[int, list[int]] | None = {} if params.keep_raw else None  # --verbose_response
+
+    def raw_text(self, index: int) -> str | None:
+        """The generated text with every special token (--verbose_response), once the stream has ended."""
+        if self._raw_ids is None:
+            return None
+        return self._servable.tokenizer.decode(self._raw_ids.get(index, []), skip_special_tokens=False)
 
     def deliver(self, item) -> None:  # on the event loop
         self._queue.put_nowait(item)
@@ -169,12 +176,14 @@ class _Stream(GenerationStream):
                     detok = self._detokenizers.get(index)
                     if detok is None:
                         detok = self._detokenizers[index] = servable._detokenizer_module.Detokenizer(
-                            servable.vocabulary, self._params.stop,
+                            servable.vocabulary_for(self._params.skip_special_tokens), self._params.stop,
                             include_stop=self._params.include_stop_str_in_output)
                     if ids and self.first_token_ns is None:
                         self.first_token_ns = time.perf_counter_ns()
                     self.generated += len(ids)
                     text = detok.push_many(ids)
+                    if self._raw_ids is not None:
+                        self._raw_ids.setdefault(index, []).extend(ids)
                     if detok.stopped and finish is None:
                         finish = "stop"  # our stop-string check fired first; genai stops on the same string
                     if finish is not None:
@@ -328,6 +337,8 @@ class LLMServable(GenerativeServable):
         self._detokenizer_module = load_native("detokenize")
         # Once per model: building it per stream cost O(vocabulary) per request (15 ms for 150k tokens).
         self.vocabulary = self._detokenizer_module.Vocabulary(token_bytes)
+        self._token_bytes = token_bytes
+        self._vocabulary_with_specials = None  # skip_special_tokens: false, built at its first request
         self._info = GenerativeInfo(tool_parser=tool_parser, reasoning_parser=reasoning_parser,
                                     max_num_seqs=int(options.max_num_seqs), context_length=self.context_length,
                                     vision=self.vision, tool_guided_generation=guided)
@@ -336,6 +347,19 @@ class LLMServable(GenerativeServable):
         if self._lm:
             self._thread = threading.Thread(target=self._run_lm, name=f"ovms-genai-{name}", daemon=True)
             self._thread.start()
+
+    def vocabulary_for(self, skip_special_tokens: bool):
+        """The detokenizer's table: special tokens decode to nothing, or (skip_special_tokens: false, as OVMS's
+        request field) to their text."""
+        if skip_special_tokens:
+            return self.vocabulary
+        if self._vocabulary_with_specials is None:
+            table = list(self._token_bytes)
+            for text, token in self.tokenizer.get_vocab().items():
+                if 0 <= token < len(table) and not table[token]:
+                    table[token] = text if isinstance(text, bytes) else text.encode()
+            self._vocabulary_with_specials = self._detokenizer_module.Vocabulary(table)
+        return self._vocabulary_with_specials
 
     @property
     def info(self) -> GenerativeInfo:

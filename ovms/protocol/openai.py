@@ -23,7 +23,7 @@ log = logging.getLogger("ovms.openai")
 _COMMON = {"model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p",
            "top_k", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty", "seed", "stop",
            "include_stop_str_in_output", "ignore_eos", "n", "best_of", "logprobs", "user", "length_penalty",
-           "num_assistant_tokens", "assistant_confidence_threshold", "max_ngram_size"}
+           "num_assistant_tokens", "assistant_confidence_threshold", "max_ngram_size", "skip_special_tokens"}
 _CHAT = _COMMON | {"messages", "tools", "tool_choice", "response_format", "chat_template_kwargs", "top_logprobs",
                    "parallel_tool_calls"}
 _COMPLETIONS = _COMMON | {"prompt", "echo", "suffix"}
@@ -139,6 +139,11 @@ def _sampling(doc: dict, *, chat: bool) -> SamplingParams:
     params.num_assistant_tokens = _uint(doc, "num_assistant_tokens")
     params.assistant_confidence_threshold = _number(doc, "assistant_confidence_threshold")
     params.max_ngram_size = _uint(doc, "max_ngram_size")
+    skip = doc.get("skip_special_tokens")
+    if skip is not None:
+        if not isinstance(skip, bool):
+            raise invalid("skip_special_tokens is not a bool")
+        params.skip_special_tokens = skip
     n = _uint(doc, "n", positive=True)
     params.n = n or 1
     best_of = _uint(doc, "best_of", positive=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import json
 import logging
 import pathlib
 
@@ -38,6 +39,7 @@ class OpenAISettings:
     max_body_bytes: int = 64 << 20
     allowed_local_media_path: str | None = None  # images a client may name by path, under this directory
     allowed_media_domains: tuple[str, ...] = ()  # hosts the server may fetch images from (http, https)
+    verbose_response: bool = False  # --verbose_response: "__verbose" {prompt, content} on answers
 
 
 GENAI = web.AppKey("genai_dataplane", GenAIDataPlane)
@@ -81,6 +83,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def _generate(request: web.Request, call: codec.GenerateCall) -> web.StreamResponse:
     dp = request.app[GENAI]
     response_id, created = codec.new_id("chatcmpl" if call.chat else "cmpl"), codec.now()
+    verbose = request.app[SETTINGS].verbose_response
+    if verbose:
+        call.params.keep_raw = True
     async with dp.generation(call.model, call.params, messages=call.messages, prompt=call.prompt,
                              tools=call.tools, template_kwargs=call.template_kwargs, stream=call.stream,
                              tools_required=call.tool_choice == "required") as generation:
@@ -120,7 +125,10 @@ async def _generate(request: web.Request, call: codec.GenerateCall) -> web.Strea
                 choice.echo_chars = len(generation.prompt)
             choices.append(choice)
         usage = Usage(generation.stream.prompt_tokens, completion_tokens)
-        return _json(codec.response_json(call, response_id, created, choices, usage))
+        body = codec.response_json(call, response_id, created, choices, usage)
+        if verbose:
+            body["__verbose"] = _verbose(generation)
+        return _json(body)
 
 
 class _EventStream(web.StreamResponse):
@@ -132,6 +140,7 @@ class _EventStream(web.StreamResponse):
 async def _stream(request: web.Request, call: codec.GenerateCall, generation, response_id: str,
                   created: int) -> web.StreamResponse:
     response = _EventStream(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    verbose = request.app[SETTINGS].verbose_response
     output_parser = _output_parser(call, generation) if call.chat else None
     parse = output_parser is not None and output_parser.active
     output_streams: dict[int, OutputStream] = {}
@@ -156,6 +165,8 @@ async def _stream(request: web.Request, call: codec.GenerateCall, generation, re
                     output_stream = output_streams[chunk.index] = output_parser.stream(
                         label=f"{response_id} choice {chunk.index}")
                 data = _parsed_chunks(encoder, output_stream, chunk)
+                if verbose and chunk.finish_reason is not None and chunk.index == 0:
+                    data[-1] = _with_verbose(data[-1], generation)
                 if data:
                     await response.write(b"".join(data))
                 continue
@@ -166,6 +177,8 @@ async def _stream(request: web.Request, call: codec.GenerateCall, generation, re
             # text back to merge them would add a flush interval to the time to first token.
             data = encoder.text(chunk.index, chunk.text, chunk.finish_reason)
             if chunk.finish_reason is not None:
+                if verbose and chunk.index == 0:
+                    data = _with_verbose(data, generation)
                 held.append(data)
             elif held:
                 held.append(data)
@@ -186,9 +199,23 @@ async def _stream(request: web.Request, call: codec.GenerateCall, generation, re
     return response
 
 
+def _verbose(generation) -> dict:
+    """OVMS's --verbose_response object: the prompt after the chat template, the first choice's raw output."""
+    return {"prompt": generation.prompt, "content": generation.stream.raw_text(0) or ""}
+
+
+def _with_verbose(event: bytes, generation) -> bytes:
+    """An SSE chunk with the "__verbose" object added (OVMS puts it on the final chunk)."""
+    document = json.loads(event[len(b"data: "):].strip())
+    document["__verbose"] = _verbose(generation)
+    return codec.sse(document)
+
+
 def _output_parser(call: codec.GenerateCall, generation) -> OutputParser:
     """The graph's reasoning and tool parsers for this request (tool calls only when it offers tools)."""
     info = generation.info
+    if not call.params.skip_special_tokens:  # OVMS: the raw text, special tokens and all, is not parsed
+        return OutputParser(None, None, tools=call.tools)
     return OutputParser(info.tool_parser, info.reasoning_parser, tools=call.tools,
                         implicit=implicit_reasoning_start(info.reasoning_parser, generation.prompt))
 
