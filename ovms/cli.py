@@ -204,6 +204,10 @@ def single_model(args: argparse.Namespace):
         return ModelConfig(name=args.model_name, base_path=pathlib.Path(), kind="graph", task=task,
                            graph_text=pull_cli.task_graph_text(args, task, args.model_name),
                            source_url=args.model_path)
+    if task == "text_generation" and path.suffix.lower() == ".gguf" and path.is_file():
+        # A GGUF file: its directory is the graph's, the file its models_path (as --pull --gguf_filename writes)
+        text = pull_cli.task_graph_text(args, task, args.model_name, models_path=f"./{path.name}")
+        return graph_config(args.model_name, path.parent, task=task, where="command line", graph_text=text)
     if (path / "graph.pbtxt").is_file() or task:
         text = pull_cli.task_graph_text(args, task, args.model_name) if task else None
         return graph_config(args.model_name, path, task=task, where="command line", graph_text=text)

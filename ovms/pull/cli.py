@@ -164,12 +164,12 @@ def graph_options(args: argparse.Namespace, task: str, model_name: str, models_p
         plugin_config=get("plugin_config") or "")
 
 
-def task_graph_text(args: argparse.Namespace, task: str, model_name: str) -> str | None:
+def task_graph_text(args: argparse.Namespace, task: str, model_name: str, *, models_path: str = "./") -> str | None:
     """The graph.pbtxt that --pull would write for these flags: serving a model directory with --task and no
     graph file takes its options (--max_num_seqs, --pipeline_type, --tool_parser, ...) from it, as OVMS does."""
     if task not in graph.TASKS:
         return None
-    return graph.render(task, graph_options(args, task, model_name, "./"))
+    return graph.render(task, graph_options(args, task, model_name, models_path))
 
 
 def _require(args: argparse.Namespace, mode: str, *names: str) -> None:

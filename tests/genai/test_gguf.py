@@ -170,3 +170,34 @@ def test_a_directory_with_two_gguf_models_is_refused(tmp_path):
         gguf_model.resolve(tmp_path)
     assert str(info.value) == (f"{tmp_path} holds 2 GGUF models (a-Q4_K_M.gguf, a-Q8_0.gguf); point models_path "
                                "at one .gguf file")
+
+
+def test_model_path_naming_a_gguf_file_with_the_task_flags():
+    """--model_path FILE.gguf --task text_generation: the file's directory is the graph's, the file its
+    models_path (here the first part of a split model), and the task flags apply as for a directory."""
+    import asyncio
+
+    from ovms.backends.genai import load_graph_servable
+    from ovms.cli import build_parser, single_model
+    from ovms.genai_types import ChatMessage, GenerationRequest, SamplingParams
+
+    first = GGUF_DIR / "split" / "tiny-llm-F16-00001-of-00002.gguf"
+    args = build_parser().parse_args(["--model_name", "g", "--model_path", str(first), "--task", "text_generation",
+                                      "--pipeline_type", "LM", "--max_num_seqs", "3"])
+    config = single_model(args)
+    assert config.base_path == first.parent and 'models_path: "./tiny-llm-F16-00001-of-00002.gguf"' in \
+        config.graph_text
+    servable = load_graph_servable(config)
+    try:
+        assert servable.model_path == first and servable.info.max_num_seqs == 3
+        assert servable.context_length == 512  # qwen2.context_length
+
+        async def ask() -> str:
+            prompt = servable.apply_chat_template([ChatMessage(role="user", content="Hello")])
+            stream = await servable.generate(GenerationRequest(model_name="g", prompt=prompt, params=SamplingParams(
+                max_new_tokens=32, temperature=0.0)))
+            return "".join([chunk.text async for chunk in stream])
+
+        assert asyncio.run(ask()) == HELLO_ANSWER
+    finally:
+        servable.close()
