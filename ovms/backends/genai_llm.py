@@ -329,9 +329,11 @@ class LLMServable(GenerativeServable):
                                  f"constraint for those only); this model's tool_parser is {tool_parser or 'none'}. "
                                  f"Set the graph's tool_parser, or remove enable_tool_guided_generation")
         if tool_parser or reasoning_parser:
-            log.info("%s: tool_parser %s, reasoning_parser %s (%s)", name, tool_parser, reasoning_parser,
-                     "from the graph" if options.tool_parser or options.reasoning_parser
-                     else "detected from the chat template")
+            def source(configured: str | None) -> str:
+                return "from the graph" if configured else "detected from the chat template"
+
+            log.info("%s: tool_parser %s (%s), reasoning_parser %s (%s)", name, tool_parser,
+                     source(options.tool_parser), reasoning_parser, source(options.reasoning_parser))
         _keep_marker_tokens(token_bytes, self.tokenizer.get_vocab(),
                             tool_parsers.special_tokens(tool_parser, reasoning_parser))
         self._detokenizer_module = load_native("detokenize")

@@ -85,8 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(t, "--max_num_batched_tokens", type=int, help="Tokens batched together (default: engine's choice).")
     _add(t, "--dynamic_split_fuse", choices=BOOL_CHOICES, default="true", help="Default true.")
     _add(t, "--draft_source_model", help="Draft model directory for speculative decoding.")
-    _add(t, "--tool_parser", help="Tool-call parser, e.g. hermes3, llama3, phi4, mistral, qwen3coder.")
-    _add(t, "--reasoning_parser", help="Reasoning parser, e.g. qwen3.")
+    _add(t, "--tool_parser", help="Tool-call parser: llama3, hermes3, phi4, mistral, gptoss, qwen3coder, devstral, "
+                                  "lfm2, gemma4, onyx, minicpm5, or none (default: detected from the chat template).")
+    _add(t, "--reasoning_parser", help="Reasoning parser: qwen3, gemma4, gptoss, onyx, minicpm5, lfm2, or none "
+                                       "(default: detected from the chat template).")
     _add(t, "--enable_tool_guided_generation", choices=BOOL_CHOICES, default="false", help="Default false.")
     _add(t, "--kv_cache_precision", help="u8 to halve the KV cache (default: model's).")
     _add(t, "--max_prompt_len", type=int, help="NPU: maximum prompt tokens.")

@@ -99,3 +99,14 @@ def test_the_markers_parsers_read_are_kept_in_the_text():
     assert special_tokens("devstral", None) == {"[TOOL_CALLS]", "[ARGS]"}
     assert {"<|channel|>", "<|message|>", "<|call|>", "<|constrain|>"} <= special_tokens("gptoss", "gptoss")
     assert special_tokens(None, None) == set()
+
+
+def test_pull_help_names_every_parser():
+    from ovms.pull.cli import add_arguments
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    help_text = " ".join(parser.format_help().split())
+    for name in TOOL_PARSERS + REASONING_PARSERS:
+        assert name in help_text, name
