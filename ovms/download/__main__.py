@@ -13,6 +13,8 @@ from ovms.download.hubs.remote_url import ALLOWLIST_ENV, parse_allowlist
 from ovms.download.plugins import default_plugins
 from ovms.download.routes import create_app
 from ovms.download.service import DownloadService
+from ovms.pull.errors import UsageError
+from ovms.pull.settings import from_environment
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         return 64
     if args.max_connections is not None and args.max_connections < 1:
         print("--max_connections must be at least 1.", file=sys.stderr)
+        return 64
+    try:
+        from_environment()  # a malformed OVMS_PULL_* / GIT_LFS_* / HF_ENDPOINT stops the start, not every job
+    except UsageError as exc:
+        print(str(exc), file=sys.stderr)
         return 64
     try:
         allowlist = parse_allowlist(args.remote_url_allowlist)

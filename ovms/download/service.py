@@ -385,8 +385,9 @@ class DownloadService:
         converters = [p for p in listed if p["type"] == "converter"]
         return {"available_plugins": {"downloader": downloaders, "converter": converters},
                 "total_count": len(listed), "available_count": sum(1 for p in listed if p["available"]),
-                "activation_instructions": "Hubs marked unavailable are not implemented by this service; see "
-                                           "unavailable_reason."}
+                "activation_instructions": "A hub or converter marked unavailable says in unavailable_reason what "
+                                           "it needs (a package on the service's PATH, settings in its "
+                                           "environment or flags); restart the service once it is there."}
 
 
 def converter_plugins() -> list[Plugin]:

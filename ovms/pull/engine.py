@@ -20,7 +20,7 @@ import time
 
 import pycurl
 
-from ovms.pull.errors import InterruptedPull
+from ovms.pull.errors import InterruptedPull, PullError
 from ovms.pull.transfer import ConnectionControl
 
 log = logging.getLogger("ovms.pull")
@@ -112,43 +112,56 @@ class SharedEngine:
 
     def _run(self) -> None:
         while True:
-            with self._lock:
-                self._sessions += self._arriving
-                self._arriving = []
-                closed = self._closed
-            if closed:
+            try:
+                if self._turn():
+                    return
+            except Exception as exc:  # a bug or a libcurl failure of the handle itself: never a silent hang
+                log.exception("The shared download engine failed; ending the downloads it was running")
                 for downloader, future in list(self._sessions):
-                    self._end(downloader, future, InterruptedPull("The download engine is shutting down."))
-                return
-            if not self._sessions:
-                self._wake.wait(0.5)
-                self._wake.clear()
-                continue
+                    self._end(downloader, future, PullError(
+                        f"The download engine failed ({type(exc).__name__}: {exc}); see the service log.",
+                        remedy="Request the download again: the bytes already on disk are kept."))
+
+    def _turn(self) -> bool:
+        """One turn over every Downloader; True when the engine is closed and done."""
+        with self._lock:
+            self._sessions += self._arriving
+            self._arriving = []
+            closed = self._closed
+        if closed:
             for downloader, future in list(self._sessions):
-                self._guard(downloader, future, downloader._check_stop)
-            now = time.monotonic()
-            self._schedule(now)
-            self.control.observe(now, self._received(), self.in_flight())
-            self._schedule(now)
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight())
-            while True:
-                ret, _ = self.multi.perform()
-                if ret != pycurl.E_CALL_MULTI_PERFORM:
-                    break
-            while True:
-                remaining, ok, failed = self.multi.info_read()
-                for handle, code, message in [(h, 0, "") for h in ok] + failed:
-                    # Released already (its Downloader ended, or restarted the file): no longer anyone's.
-                    owner = next(((d, f) for d, f in self._sessions if handle in d.transfers), None)
-                    if owner is not None:
-                        self._guard(owner[0], owner[1], owner[0]._finished, owner[0].transfers[handle], code,
-                                    message)
-                if not remaining:
-                    break
-            for downloader, future in list(self._sessions):
-                if self._guard(downloader, future, downloader._after_transfers):
-                    self._end(downloader, future, None)
-            if self.in_flight():
-                self.multi.select(0.1)
-            else:
-                time.sleep(0.02)  # checks hashing, or ranges waiting out a retry pause
+                self._end(downloader, future, InterruptedPull("The download engine is shutting down."))
+            return True
+        if not self._sessions:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            return False
+        for downloader, future in list(self._sessions):
+            self._guard(downloader, future, downloader._check_stop)
+        now = time.monotonic()
+        self._schedule(now)
+        self.control.observe(now, self._received(), self.in_flight())
+        self._schedule(now)
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight())
+        while True:
+            ret, _ = self.multi.perform()
+            if ret != pycurl.E_CALL_MULTI_PERFORM:
+                break
+        while True:
+            remaining, ok, failed = self.multi.info_read()
+            for handle, code, message in [(h, 0, "") for h in ok] + failed:
+                # Released already (its Downloader ended, or restarted the file): no longer anyone's.
+                owner = next(((d, f) for d, f in self._sessions if handle in d.transfers), None)
+                if owner is not None:
+                    self._guard(owner[0], owner[1], owner[0]._finished, owner[0].transfers[handle], code,
+                                message)
+            if not remaining:
+                break
+        for downloader, future in list(self._sessions):
+            if self._guard(downloader, future, downloader._after_transfers):
+                self._end(downloader, future, None)
+        if self.in_flight():
+            self.multi.select(0.1)
+        else:
+            time.sleep(0.02)  # checks hashing, or ranges waiting out a retry pause
+        return False

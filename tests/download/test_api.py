@@ -174,3 +174,20 @@ def test_docs_page_serves_its_assets_locally(service):
         assert f"/api/v1/docs/static/{asset}" in page
         with urllib.request.urlopen(f"{base}/api/v1/docs/static/{asset}", timeout=10) as response:
             assert response.headers["Content-Type"].startswith(kind) and len(response.read()) > 10_000
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--remote_url_allowlist", "ftp://files.example/"], {}, "--remote_url_allowlist: remote-url allow-list entry "
+                                                            "'ftp://files.example/' is not an http(s) URL prefix"),
+    ([], {"OVMS_PULL_CONNECTIONS": "many"}, "OVMS_PULL_CONNECTIONS='many' is not a whole number."),
+    (["--max_connections", "0"], {}, "--max_connections must be at least 1."),
+])
+def test_bad_startup_settings_exit_64_with_the_reason(tmp_path, args, env, message):
+    import subprocess
+    import sys
+
+    from download_helpers import ROOT, service_env
+    proc = subprocess.run([sys.executable, "-m", "ovms.download", "--port", "1", "--models_dir", str(tmp_path),
+                           *args], env=service_env(**env), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 64, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr

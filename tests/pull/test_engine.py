@@ -9,7 +9,7 @@ import pytest
 
 from hub_imitation import Faults, HubImitation
 from ovms.pull.engine import SharedEngine
-from ovms.pull.errors import InterruptedPull, VerificationError
+from ovms.pull.errors import InterruptedPull, PullError, VerificationError
 from ovms.pull.paths import ModelPaths
 from ovms.pull.pull import pull_repository
 from ovms.pull.settings import PullSettings
@@ -95,3 +95,27 @@ def test_a_failing_or_stopped_pull_ends_alone(hub, tmp_path):
     assert (tmp_path / "org" / "good" / "model.bin").read_bytes() == blob("good", 4 << 20)
     assert not (tmp_path / "org" / "bad" / "model.bin").exists()
     assert engine.in_flight() == 0
+
+
+def test_a_failure_of_the_engine_itself_ends_its_pulls_with_the_reason_and_it_goes_on(hub, tmp_path):
+    """Never a silent hang: a bug in a turn (here the control's measurement raising) fails the pulls in flight
+    with a message, and the next pull is served."""
+    hub.add_repo("org/a", {"model.bin": blob("a", 2 << 20)})
+    engine = SharedEngine(2, 2)
+    real_observe = engine.control.observe
+    calls = {"n": 0}
+
+    def observe_once_broken(*args):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return real_observe(*args)
+
+    engine.control.observe = observe_once_broken
+    try:
+        with pytest.raises(PullError, match=r"The download engine failed \(RuntimeError: boom\)"):
+            pull_repository(ModelPaths(tmp_path, "org/a"), settings(hub), engine=engine)
+        assert len(pull_repository(ModelPaths(tmp_path, "org/a"), settings(hub), engine=engine).files) == 1
+    finally:
+        engine.close()
+    assert (tmp_path / "org" / "a" / "model.bin").read_bytes() == blob("a", 2 << 20)
