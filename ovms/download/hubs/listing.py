@@ -24,6 +24,7 @@ _LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')  # RFC 8288, as the Hub
 
 
 PAGE_LIMIT = 1000  # the Hub's largest page
+LIST_RETRIES = 1
 MAX_PAGES = 20  # never walk further than 20 000 repositories for one window
 HF_FILTERS = ("search", "author", "pipeline_tag", "library", "tags", "sort")
 _PRECISION = re.compile(r"(?:^|[-_])(int4|int8|fp16|fp32)(?:[-_]|$)", re.IGNORECASE)
@@ -54,8 +55,11 @@ def huggingface(filters: dict, limit: int, offset: int, token: str | None, *, hu
         raise Refused(f"filters.{unknown[0]} is not a filter of hub {hub!r} (it takes "
                              f"{', '.join(HF_FILTERS)}).")
     settings = from_environment()
-    if token:
-        settings = dataclasses.replace(settings, token=token)
+    # A listing is answered while the client waits: two tries a second apart, not the downloads' patient budget
+    # (GIT_LFS_RESUME_ATTEMPTS x GIT_LFS_RESUME_INTERVAL_SECONDS, 5 x 10 s by default).
+    settings = dataclasses.replace(settings, token=token or settings.token,
+                                   resume_attempts=min(settings.resume_attempts, LIST_RETRIES),
+                                   resume_interval=min(settings.resume_interval, 1.0))
     params: list[tuple[str, str]] = []
     for key in ("search", "author", "pipeline_tag", "library", "sort"):
         if filters.get(key) not in (None, ""):
