@@ -69,6 +69,10 @@ def test_the_fixture_header_describes_the_ir_it_came_from():
     assert header.tensors["token_embd.weight"] == ("F16", (64, config["vocab_size"]))
     assert header.tensors["blk.1.attn_k.bias"] == ("F32", (32,))
     assert "output.weight" not in header.tensors  # tied to the embeddings
+    for kind in ("Q8_0", "Q4_0"):
+        quantized = gguf_model.check_servable(FIXTURES / "tiny-llm-gguf" / "quantized" / f"tiny-llm-{kind}.gguf")
+        assert quantized.tensors["blk.0.ffn_down.weight"][0] == kind
+        assert quantized.tensors["blk.0.attn_norm.weight"] == ("F32", (64,))
 
 
 def test_the_byte_table_is_the_ir_detokenizers():

@@ -9,7 +9,8 @@ Both are served by one ovms; the openai client asks both the same things with gr
   are still the same.
 - numbers: the GGUF holds the IR's matrices rounded to float16 (openvino_genai builds linear layers from F16 and
   quantized GGUF tensors only) and openvino_genai keeps an F16 file's KV cache in f16: the logits differ in the
-  last digits, not enough to change a greedy choice on these prompts.
+  last digits, not enough to change a greedy choice on these prompts. The Q8_0 and Q4_0 quantizations of the
+  same weights give the same answers too (served on LLMPipeline).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from tests.genai.conftest import FIXTURES, LLM_DIR, LLM_GRAPH
 
 GGUF_DIR = FIXTURES / "tiny-llm-gguf"
 GGUF_FILE = GGUF_DIR / "tiny-llm-F16.gguf"
+QUANTIZED = ("Q8_0", "Q4_0")
 # Prompt tokens the GGUF tokenizer adds (see the module docstring): the last user turn -> extra tokens
 EXTRA_PROMPT_TOKENS = {"What is 2+2?": 1, "sunny, 21 C": 2}
 
@@ -44,6 +46,8 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("gguf")
     graphs = {"ir": _graph(LLM_DIR), "gguf": _graph(GGUF_FILE), "gguf-dir": _graph(GGUF_DIR),
               "gguf-lm": _graph(GGUF_FILE, lm=True)}
+    for kind in QUANTIZED:  # on LLMPipeline, in the server's process: two worker processes fewer
+        graphs[f"gguf-{kind}"] = _graph(GGUF_DIR / "quantized" / f"tiny-llm-{kind}.gguf", lm=True)
     for name, graph in graphs.items():
         (root / name).mkdir()
         (root / name / "graph.pbtxt").write_text(graph)
@@ -87,6 +91,14 @@ def test_gguf_answers_as_the_ir_it_came_from(client, dialogue):
     assert gguf_usage.completion_tokens == ir_usage.completion_tokens
     extra = EXTRA_PROMPT_TOKENS.get(_last_user_text(dialogue), 0)
     assert gguf_usage.prompt_tokens == ir_usage.prompt_tokens + extra
+
+
+@pytest.mark.parametrize("kind", QUANTIZED)
+def test_quantized_ggufs_answer_as_the_ir(client, kind):
+    """Q8_0 and Q4_0 (the matrices quantized in blocks of 32 with a scale each: openvino_genai's int8 / int4
+    weight paths) still give every dialogue's answer of the F32 IR."""
+    for dialogue in DIALOGUES:
+        assert _answer(client, f"gguf-{kind}", dialogue)[0] == _answer(client, "ir", dialogue)[0], dialogue
 
 
 @pytest.mark.parametrize("prompt,continuation", COMPLETIONS)
