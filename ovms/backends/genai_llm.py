@@ -82,14 +82,14 @@ def _structured(params: SamplingParams) -> str | dict | None:
     return params.tool_call_tags if params.tool_call_tags is not None else params.json_schema
 
 
-def _keep_marker_tokens(token_bytes: list[bytes], vocab: dict[str, int], markers: set[str]) -> None:
+def _keep_marker_tokens(token_bytes: list[bytes], vocab: dict, markers: set[str]) -> None:
     """Give the special tokens a parser reads their text back (the table decodes special tokens to b"").
 
     OVMS decodes with skip_special_tokens(false) for these parsers (requiresStreamingWithSpecialTokens); keeping
     only the parsers' own markers leaves the other special tokens (end of turn, padding) out of the answer.
     """
     for marker in markers:
-        token = vocab.get(marker)
+        token = vocab.get(marker.encode(), vocab.get(marker))  # Tokenizer.get_vocab() keys are bytes
         if token is not None and 0 <= token < len(token_bytes) and not token_bytes[token]:
             token_bytes[token] = marker.encode()
 

@@ -125,9 +125,24 @@ def test_the_parsers_marker_tokens_decode_to_their_text_and_other_special_tokens
     from ovms.backends.genai_llm import _keep_marker_tokens
 
     table = [b"a", b"", b"", b"[ARGS]x"]
-    vocab = {"a": 0, "[TOOL_CALLS]": 1, "<|im_end|>": 2, "[ARGS]": 3, "<unused>": 99}
+    vocab = {b"a": 0, b"[TOOL_CALLS]": 1, b"<|im_end|>": 2, b"[ARGS]": 3, b"<unused>": 99}
     _keep_marker_tokens(table, vocab, {"[TOOL_CALLS]", "[ARGS]", "<unused>", "<absent>"})
     assert table == [b"a", b"[TOOL_CALLS]", b"", b"[ARGS]x"]  # a token that has bytes keeps them
+
+
+def test_a_special_token_of_the_fixture_tokenizer_is_restored_in_the_decoding_table():
+    """On the real tokenizer: special tokens decode to b"" (the detokenizer skips them) and get_vocab() has bytes
+    keys; a marker a parser reads comes back, the others stay skipped."""
+    import openvino_genai
+
+    from ovms.backends.genai_llm import _keep_marker_tokens, token_byte_table
+
+    vocab = openvino_genai.Tokenizer(str(LLM_DIR)).get_vocab()
+    table = token_byte_table(LLM_DIR, len(vocab))
+    end, start = vocab[b"<|im_end|>"], vocab[b"<|im_start|>"]
+    assert table[end] == table[start] == b""
+    _keep_marker_tokens(table, vocab, {"<|im_end|>"})
+    assert (table[end], table[start]) == (b"<|im_end|>", b"")
 
 
 def test_a_template_that_opens_the_reasoning_gets_the_answer_as_reasoning_content(tmp_path):
