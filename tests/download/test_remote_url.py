@@ -4,6 +4,7 @@ a wrong sha256 failing with no file left, size-only checks, a server that states
 from __future__ import annotations
 
 import hashlib
+import pathlib
 import urllib.parse
 
 import pytest
@@ -129,7 +130,7 @@ def test_without_sha256_the_size_is_checked_and_the_digest_reported(assets, url_
     assert job["status"] == "completed", (job, url_service.log())
     assert job["result"]["verified_by"] == "size"
     assert job["result"]["sha256"] == hashlib.sha256(DATA[:70_000]).hexdigest()
-    assert pathlib_of(job).read_bytes() == DATA[:70_000]
+    assert pathlib.Path(job["result"]["model_path"]).read_bytes() == DATA[:70_000]
 
 
 def test_a_server_that_states_no_size_fails_with_the_reason(assets, url_service):
@@ -140,7 +141,3 @@ def test_a_server_that_states_no_size_fails_with_the_reason(assets, url_service)
     assert f"{url} did not state the file's size" in job["error"], job["error"]
     assert not list(url_service.models_dir.rglob("stream.bin"))
 
-
-def pathlib_of(job: dict):
-    import pathlib
-    return pathlib.Path(job["result"]["model_path"])

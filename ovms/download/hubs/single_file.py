@@ -12,7 +12,6 @@ assets redirect to one) are signed for GET only.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import logging
 import os
@@ -164,6 +163,3 @@ def filename_of(url: str) -> str:
     """The last path segment of ``url``, unquoted ('' when the path ends with '/')."""
     return urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
 
-
-def sha256_of(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
