@@ -236,6 +236,11 @@ class LLMServable(GenerativeServable):
                                  "openvino_language_model.xml / openvino_vision_embeddings_model.xml (not a VLM "
                                  "export); use LM, LM_CB or AUTO")
         draft = options.draft_models_path
+        if draft is not None and draft.suffix.lower() == ".gguf":
+            raise ModelLoadError(f"{name}: draft_models_path {draft} is a GGUF file; openvino_genai 2026.4 loads a "
+                                 "draft model from an OpenVINO IR directory only (its draft_model reads "
+                                 "openvino_model.xml); export the draft model (--draft_source_model at --pull, or "
+                                 "optimum-cli export openvino)")
         if draft is not None and not (draft / "openvino_model.xml").is_file():
             raise ModelLoadError(f"{name}: draft_models_path {draft} holds no openvino_model.xml; point it at an "
                                  "exported draft model (--draft_source_model at --pull, or optimum-cli export)")

@@ -175,6 +175,37 @@ def test_a_gguf_asked_to_serve_as_a_vlm_is_refused(tmp_path):
         _load(GGUF_FILE, pipeline_type="VLM_CB")
 
 
+def _hello(servable) -> str:
+    import asyncio
+
+    from ovms.genai_types import ChatMessage, GenerationRequest, SamplingParams
+
+    async def ask() -> str:
+        prompt = servable.apply_chat_template([ChatMessage(role="user", content="Hello")])
+        stream = await servable.generate(GenerationRequest(model_name="g", prompt=prompt, params=SamplingParams(
+            max_new_tokens=32, temperature=0.0)))
+        return "".join([chunk.text async for chunk in stream])
+
+    return asyncio.run(ask())
+
+
+def test_a_gguf_model_with_an_ir_draft_model():
+    """Speculative decoding: the GGUF main model, its IR as the draft (same vocabulary): the greedy answer."""
+    servable = _load(GGUF_FILE, draft_models_path=LLM_DIR, pipeline_type="LM")
+    try:
+        assert servable.options.decoding == "speculative" and _hello(servable) == HELLO_ANSWER
+    finally:
+        servable.close()
+
+
+def test_a_gguf_draft_model_is_refused_with_the_reason():
+    """openvino_genai 2026.4's draft_model reads <path>/openvino_model.xml (measured: "Could not open the file:
+    .../tiny-llm-Q4_0.gguf/openvino_model.xml"); the load says so instead."""
+    with pytest.raises(ModelLoadError, match="draft_models_path .*tiny-llm-Q4_0.gguf is a GGUF file; openvino_genai "
+                                             "2026.4 loads a draft model from an OpenVINO IR directory only"):
+        _load(LLM_DIR, draft_models_path=GGUF_DIR / "quantized" / "tiny-llm-Q4_0.gguf")
+
+
 def test_a_directory_with_two_gguf_models_is_refused(tmp_path):
     for name in ("a-Q4_K_M.gguf", "a-Q8_0.gguf"):
         shutil.copy(GGUF_FILE, tmp_path / name)
@@ -187,11 +218,8 @@ def test_a_directory_with_two_gguf_models_is_refused(tmp_path):
 def test_model_path_naming_a_gguf_file_with_the_task_flags():
     """--model_path FILE.gguf --task text_generation: the file's directory is the graph's, the file its
     models_path (here the first part of a split model), and the task flags apply as for a directory."""
-    import asyncio
-
     from ovms.backends.genai import load_graph_servable
     from ovms.cli import build_parser, single_model
-    from ovms.genai_types import ChatMessage, GenerationRequest, SamplingParams
 
     first = GGUF_DIR / "split" / "tiny-llm-F16-00001-of-00002.gguf"
     args = build_parser().parse_args(["--model_name", "g", "--model_path", str(first), "--task", "text_generation",
@@ -203,13 +231,6 @@ def test_model_path_naming_a_gguf_file_with_the_task_flags():
     try:
         assert servable.model_path == first and servable.info.max_num_seqs == 3
         assert servable.context_length == 512  # qwen2.context_length
-
-        async def ask() -> str:
-            prompt = servable.apply_chat_template([ChatMessage(role="user", content="Hello")])
-            stream = await servable.generate(GenerationRequest(model_name="g", prompt=prompt, params=SamplingParams(
-                max_new_tokens=32, temperature=0.0)))
-            return "".join([chunk.text async for chunk in stream])
-
-        assert asyncio.run(ask()) == HELLO_ANSWER
+        assert _hello(servable) == HELLO_ANSWER
     finally:
         servable.close()
