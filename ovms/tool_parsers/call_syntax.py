@@ -5,8 +5,8 @@
 - ``gemma4``: ``<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:3}<tool_call|>``; keys are bare, strings
   are delimited by ``<|"|>``, other values are JSON literals. OVMS src/llm/io_processing/gemma4.
 
-A call's name goes out as soon as it is written; its arguments when the call closes (both syntaxes need the
-whole call to be read as values). As in OVMS, only the calls are taken out of the text: text between and after
+A call's name goes out as soon as it is written, its arguments one by one as each is complete (``{"city": "Paris"``,
+then ``, "days": 3``, then ``}``). As in OVMS, only the calls are taken out of the text: text between and after
 the call blocks is content.
 """
 from __future__ import annotations
@@ -19,9 +19,22 @@ from ovms.tool_parsers.incremental import Parsed, canonical, content_before, ski
 LFM2_START, LFM2_END = "<|tool_call_start|>", "<|tool_call_end|>"
 
 
-def _python_call_end(text: str, start: int) -> int:
-    """The index after the ")" that closes the call whose "(" is at ``start`` (-1: not written yet)."""
-    depth, quote, position = 0, "", start
+def _python_keyword(item: str) -> str | None:
+    """``city='Paris'`` -> '"city": "Paris"'; None when it is not one keyword with a literal value."""
+    try:
+        node = ast.parse(f"f({item})", mode="eval").body
+        if not isinstance(node, ast.Call) or node.args or len(node.keywords) != 1 or node.keywords[0].arg is None:
+            return None
+        return f"{canonical(node.keywords[0].arg)}: {canonical(ast.literal_eval(node.keywords[0].value))}"
+    except (SyntaxError, ValueError, TypeError):
+        return None
+
+
+def _python_members(text: str, paren: int) -> tuple[list[str] | None, int]:
+    """The keyword arguments after the "(" at ``paren`` as JSON members, those complete so far, and the index
+    after the closing ")" (-1: not written yet); None when one is not a keyword with a literal value."""
+    members: list[str] = []
+    depth, quote, start, position = 0, "", paren + 1, paren + 1
     while position < len(text):
         c = text[position]
         if quote:
@@ -33,23 +46,22 @@ def _python_call_end(text: str, start: int) -> int:
             quote = c
         elif c in "([{":
             depth += 1
-        elif c in ")]}":
+        elif c in ")]}" and depth > 0:
             depth -= 1
-            if depth == 0:
-                return position + 1
+        elif c in ",)" and depth == 0:
+            item = text[start:position].strip()
+            if item:
+                member = _python_keyword(item)
+                if member is None:
+                    return None, -1
+                members.append(member)
+            elif c == ",":
+                return None, -1
+            if c == ")":
+                return members, position + 1
+            start = position + 1
         position += 1
-    return -1
-
-
-def _python_arguments(source: str) -> str | None:
-    """``name(a=1, b='x')`` -> '{"a": 1, "b": "x"}'; None when it is not a call with literal keyword values."""
-    try:
-        node = ast.parse(source.strip(), mode="eval").body
-        if not isinstance(node, ast.Call) or node.args:
-            return None
-        return canonical({keyword.arg: ast.literal_eval(keyword.value) for keyword in node.keywords})
-    except (SyntaxError, ValueError, TypeError):
-        return None
+    return members, -1
 
 
 def _is_name(text: str) -> bool:
@@ -78,15 +90,12 @@ def parse_lfm2(text: str, final: bool) -> Parsed:
             name = text[position:paren].strip() if paren >= 0 else ""
             if not _is_name(name):
                 return with_calls(text, content, calls, final)
-            end = _python_call_end(text, paren)
+            members, end = _python_members(text, paren)
+            if members is None or (end < 0 and final):
+                return with_calls(text, content, calls, final)
+            calls.append((name, "{" + ", ".join(members) + ("}" if end >= 0 else "")))
             if end < 0:
-                if not final:
-                    calls.append((name, ""))
                 return with_calls(text, content, calls, final)
-            arguments = _python_arguments(name.replace(".", "_").replace("-", "_") + text[paren:end])
-            if arguments is None:
-                return with_calls(text, content, calls, final)
-            calls.append((name, arguments))
             position = end
         after = skip_space(text, position)
         if text.startswith(LFM2_END, after):
@@ -167,6 +176,34 @@ class _GemmaReader:
             result.append(self.value())
 
 
+def _gemma_members(text: str, brace: int) -> tuple[list[str], int]:
+    """The members of the Gemma object at ``brace`` as JSON members, those complete so far, and the index after
+    its "}" (-1: not written yet); ValueError when it is not Gemma's syntax."""
+    reader = _GemmaReader(text, brace + 1)
+    members: list[str] = []
+    while True:
+        position = skip_space(text, reader.position)
+        if position >= len(text):
+            return members, -1
+        if text[position] == "}":
+            return members, position + 1
+        if text[position] == ",":
+            reader.position = position + 1
+            continue
+        colon = text.find(":", position)
+        if colon < 0:
+            return members, -1
+        key = text[position:colon].strip().replace(GEMMA4_QUOTE, "").strip('"')
+        if not key:
+            raise ValueError("a member has no name")
+        reader.position = colon + 1
+        try:
+            value = reader.value()
+        except ValueError:
+            return members, -1  # not complete yet
+        members.append(f"{canonical(key)}: {canonical(value)}")
+
+
 def parse_gemma4(text: str, final: bool) -> Parsed:
     content, at, marker = content_before(text, (GEMMA4_START,), final)
     if at < 0:
@@ -181,15 +218,16 @@ def parse_gemma4(text: str, final: bool) -> Parsed:
         name = text[position + len("call:"):brace].strip() if brace >= 0 else ""
         if not _is_name(name):
             break
-        reader = _GemmaReader(text, brace)
         try:
-            arguments = reader.value()
+            members, end = _gemma_members(text, brace)
         except (ValueError, IndexError):
-            if not final:
-                calls.append((name, ""))
             break
-        calls.append((name, canonical(arguments)))
-        position = skip_space(text, reader.position)
+        if end < 0 and final:
+            break
+        calls.append((name, "{" + ", ".join(members) + ("}" if end >= 0 else "")))
+        if end < 0:
+            break
+        position = skip_space(text, end)
         if text.startswith("call:", position):
             continue
         if text.startswith(GEMMA4_END, position):

@@ -131,3 +131,16 @@ def test_without_tools_in_the_request_calls_stay_content():
     text = 'functools[{"name": "f", "arguments": {}}]'
     assert OutputParser("phi4", None, tools=None).parse(text) == (None, text, [])
     assert not OutputParser("phi4", None, tools=None).active
+
+
+@pytest.mark.parametrize("parser, pieces", [
+    ("lfm2", ["<|tool_call_start|>[get_weather(location='Par", "is', ", "days=2)]<|tool_call_end|>"]),
+    ("gemma4", ['<|tool_call>call:get_weather{location:<|"|>Par', 'is<|"|>,', "days:2}<tool_call|>"]),
+])
+def test_call_syntax_arguments_stream_one_by_one(parser, pieces):
+    stream = OutputParser(parser, None, tools=TOOLS, implicit=False).stream()
+    first = stream.feed(pieces[0])
+    assert len(first) == 2 and first[0].name == "get_weather" and first[1].arguments == "{"
+    assert [e.arguments for e in stream.feed(pieces[1])] == ['"location": "Paris"']
+    assert [e.arguments for e in stream.feed(pieces[2]) + stream.finish()] == [', "days": 2}']
+    assert stream.finish_reason("stop") == "tool_calls"
