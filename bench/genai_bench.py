@@ -68,7 +68,7 @@ class InProcess:
     def __init__(self, *, sched_batch: bool = False) -> None:
         import openvino_genai as ov_genai
 
-        from ovms import chat_template
+        from ovms.genai import chat_template
 
         # sched_batch: the pipeline's threads (started now, they inherit this thread's policy) and its rounds run
         # under SCHED_BATCH, the policy ovms gives its generation worker; the client's rounds do not.

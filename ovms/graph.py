@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from ovms.errors import ConfigError
-from ovms.tool_parsers import check_parser_names
+from ovms.genai.parsers import check_parser_names
 
 _TOKEN = re.compile(r"""\s+|\#[^\n]*|(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|(?P<ext>\[[^\]]*\])"""
                     r"""|(?P<punct>[{}:,;<>])|(?P<word>[-+\w./]+)""")

@@ -16,7 +16,7 @@ from ovms.image_input import ImageBatch, is_image_input
 from ovms.types import InferRequest, InferResponse, StreamContext, TensorSpec
 
 if TYPE_CHECKING:
-    from ovms.genai_types import (ChatMessage, EmbeddingResult, GenerationRequest, GenerativeInfo, RerankResult,
+    from ovms.genai.types import (ChatMessage, EmbeddingResult, GenerationRequest, GenerativeInfo, RerankResult,
                                   TextChunk)
 
 

@@ -22,7 +22,7 @@ import openvino_genai as ov_genai
 
 from ovms.backends.token_embeddings import TokenEmbedder, model_limits, too_long
 from ovms.errors import Kind, ModelLoadError, ServingError
-from ovms.genai_types import EmbeddingResult, RerankResult
+from ovms.genai.types import EmbeddingResult, RerankResult
 from ovms.graph import GenAINodeOptions
 from ovms.servable import EmbeddingServable, RerankServable
 

@@ -38,12 +38,13 @@ import openvino as ov
 import openvino_genai as ov_genai
 import openvino_tokenizers  # noqa: F401 - registers the tokenizer ops (VocabDecoder, ...) with ov.Core
 
-from ovms import chat_template, tool_parsers
+from ovms.genai import chat_template
+from ovms.genai import parsers as tool_parsers
 from ovms._native import load as load_native
 from ovms.backends import genai_worker as wire
 from ovms.backends import gguf_model
 from ovms.errors import Kind, ModelLoadError, ServingError
-from ovms.genai_types import ChatMessage, GenerationRequest, GenerativeInfo, SamplingParams, TextChunk
+from ovms.genai.types import ChatMessage, GenerationRequest, GenerativeInfo, SamplingParams, TextChunk
 from ovms.graph import GenAINodeOptions
 from ovms.servable import GenerationStream, GenerativeServable
 

@@ -45,7 +45,7 @@ import struct
 import sys
 import time
 
-from ovms.genai_types import IGNORE_EOS_MAX_TOKENS
+from ovms.genai.types import IGNORE_EOS_MAX_TOKENS
 
 OUTPUTS, DONE, CANCELLED, ERROR, ACCEPTED = 0, 1, 2, 3, 4
 # A running stream's tokens are read from its handle every DRAIN_SECONDS (and sent every flush interval): reading
@@ -110,7 +110,7 @@ def _encode_one(tokenizer, prompt: str):
 
 
 def _tool_call_constraint(tags: dict, ov_genai):
-    """StructuredOutputConfig with the TriggeredTags of ``ovms.tool_parsers.guided.tool_call_tags``."""
+    """StructuredOutputConfig with the TriggeredTags of ``ovms.genai.parsers.guided.tool_call_tags``."""
     structured = ov_genai.StructuredOutputConfig
     items = [structured.Tag(begin=t["begin"], content=structured.JSONSchema(t["schema"]), end=t["end"])
              for t in tags["tags"]]
@@ -135,7 +135,7 @@ def complete_config(config, overrides: dict, json_schema: str | dict | None, pro
         if "max_new_tokens" in overrides:
             raise ValueError(f"max_tokens exceeds limit provided in graph config: {max_tokens_limit}")
         config.max_new_tokens = max_tokens_limit  # no max_tokens asked: the graph's limit is the default
-    if isinstance(json_schema, dict):  # tool-call tags (ovms.tool_parsers.guided)
+    if isinstance(json_schema, dict):  # tool-call tags (ovms.genai.parsers.guided)
         config.structured_output_config = _tool_call_constraint(json_schema, ov_genai)
     elif json_schema is not None:
         config.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=json_schema)

@@ -205,7 +205,7 @@ def _remote_task(settings, repo_id: str, revision: str) -> str | None:
 
 def _check_parser_names(args: argparse.Namespace) -> None:
     """Refuse, before downloading, parser names OVMS does not have, as OVMS's graph_cli_parser.cpp does."""
-    from ovms.tool_parsers import DISABLED, REASONING_PARSERS, TOOL_PARSERS
+    from ovms.genai.parsers import DISABLED, REASONING_PARSERS, TOOL_PARSERS
 
     for flag, names in (("reasoning_parser", REASONING_PARSERS), ("tool_parser", TOOL_PARSERS)):
         value = getattr(args, flag, None)

@@ -1,6 +1,6 @@
 """OpenAI-compatible (and Cohere rerank) REST routes under /v3, with the /v1 aliases OVMS has.
 
-Handlers decode with ``ovms.protocol.openai``, call ``GenAIDataPlane`` and encode; streaming answers are
+Handlers decode with ``ovms.genai.protocol``, call ``GenAIDataPlane`` and encode; streaming answers are
 Server-Sent Events. A client that disconnects mid-stream makes the next write fail, which leaves the
 generation context and cancels the sequence in the backend.
 """
@@ -17,12 +17,12 @@ import yarl
 from aiohttp import web
 
 from ovms.dataplane import DataPlane
-from ovms.dataplane_genai import GenAIDataPlane
+from ovms.genai.dataplane import GenAIDataPlane
 from ovms.errors import Kind, ServingError
-from ovms.genai_types import TextChunk, Usage
-from ovms.media import MediaPolicy, canonical_host, normalize_domains
-from ovms.protocol import openai as codec
-from ovms.tool_parsers import OutputParser, OutputStream, ReasoningDelta, implicit_reasoning_start
+from ovms.genai.types import TextChunk, Usage
+from ovms.genai.media import MediaPolicy, canonical_host, normalize_domains
+from ovms.genai import protocol as codec
+from ovms.genai.parsers import OutputParser, OutputStream, ReasoningDelta, implicit_reasoning_start
 
 log = logging.getLogger("ovms.openai")
 

@@ -313,7 +313,7 @@ def test_clients_that_disconnect_at_once_leave_nothing_behind(llm_server, servab
 
 
 def test_generate_cancelled_before_the_worker_accepts(llm_server, servable):
-    from ovms.genai_types import GenerationRequest, SamplingParams
+    from ovms.genai.types import GenerationRequest, SamplingParams
 
     assert_serves(llm_server, servable)
     before = servable.cancelled_requests
@@ -339,7 +339,7 @@ def test_generate_cancelled_before_the_worker_accepts(llm_server, servable):
 def test_close_ends_the_worker_even_while_generating():
     from ovms.backends.genai_llm import LLMServable
     from ovms.errors import ServingError
-    from ovms.genai_types import GenerationRequest, SamplingParams
+    from ovms.genai.types import GenerationRequest, SamplingParams
 
     servable = LLMServable("tiny-llm", _options(LLM_DIR))
     pid = servable._worker.pid
@@ -367,7 +367,7 @@ def test_close_ends_the_worker_even_while_generating():
 def test_lazy_start_spawns_the_worker_on_the_first_request(monkeypatch):
     """gRPC-only worker processes (--grpc_workers > 1) load LLMs lazily: no second copy of the weights."""
     from ovms.backends.genai_llm import LLMServable
-    from ovms.genai_types import GenerationRequest, SamplingParams
+    from ovms.genai.types import GenerationRequest, SamplingParams
 
     monkeypatch.setenv("OVMS_GENAI_WORKER_START", "lazy")
     servable = LLMServable("tiny-llm", _options(LLM_DIR))

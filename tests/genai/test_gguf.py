@@ -178,7 +178,7 @@ def test_a_gguf_asked_to_serve_as_a_vlm_is_refused(tmp_path):
 def _hello(servable) -> str:
     import asyncio
 
-    from ovms.genai_types import ChatMessage, GenerationRequest, SamplingParams
+    from ovms.genai.types import ChatMessage, GenerationRequest, SamplingParams
 
     async def ask() -> str:
         prompt = servable.apply_chat_template([ChatMessage(role="user", content="Hello")])

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from ovms import chat_template
+from ovms.genai import chat_template
 from ovms.config import graph_config
 from ovms.errors import ConfigError, ServingError
 from ovms.graph import parse_text_proto, read_graph

@@ -16,7 +16,7 @@ import requests
 from tests.genai.test_vlm import QUESTION, VLM_DIR, data_url, png, user
 from tests.test_cli import serve, stop, wait_ready
 
-LIMIT = 20 << 20  # README: "20 MB encoded" per image (ovms.media.MAX_IMAGE_BYTES)
+LIMIT = 20 << 20  # README: "20 MB encoded" per image (ovms.genai.media.MAX_IMAGE_BYTES)
 CAT = png(7)
 
 

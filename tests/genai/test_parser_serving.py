@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import logging
 
-from ovms.genai_types import TextChunk
-from ovms.protocol import openai as codec
-from ovms.tool_parsers import OutputParser
+from ovms.genai.types import TextChunk
+from ovms.genai import protocol as codec
+from ovms.genai.parsers import OutputParser
 from ovms.transport.openai_rest import _parsed_chunks
 from tests.conftest import ThreadedServer
 from tests.fixtures.genai.dialogues import TOOLS

@@ -6,15 +6,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ovms.errors import ServingError
-from ovms.genai_types import ToolCallDelta
-from ovms.protocol import openai as codec
+from ovms.genai.types import SamplingParams, ToolCallDelta
+from ovms.genai import protocol as codec
 
 
 @pytest.mark.parametrize("chat", [True, False])
 @given(text=st.text(max_size=20), index=st.integers(0, 3), finish=st.sampled_from([None, "stop", "length"]),
        model=st.text(min_size=1, max_size=8))
 def test_chunk_encoder_equals_chunk_json(chat, text, index, finish, model):
-    call = codec.GenerateCall(model=model, params=codec.SamplingParams(), chat=chat)
+    call = codec.GenerateCall(model=model, params=SamplingParams(), chat=chat)
     fast = codec.ChunkEncoder(call, "chatcmpl-1", 7).text(index, text, finish)
     assert fast == codec.sse(codec.chunk_json(call, "chatcmpl-1", 7, index, text=text, finish_reason=finish))
 
@@ -25,7 +25,7 @@ tool_call_deltas = st.builds(ToolCallDelta, index=st.integers(0, 3), arguments=s
 
 @given(delta=tool_call_deltas, index=st.integers(0, 3), model=st.text(min_size=1, max_size=8))
 def test_chunk_encoder_tool_call_equals_chunk_json(delta, index, model):
-    call = codec.GenerateCall(model=model, params=codec.SamplingParams(), chat=True)
+    call = codec.GenerateCall(model=model, params=SamplingParams(), chat=True)
     fast = codec.ChunkEncoder(call, "chatcmpl-1", 7).tool_call(index, delta)
     assert fast == codec.sse(codec.chunk_json(call, "chatcmpl-1", 7, index, tool_calls=[delta]))
 
@@ -33,7 +33,7 @@ def test_chunk_encoder_tool_call_equals_chunk_json(delta, index, model):
 @pytest.mark.parametrize("chat", [True, False])
 @pytest.mark.parametrize("finish", [None, "stop", "tool_calls", "length"])
 def test_chunk_encoder_finish_equals_chunk_json(chat, finish):
-    call = codec.GenerateCall(model="m", params=codec.SamplingParams(), chat=chat)
+    call = codec.GenerateCall(model="m", params=SamplingParams(), chat=chat)
     fast = codec.ChunkEncoder(call, "chatcmpl-1", 7).finish(2, finish)
     assert fast == codec.sse(codec.chunk_json(call, "chatcmpl-1", 7, 2, finish_reason=finish))
 

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ovms.genai_types import ToolCallDelta
-from ovms.json_stream import CanonicalJsonReader, JsonStreamError
-from ovms.tool_parsers import PARSERS, STREAM_SYNTAXES, parse_tool_calls, tool_call_stream
+from ovms.genai.types import ToolCallDelta
+from ovms.genai.json_stream import CanonicalJsonReader, JsonStreamError
+from ovms.genai.parsers import PARSERS, STREAM_SYNTAXES, parse_tool_calls, tool_call_stream
 
 MARKERS = {"hermes3": "<tool_call>", "llama3": "<|python_tag|>"}
 
@@ -284,7 +284,7 @@ def test_not_a_call_is_sent_as_content():
 def test_arguments_that_break_keep_the_call_and_send_the_rest_as_content(caplog):
     text = '<tool_call>{"name": "f", "arguments": {"a": tru}}</tool_call>'
     stream = tool_call_stream("hermes3", label="chatcmpl-1 choice 0")
-    with caplog.at_level(logging.INFO, logger="ovms.tool_parsers"):
+    with caplog.at_level(logging.INFO, logger="ovms.genai.parsers"):
         (content, calls) = assemble(stream.feed(text) + stream.finish())
     assert calls == [("f", '{"a": ')] and content == "tru}}</tool_call>"
     assert stream.finish_reason("stop") == "stop"  # not "tool_calls": the call is broken
@@ -294,7 +294,7 @@ def test_arguments_that_break_keep_the_call_and_send_the_rest_as_content(caplog)
 
 def test_answer_cut_inside_the_arguments_reports_length(caplog):
     stream = tool_call_stream("hermes3", label="chatcmpl-2 choice 0")
-    with caplog.at_level(logging.INFO, logger="ovms.tool_parsers"):
+    with caplog.at_level(logging.INFO, logger="ovms.genai.parsers"):
         content, calls = assemble(stream.feed('<tool_call>{"name": "f", "arguments": {"n": 12') + stream.finish())
     assert calls == [("f", '{"n": ')] and content == "12"
     assert stream.finish_reason("length") == "length"

@@ -6,7 +6,7 @@ import json
 import pydantic
 import pytest
 
-from ovms.tool_parsers import parse_tool_calls
+from ovms.genai.parsers import parse_tool_calls
 from tests.conftest import ThreadedServer
 from tests.fixtures.genai.dialogues import DIALOGUES, TOOLS
 from tests.genai.conftest import LLM_DIR, LLM_GRAPH
@@ -177,7 +177,7 @@ def test_parsers_unit():
 
 
 def test_reasoning_split():
-    from ovms.tool_parsers import split_reasoning
+    from ovms.genai.parsers import split_reasoning
 
     assert split_reasoning("qwen3", "<think>\nhmm\n</think>\n\nAnswer") == ("hmm", "Answer")
     assert split_reasoning("qwen3", "hmm</think>Answer") == ("hmm", "Answer")

@@ -150,7 +150,7 @@ def reference():
     import openvino as ov
     import openvino_genai as ov_genai
 
-    from ovms.media import decode_image
+    from ovms.genai.media import decode_image
 
     pipe = ov_genai.VLMPipeline(str(VLM_DIR), "CPU")
 
@@ -270,7 +270,7 @@ def test_vlm_in_model_listing_and_completions(vlm_client):
 
 
 def test_decode_image_modes():
-    from ovms.media import decode_image
+    from ovms.genai.media import decode_image
 
     for mode in ("RGB", "RGBA", "L", "P"):
         pixels = decode_image(png(4, size=(30, 20), mode=mode))
@@ -285,7 +285,7 @@ def test_pixel_limits_are_checked_from_the_header():
     from PIL import Image
 
     from ovms.errors import ServingError
-    from ovms.media import MAX_IMAGE_PIXELS, decode_image
+    from ovms.genai.media import MAX_IMAGE_PIXELS, decode_image
 
     buffer = io.BytesIO()
     Image.new("RGB", (4097, 4096)).save(buffer, format="PNG")  # solid: small encoded, 50 MB decoded

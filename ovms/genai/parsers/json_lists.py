@@ -10,8 +10,8 @@ is dropped. Arguments are written as ``json.dumps`` writes them, as for every pa
 """
 from __future__ import annotations
 
-from ovms.json_stream import JsonStreamError
-from ovms.tool_parsers.incremental import Parsed, content_before, scan_call_object, scan_json, skip_space, \
+from ovms.genai.json_stream import JsonStreamError
+from ovms.genai.parsers.incremental import Parsed, content_before, scan_call_object, scan_json, skip_space, \
     undecided_tail, with_calls
 
 

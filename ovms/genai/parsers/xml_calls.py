@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from ovms.tool_parsers.incremental import Parsed, canonical, content_before, skip_space, text_between, undecided_tail, \
+from ovms.genai.parsers.incremental import Parsed, canonical, content_before, skip_space, text_between, undecided_tail, \
     with_calls
 
 

@@ -22,10 +22,10 @@ import logging
 import uuid
 from typing import Callable
 
-from ovms.genai_types import ToolCallDelta
-from ovms.json_stream import CHARS, END, KEY, PIECE, CanonicalJsonReader, JsonStreamError
+from ovms.genai.types import ToolCallDelta
+from ovms.genai.json_stream import CHARS, END, KEY, PIECE, CanonicalJsonReader, JsonStreamError
 
-log = logging.getLogger("ovms.tool_parsers")
+log = logging.getLogger("ovms.genai.parsers")
 
 
 @dataclasses.dataclass(slots=True)

@@ -1,22 +1,17 @@
-"""OpenAI JSON (chat/completions, completions, embeddings, models) and Cohere rerank <-> neutral types.
+"""OpenAI chat/completions and completions JSON <-> neutral types: requests, answers and SSE chunks.
 
 Validation happens here, at the edge, with OVMS's messages (src/llm/apis/openai_completions.cpp) so the field
 is named in every 400. Unknown fields are accepted and logged, as OVMS does.
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import logging
-import struct
-import itertools
-import secrets
-import time
 from typing import Any
 
-from ovms.errors import Kind, ServingError
-from ovms.genai_types import IGNORE_EOS_MAX_TOKENS, ChatMessage, SamplingParams, ToolCall, ToolCallDelta, Usage
+from ovms.genai.protocol.common import boolean, invalid, log_unknown, model_field, number, uint, usage_json
+from ovms.genai.types import IGNORE_EOS_MAX_TOKENS, ChatMessage, SamplingParams, ToolCall, ToolCallDelta, Usage
 
 log = logging.getLogger("ovms.openai")
 
@@ -28,23 +23,6 @@ _CHAT = _COMMON | {"messages", "tools", "tool_choice", "response_format", "chat_
                    "parallel_tool_calls"}
 _COMPLETIONS = _COMMON | {"prompt", "echo", "suffix"}
 MAX_STOP_STRINGS = 4
-
-
-def invalid(message: str) -> ServingError:
-    return ServingError(Kind.GENAI_INVALID_REQUEST, message)
-
-
-def parse_body(body: bytes) -> dict:
-    """The request JSON object; anything else is OVMS's 412 "The file is not valid json"."""
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ServingError(Kind.OPENAI_JSON_INVALID, f"request body: {exc}") from None
-    except RecursionError:
-        raise ServingError(Kind.OPENAI_JSON_INVALID, "request body: nested too deeply to parse") from None
-    if not isinstance(document, dict):
-        raise ServingError(Kind.OPENAI_JSON_INVALID, "request body must be a JSON object")
-    return document
 
 
 @dataclasses.dataclass(slots=True)
@@ -64,60 +42,23 @@ class GenerateCall:
     chat: bool = True
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _uint(doc: dict, name: str, *, positive: bool = False) -> int | None:
-    value = doc.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise invalid(f"{name} is not an unsigned integer")
-    if value > 4294967295:
-        raise invalid(f"{name} value can't be greater than 4294967295")
-    if positive and value == 0:
-        raise invalid(f"{name} value should be greater than 0")
-    return value
-
-
-def _number(doc: dict, name: str, low: float | None = None, high: float | None = None) -> float | None:
-    value = doc.get(name)
-    if value is None:
-        return None
-    if not _is_number(value):
-        raise invalid(f"{name} is not a valid number")
-    if low is not None and not low <= value <= high:
-        raise invalid(f"{name} out of range({low}, {high})")
-    return float(value)
-
-
-def _bool(doc: dict, name: str, default: bool = False) -> bool:
-    value = doc.get(name, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise invalid(f"{name} accepts values true or false")
-    return value
-
-
 def _sampling(doc: dict, *, chat: bool) -> SamplingParams:
     params = SamplingParams()
-    max_tokens = _uint(doc, "max_completion_tokens", positive=True) if chat else None
-    params.max_new_tokens = max_tokens if max_tokens is not None else _uint(doc, "max_tokens", positive=True)
-    params.temperature = _number(doc, "temperature", 0.0, 2.0)
-    params.top_p = _number(doc, "top_p", 0.0, 1.0)
+    max_tokens = uint(doc, "max_completion_tokens", positive=True) if chat else None
+    params.max_new_tokens = max_tokens if max_tokens is not None else uint(doc, "max_tokens", positive=True)
+    params.temperature = number(doc, "temperature", 0.0, 2.0)
+    params.top_p = number(doc, "top_p", 0.0, 1.0)
     top_k = doc.get("top_k")
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool)):
         raise invalid("top_k is not an integer")
     params.top_k = top_k if top_k is None or top_k > 0 else None  # OpenAI/vLLM: -1 or 0 mean "all tokens"
-    params.min_p = _number(doc, "min_p", 0.0, 1.0)
-    params.repetition_penalty = _number(doc, "repetition_penalty")
+    params.min_p = number(doc, "min_p", 0.0, 1.0)
+    params.repetition_penalty = number(doc, "repetition_penalty")
     if params.repetition_penalty is not None and params.repetition_penalty <= 0:
         raise invalid("repetition_penalty must be greater than 0")
-    params.frequency_penalty = _number(doc, "frequency_penalty", -2.0, 2.0)
-    params.presence_penalty = _number(doc, "presence_penalty", -2.0, 2.0)
-    params.seed = _uint(doc, "seed")
+    params.frequency_penalty = number(doc, "frequency_penalty", -2.0, 2.0)
+    params.presence_penalty = number(doc, "presence_penalty", -2.0, 2.0)
+    params.seed = uint(doc, "seed")
     stop = doc.get("stop")
     if isinstance(stop, str):
         params.stop = (stop,)
@@ -129,24 +70,24 @@ def _sampling(doc: dict, *, chat: bool) -> SamplingParams:
         params.stop = tuple(stop)
     elif stop is not None:
         raise invalid("stop is not a string or array of strings")
-    params.include_stop_str_in_output = _bool(doc, "include_stop_str_in_output")
-    params.ignore_eos = _bool(doc, "ignore_eos")
+    params.include_stop_str_in_output = boolean(doc, "include_stop_str_in_output")
+    params.ignore_eos = boolean(doc, "ignore_eos")
     if params.ignore_eos and params.max_new_tokens is not None and params.max_new_tokens > IGNORE_EOS_MAX_TOKENS:
         # OVMS bounds a generation that ignores EOS (without max_tokens the backend stops it there)
         name = "max_completion_tokens" if chat and doc.get("max_completion_tokens") is not None else "max_tokens"
         raise invalid(f"when ignore_eos is true {name} can not be greater than {IGNORE_EOS_MAX_TOKENS}")
     # Assisted decoding (speculative, prompt lookup), as OVMS reads them (src/llm/apis/openai_api_handler.cpp)
-    params.num_assistant_tokens = _uint(doc, "num_assistant_tokens")
-    params.assistant_confidence_threshold = _number(doc, "assistant_confidence_threshold")
-    params.max_ngram_size = _uint(doc, "max_ngram_size")
+    params.num_assistant_tokens = uint(doc, "num_assistant_tokens")
+    params.assistant_confidence_threshold = number(doc, "assistant_confidence_threshold")
+    params.max_ngram_size = uint(doc, "max_ngram_size")
     skip = doc.get("skip_special_tokens")
     if skip is not None:
         if not isinstance(skip, bool):
             raise invalid("skip_special_tokens is not a bool")
         params.skip_special_tokens = skip
-    n = _uint(doc, "n", positive=True)
+    n = uint(doc, "n", positive=True)
     params.n = n or 1
-    best_of = _uint(doc, "best_of", positive=True)
+    best_of = uint(doc, "best_of", positive=True)
     if best_of is not None:
         if best_of < params.n:
             raise invalid("n value cannot be greater than best_of")
@@ -182,21 +123,6 @@ def _stream(doc: dict) -> tuple[bool, bool]:
         if not isinstance(include_usage, bool):
             raise invalid("stream_options.include_usage is not a boolean")
     return stream, include_usage
-
-
-def _model(doc: dict) -> str:
-    model = doc.get("model")
-    if model is None:
-        raise invalid("model missing in request")
-    if not isinstance(model, str):
-        raise invalid("model is not a string")
-    return model
-
-
-def _log_unknown(doc: dict, known: set[str], endpoint: str) -> None:
-    unknown = set(doc) - known
-    if unknown:
-        log.info("%s: ignoring unknown fields %s", endpoint, ", ".join(sorted(unknown)))
 
 
 def _content(value, index: int) -> tuple[str, list[str]]:
@@ -253,7 +179,7 @@ def _messages(doc: dict) -> list[ChatMessage]:
 
 def decode_generate(doc: dict, *, chat: bool) -> GenerateCall:
     """A chat/completions (chat=True) or completions request."""
-    _log_unknown(doc, _CHAT if chat else _COMPLETIONS, "chat/completions" if chat else "completions")
+    log_unknown(doc, _CHAT if chat else _COMPLETIONS, "chat/completions" if chat else "completions")
     stream, include_usage = _stream(doc)
     call = GenerateCall(model="", params=SamplingParams(), stream=stream, include_usage=include_usage, chat=chat)
     if chat:
@@ -267,8 +193,8 @@ def decode_generate(doc: dict, *, chat: bool) -> GenerateCall:
         if not isinstance(prompt, str):
             raise invalid("prompt is not a string")
         call.prompt = prompt
-        call.echo = _bool(doc, "echo")
-    call.model = _model(doc)
+        call.echo = boolean(doc, "echo")
+    call.model = model_field(doc)
     call.params = _sampling(doc, chat=chat)
     if chat:
         tools = doc.get("tools")
@@ -316,19 +242,6 @@ def _response_format(value) -> str | None:
 
 
 # ---- responses ---------------------------------------------------------------------------------------------
-
-_ID_BASE = secrets.token_hex(8)  # random per process; a counter after it keeps ids unique without a syscall each
-_ID_COUNTER = itertools.count(1)
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{_ID_BASE}{next(_ID_COUNTER) & 0xFFFFFFFF:08x}"
-
-
-def usage_json(usage: Usage) -> dict:
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens}
-
 
 def tool_calls_json(calls: list[ToolCall]) -> list[dict]:
     return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
@@ -465,172 +378,3 @@ def usage_chunk_json(call: GenerateCall, response_id: str, created: int, usage: 
             "usage": usage_json(usage)}
 
 
-def sse(document: dict | str) -> bytes:
-    """One Server-Sent Event: ``data: <json>`` and a blank line."""
-    data = document if isinstance(document, str) else json.dumps(document, ensure_ascii=False)
-    return f"data: {data}\n\n".encode()
-
-
-SSE_DONE = b"data: [DONE]\n\n"
-
-
-def now() -> int:
-    return int(time.time())
-
-
-# ---- embeddings, rerank, models, tokenize ------------------------------------------------------------------
-
-@dataclasses.dataclass(slots=True)
-class TokenizeCall:
-    """/v3/tokenize as OVMS reads it (src/tokenize/tokenize_parser.cpp)."""
-
-    model: str
-    texts: list[str]
-    options: dict  # max_length (+ truncation), pad_to_max_length, add_special_tokens, padding_side
-
-
-def decode_tokenize(doc: Any) -> TokenizeCall:
-    if not isinstance(doc, dict):
-        raise invalid("Received json is not an object")
-    model = doc.get("model")
-    if not isinstance(model, str) or not model:
-        raise invalid("model is missing or not a string")
-    text = doc.get("text")
-    if text is None:
-        raise invalid("text field is required")
-    if isinstance(text, str):
-        texts = [text]
-    elif isinstance(text, list):
-        if not text:
-            raise invalid("text array should not be empty")
-        if all(isinstance(t, str) for t in text):
-            texts = list(text)
-        elif all(isinstance(t, int) and not isinstance(t, bool) for t in text):
-            raise invalid("Input should be string or array of strings")
-        else:
-            raise invalid("every element in text array should be either string or int")
-    else:
-        raise invalid("text should be string, array of strings or array of integers")
-    options: dict = {}
-    if "max_length" in doc:
-        value = doc["max_length"]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise invalid("max_length should be unsigned integer")
-        if value == 0:
-            raise invalid("max_length should be greater than 0")
-        options["max_length"] = value
-        options["truncation"] = True  # OVMS: max_length implies truncation
-    for name in ("pad_to_max_length", "add_special_tokens"):
-        if name in doc:
-            if not isinstance(doc[name], bool):
-                raise invalid(f"{name} should be boolean")
-            options[name] = doc[name]
-    if "padding_side" in doc:
-        side = doc["padding_side"]
-        if not isinstance(side, str):
-            raise invalid("padding_side should be string, either left or right")
-        if side not in ("left", "right"):
-            raise invalid("padding_side should be either left or right")
-        options["padding_side"] = side
-    _log_unknown(doc, {"model", "text", "max_length", "pad_to_max_length", "add_special_tokens", "padding_side"},
-                 "tokenize")
-    return TokenizeCall(model, texts, options)
-
-
-def tokenize_json(rows: list[list[int]]) -> dict:
-    """OVMS answers one list for one text, a list of lists for several."""
-    return {"tokens": rows if len(rows) > 1 else rows[0]}
-
-
-@dataclasses.dataclass(slots=True)
-class EmbeddingsCall:
-    model: str
-    inputs: list[str] | list[list[int]]
-    encoding_format: str
-
-
-def decode_embeddings(doc: dict) -> EmbeddingsCall:
-    _log_unknown(doc, {"model", "input", "encoding_format", "user", "dimensions"}, "embeddings")
-    model = _model(doc)
-    value = doc.get("input")
-    if value is None:
-        raise invalid("input field is required")
-    if isinstance(value, str):
-        inputs: list = [value]
-    elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        inputs = value
-    elif isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        inputs = [value]
-    elif (isinstance(value, list) and value and all(isinstance(v, list) and v and all(
-            isinstance(t, int) and not isinstance(t, bool) for t in v) for v in value)):
-        inputs = value
-    else:
-        raise invalid("input must be a string, an array of strings, an array of tokens or an array of token arrays")
-    encoding = doc.get("encoding_format", "float")
-    if encoding not in ("float", "base64"):
-        raise invalid("encoding_format accepts values float or base64")
-    return EmbeddingsCall(model, inputs, encoding)
-
-
-def embeddings_json(call: EmbeddingsCall, vectors: list[list[float]], prompt_tokens: int) -> dict:
-    data = []
-    for i, vector in enumerate(vectors):
-        if call.encoding_format == "base64":
-            embedding: Any = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-        else:
-            embedding = vector
-        data.append({"object": "embedding", "embedding": embedding, "index": i})
-    return {"object": "list", "data": data, "model": call.model,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
-
-
-@dataclasses.dataclass(slots=True)
-class RerankCall:
-    model: str
-    query: str
-    documents: list[str]
-    top_n: int | None
-    return_documents: bool
-
-
-def decode_rerank(doc: dict) -> RerankCall:
-    _log_unknown(doc, {"model", "query", "documents", "top_n", "return_documents", "rank_fields",
-                       "max_chunks_per_doc"}, "rerank")
-    model = _model(doc)
-    query = doc.get("query")
-    if not isinstance(query, str):
-        raise invalid("query is missing or not a string")
-    documents = doc.get("documents")
-    if not isinstance(documents, list) or not documents:
-        raise invalid("documents is missing or not a non-empty array")
-    texts = []
-    for d in documents:
-        if isinstance(d, dict) and isinstance(d.get("text"), str):
-            d = d["text"]
-        if not isinstance(d, str):
-            raise invalid("documents must be strings (or objects with a text string)")
-        texts.append(d)
-    top_n = _uint(doc, "top_n", positive=True)
-    return RerankCall(model, query, texts, top_n, _bool(doc, "return_documents", True))
-
-
-def rerank_json(call: RerankCall, scores: list[tuple[int, float]], prompt_tokens: int) -> dict:
-    ranked = sorted(scores, key=lambda item: -item[1])
-    if call.top_n is not None:
-        ranked = ranked[:call.top_n]
-    results = []
-    for index, score in ranked:
-        item: dict[str, Any] = {"index": index, "relevance_score": score}
-        if call.return_documents:
-            item["document"] = {"text": call.documents[index]}
-        results.append(item)
-    return {"id": new_id("rerank"), "results": results, "usage": {"prompt_tokens": prompt_tokens,
-                                                                  "total_tokens": prompt_tokens}}
-
-
-def model_json(name: str, created: int) -> dict:
-    return {"id": name, "object": "model", "created": created, "owned_by": "OVMS"}
-
-
-def models_json(names: list[tuple[str, int]]) -> dict:
-    return {"object": "list", "data": [model_json(name, created) for name, created in names]}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import json
 
-from ovms.tool_parsers.incremental import Parsed, canonical, content_before, skip_space, text_between, with_calls
+from ovms.genai.parsers.incremental import Parsed, canonical, content_before, skip_space, text_between, with_calls
 
 LFM2_START, LFM2_END = "<|tool_call_start|>", "<|tool_call_end|>"
 

@@ -7,7 +7,7 @@ import pytest
 
 from ovms.errors import ConfigError
 from ovms.graph import read_graph_text
-from ovms.tool_parsers import DISABLED, REASONING_PARSERS, TOOL_PARSERS, check_parser_names, detect_parsers, \
+from ovms.genai.parsers import DISABLED, REASONING_PARSERS, TOOL_PARSERS, check_parser_names, detect_parsers, \
     resolve_parsers, special_tokens
 
 GRAPH = """node {{

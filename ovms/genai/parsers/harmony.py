@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from ovms.tool_parsers.incremental import Parsed, find_first, undecided_tail
+from ovms.genai.parsers.incremental import Parsed, find_first, undecided_tail
 
 CHANNEL, CONSTRAIN, MESSAGE = "<|channel|>", "<|constrain|>", "<|message|>"
 CLOSERS = ("<|end|>", "<|return|>", "<|call|>")

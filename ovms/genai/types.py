@@ -25,7 +25,7 @@ class SamplingParams:
     best_of: int | None = None
     logprobs: int | None = None  # number of top logprobs asked for (only the chosen token's is returned)
     json_schema: str | None = None  # structured output: a JSON schema text
-    tool_call_tags: dict | None = None  # tool-guided generation (ovms.tool_parsers.guided); wins over json_schema
+    tool_call_tags: dict | None = None  # tool-guided generation (ovms.genai.parsers.guided); wins over json_schema
     num_assistant_tokens: int | None = None  # speculative / prompt lookup decoding: candidates per step
     assistant_confidence_threshold: float | None = None  # speculative: draft until its confidence drops below
     max_ngram_size: int | None = None  # prompt lookup: the longest n-gram matched in the prompt

@@ -12,12 +12,12 @@ from typing import AsyncIterator
 
 from ovms.dataplane import DataPlane
 from ovms.errors import Kind, ServingError
-from ovms.genai_types import (ChatMessage, EmbeddingResult, GenerationRequest, GenerativeInfo, RerankResult,
+from ovms.genai.types import (ChatMessage, EmbeddingResult, GenerationRequest, GenerativeInfo, RerankResult,
                               SamplingParams)
-from ovms.media import MediaPolicy, load_images
+from ovms.genai.media import MediaPolicy, load_images
 from ovms.registry import VersionState
 from ovms.servable import EmbeddingServable, GenerationStream, GenerativeServable, RerankServable
-from ovms.tool_parsers import guided
+from ovms.genai.parsers import guided
 
 
 @dataclasses.dataclass(slots=True)

@@ -23,10 +23,10 @@ import dataclasses
 import functools
 from typing import Callable
 
-from ovms.genai_types import ToolCall
-from ovms.tool_parsers import call_syntax, guided, harmony, json_calls, json_lists, reasoning, xml_calls
-from ovms.tool_parsers.incremental import Parsed, ReasoningDelta, SettledStream, call_id
-from ovms.tool_parsers.json_calls import PARSERS, STREAM_SYNTAXES, ToolCallStream
+from ovms.genai.types import ToolCall
+from ovms.genai.parsers import call_syntax, guided, harmony, json_calls, json_lists, reasoning, xml_calls
+from ovms.genai.parsers.incremental import Parsed, ReasoningDelta, SettledStream, call_id
+from ovms.genai.parsers.json_calls import PARSERS, STREAM_SYNTAXES, ToolCallStream
 
 __all__ = ["TOOL_PARSERS", "REASONING_PARSERS", "DISABLED", "OutputParser", "OutputStream", "ReasoningDelta",
            "check_parser_names", "detect_parsers", "resolve_parsers", "parse_tool_calls", "split_reasoning",

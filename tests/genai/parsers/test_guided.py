@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ovms.tool_parsers.guided import GUIDED_PARSERS, tool_call_tags
+from ovms.genai.parsers.guided import GUIDED_PARSERS, tool_call_tags
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},

@@ -3,7 +3,7 @@
 Canonical means what ``json.dumps(json.loads(text), ensure_ascii=False)`` gives: ``", "`` and ``": "``
 separators, numbers as Python prints them (``1E2`` -> ``100.0``), strings with only the escapes ``json.dumps``
 writes (``"\\u00e9"`` -> ``"é"``). Streamed tool calls use it so that their argument fragments, concatenated,
-equal the arguments string of the non-streamed answer (``ovms/tool_parsers/`` re-serialises with
+equal the arguments string of the non-streamed answer (``ovms/genai/parsers/`` re-serialises with
 ``json.dumps``). It accepts and rejects what ``json.JSONDecoder().raw_decode`` does for an object or an array,
 including ``NaN``/``Infinity`` and lone surrogate escapes; tests/genai/test_tool_call_stream.py checks both.
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ovms.genai_types import ToolCallDelta
-from ovms.tool_parsers import REASONING_PARSERS, TOOL_PARSERS, OutputParser, ReasoningDelta
-from tests.tool_parsers.samples import SAMPLES, TOOLS
+from ovms.genai.types import ToolCallDelta
+from ovms.genai.parsers import REASONING_PARSERS, TOOL_PARSERS, OutputParser, ReasoningDelta
+from tests.genai.parsers.samples import SAMPLES, TOOLS
 
 
 def streamed(parser: OutputParser, pieces: list[str]):

@@ -16,10 +16,10 @@ import logging
 import re
 import uuid
 
-from ovms.genai_types import ToolCall, ToolCallDelta
-from ovms.json_stream import CHARS, END, KEY, CanonicalJsonReader, JsonStreamError
+from ovms.genai.types import ToolCall, ToolCallDelta
+from ovms.genai.json_stream import CHARS, END, KEY, CanonicalJsonReader, JsonStreamError
 
-log = logging.getLogger("ovms.tool_parsers")
+log = logging.getLogger("ovms.genai.parsers")
 
 
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
@@ -136,7 +136,7 @@ class ToolCallStream:
 
     Content goes out as soon as it cannot be the start of an opener; only a possible opener prefix, and the
     whitespace before it (the non-streamed parse strips it), is held back. Inside a call, the first delta goes out
-    when the name is complete and the arguments then follow as they grow, written canonically (``ovms.json_stream``)
+    when the name is complete and the arguments then follow as they grow, written canonically (``ovms.genai.json_stream``)
     so that the fragments of a call, concatenated, are exactly the ``arguments`` that ``parse_tool_calls`` gives for
     the same text. Whatever turns out not to be a call goes out as content: no text is lost.
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ovms.tool_parsers import TOOL_PARSERS, OutputParser
-from tests.tool_parsers.test_streams import split, streamed
+from ovms.genai.parsers import TOOL_PARSERS, OutputParser
+from tests.genai.parsers.test_streams import split, streamed
 
 NAMES = st.from_regex(r"[a-z][a-z_]{0,11}", fullmatch=True)
 KEYS = st.from_regex(r"[a-z][a-z_0-9]{0,7}", fullmatch=True)

@@ -4,7 +4,7 @@
   minicpm5). When the rendered prompt ends with ``<think>`` (the template opened it), the answer starts inside
   the reasoning and holds only the closing tag; without a closing tag all of it is reasoning.
 - ``gemma4``: ``<|channel>thought\\n...<channel|>`` (OVMS .../gemma4).
-- ``gptoss``: Harmony ``analysis`` messages (``ovms.tool_parsers.harmony``).
+- ``gptoss``: Harmony ``analysis`` messages (``ovms.genai.parsers.harmony``).
 - ``onyx``: Harmony-like turns ``[<|start|>assistant] to=RECIPIENT<|message|>BODY<|eom|>`` (or ``<|eot|>``); the
   turns to ``self`` are the reasoning, the framing of the others is removed (OVMS .../onyx).
 
@@ -13,7 +13,7 @@ stripped of surrounding whitespace, and the content after it of leading whitespa
 """
 from __future__ import annotations
 
-from ovms.tool_parsers.incremental import Parsed, undecided_tail
+from ovms.genai.parsers.incremental import Parsed, undecided_tail
 
 THINK_TAGS = {"qwen3": ("<think>", "</think>"), "lfm2": ("<think>", "</think>"),
               "minicpm5": ("<think>", "</think>"), "gemma4": ("<|channel>thought\n", "<channel|>")}
