@@ -1,8 +1,8 @@
 """OVMS ``graph.pbtxt`` files: a small protobuf text-format reader and the GenAI node options in them.
 
 Only what OVMS's GenAI calculators read is interpreted (src/llm/llm_calculator.proto,
-src/embeddings/embeddings_calculator_ov.proto, src/rerank/rerank_calculator_ov.proto); other nodes are kept
-as parsed dictionaries.
+src/embeddings/embeddings_calculator_ov.proto, src/rerank/rerank_calculator_ov.proto,
+src/image_gen/image_gen_calculator.proto); other nodes are kept as parsed dictionaries.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ _TOKEN = re.compile(r"""\s+|\#[^\n]*|(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'
 # calculator -> task
 _CALCULATORS = {"HttpLLMCalculator": "text_generation", "LLMCalculator": "text_generation",
                 "EmbeddingsCalculatorOV": "embeddings", "EmbeddingsCalculator": "embeddings",
-                "RerankCalculatorOV": "rerank", "RerankCalculator": "rerank"}
+                "RerankCalculatorOV": "rerank", "RerankCalculator": "rerank",
+                "ImageGenCalculator": "image_generation"}
 
 
 def _tokens(text: str):
@@ -125,6 +126,7 @@ class GenAINodeOptions:
     cache_eviction: dict | None = None
     sparse_attention: dict | None = None
     cache_interval_multiplier: int | None = None
+    image: "ImageGenLimits | None" = None  # image_generation: the request limits and defaults of the graph
     raw: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -165,7 +167,7 @@ def read_graph_text(text: str, base: pathlib.Path, *, where: str = "graph") -> G
             for value in node_options.values():
                 options = value[-1]
         return node_options_from(_CALCULATORS[calculator], options, base)
-    raise ConfigError(f"{where}: no text generation, embeddings or rerank node "
+    raise ConfigError(f"{where}: no text generation, embeddings, rerank or image generation node "
                       f"(calculators: {', '.join(sorted(_CALCULATORS))})")
 
 
@@ -184,6 +186,10 @@ KNOWN_OPTIONS = {
                    "truncate"},
     "rerank": {"models_path", "max_allowed_chunks", "max_position_embeddings", "target_device", "device",
                "plugin_config"},
+    "image_generation": {"models_path", "device", "plugin_config", "max_resolution", "default_resolution",
+                         "max_num_images_per_prompt", "default_num_inference_steps", "max_num_inference_steps",
+                         "resolution", "num_images_per_prompt", "guidance_scale", "lora_adapters",
+                         "composite_lora_adapters"},
 }
 
 
@@ -285,6 +291,8 @@ def node_options_from(task: str, options: dict, base: pathlib.Path) -> GenAINode
                           "runs one request at a time (use LM_CB, VLM_CB or AUTO)")
     if task == "text_generation":
         _check_llm_options(result)
+    if task == "image_generation":
+        result.image = image_limits(options, base)
     return result
 
 
@@ -329,3 +337,104 @@ def _check_llm_options(options: GenAINodeOptions) -> None:
         check_parser_names(options.tool_parser, options.reasoning_parser)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+@dataclasses.dataclass(slots=True)
+class LoraAdapter:
+    """A LoRA adapter of an image generation graph (LoraAdapterEntry): requests name it by ``alias`` in ``model``."""
+
+    alias: str
+    path: pathlib.Path
+    alpha: float = 1.0
+
+
+@dataclasses.dataclass(slots=True)
+class ImageGenLimits:
+    """ImageGenCalculatorOptions' request limits and defaults, with OVMS's defaults (image_gen_calculator.proto)."""
+
+    max_resolution: tuple[int, int] = (4096, 4096)
+    default_resolution: tuple[int, int] | None = None  # None: the model's own (sample size x VAE scale)
+    max_num_images_per_prompt: int = 10
+    default_num_inference_steps: int = 50
+    max_num_inference_steps: int = 100
+    lora_adapters: list[LoraAdapter] = dataclasses.field(default_factory=list)
+    composite_lora_adapters: dict[str, list[tuple[str, float | None]]] = dataclasses.field(default_factory=dict)
+
+
+def parse_resolution(text: str, *, field: str) -> tuple[int, int]:
+    """"WxH" as (width, height), with OVMS's messages (imagegenutils.cpp getDimensions)."""
+    left, x, right = str(text).partition("x")
+    if not x or not left.isdigit() or not right.isdigit():
+        raise ValueError(f"{field} field is not in correct format - WxH")
+    width, height = int(left), int(right)
+    if width <= 0 or height <= 0:
+        raise ValueError(f"{field} field values must be greater than 0")
+    return width, height
+
+
+def _count(options: dict, name: str, default: int) -> int:
+    value = _first(options, name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"graph option {name} must be a positive integer, got {value!r}")
+    return value
+
+
+def image_limits(options: dict, base: pathlib.Path) -> ImageGenLimits:
+    """The image generation node's options, checked as OVMS checks them at load (imagegen_init.cpp)."""
+    # Static reshape (resolution, num_images_per_prompt, guidance_scale) is what NPU needs; this server serves
+    # the dynamic shapes of CPU and GPU only, so the options are refused rather than silently ignored.
+    for name in ("resolution", "num_images_per_prompt", "guidance_scale"):
+        if _first(options, name) is not None:
+            raise ConfigError(f"graph option {name} (static reshape of the image generation models) is not "
+                              "supported by this server: it serves dynamic shapes only (CPU, GPU); remove it")
+    limits = ImageGenLimits(max_num_images_per_prompt=_count(options, "max_num_images_per_prompt", 10),
+                            default_num_inference_steps=_count(options, "default_num_inference_steps", 50),
+                            max_num_inference_steps=_count(options, "max_num_inference_steps", 100))
+    try:
+        limits.max_resolution = parse_resolution(_first(options, "max_resolution", "4096x4096"),
+                                                 field="max_resolution")
+        default = _first(options, "default_resolution")
+        if default is not None:
+            limits.default_resolution = parse_resolution(default, field="default_resolution")
+    except ValueError as exc:
+        raise ConfigError(f"graph option {exc}") from None
+    if limits.default_resolution is not None and (limits.default_resolution[0] > limits.max_resolution[0]
+                                                  or limits.default_resolution[1] > limits.max_resolution[1]):
+        (w, h), (mw, mh) = limits.default_resolution, limits.max_resolution
+        raise ConfigError(f"Default resolution exceeds maximum allowed resolution: ({w}x{h}) > ({mw}x{mh})")
+    for entry in options.get("lora_adapters", []):
+        limits.lora_adapters.append(_lora_entry(entry, base))
+    aliases = [a.alias for a in limits.lora_adapters]
+    if len(set(aliases)) != len(aliases):
+        raise ConfigError(f"graph option lora_adapters: aliases must be unique, got {', '.join(aliases)}")
+    for entry in options.get("composite_lora_adapters", []):
+        alias = _first(entry, "alias")
+        if not alias:
+            raise ConfigError("graph option composite_lora_adapters: required field alias is missing")
+        components = []
+        for component in entry.get("components", []):
+            name = _first(component, "adapter_alias")
+            if name not in aliases:
+                raise ConfigError(f"graph option composite_lora_adapters {alias}: adapter_alias {name!r} is not "
+                                  f"one of the lora_adapters ({', '.join(aliases) or 'none'})")
+            alpha = _first(component, "alpha")
+            components.append((str(name), None if alpha is None else float(alpha)))
+        limits.composite_lora_adapters[str(alias)] = components
+    return limits
+
+
+def _lora_entry(entry: dict, base: pathlib.Path) -> LoraAdapter:
+    unknown = sorted(set(entry) - {"alias", "path", "alpha", "mode"})
+    if unknown:
+        raise ConfigError(f"graph option lora_adapters: unknown field(s) {', '.join(unknown)}; fields: alias, "
+                          "path, alpha, mode")
+    alias, path = _first(entry, "alias"), _first(entry, "path")
+    if not alias or not path:
+        raise ConfigError("graph option lora_adapters: required fields alias and path")
+    mode = str(_first(entry, "mode", "DYNAMIC")).upper()
+    if mode != "DYNAMIC":
+        raise ConfigError(f"graph option lora_adapters {alias}: mode {mode} is not supported by this server (STATIC "
+                          "is NPU's, FUSE merges into the weights); DYNAMIC adapters are applied per request")
+    resolved = pathlib.Path(str(path))
+    return LoraAdapter(str(alias), resolved if resolved.is_absolute() else base / resolved,
+                       float(_first(entry, "alpha", 1.0)))

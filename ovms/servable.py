@@ -16,8 +16,8 @@ from ovms.image_input import ImageBatch, is_image_input
 from ovms.types import InferRequest, InferResponse, StreamContext, TensorSpec
 
 if TYPE_CHECKING:
-    from ovms.genai.types import (ChatMessage, EmbeddingResult, GenerationRequest, GenerativeInfo, RerankResult,
-                                  TextChunk)
+    from ovms.genai.types import (ChatMessage, EmbeddingResult, GenerationRequest, GenerativeInfo, ImageRequest,
+                                  ImageResult, RerankResult, TextChunk)
 
 
 class Servable(abc.ABC):
@@ -123,6 +123,21 @@ class EmbeddingServable(TextServable):
 
     @abc.abstractmethod
     async def embed(self, texts: list[str] | list[list[int]]) -> "EmbeddingResult": ...
+
+
+class ImageGenerationServable(TextServable):
+    """Images from a prompt (text to image) and edits of an uploaded image (image to image, inpainting with a
+    mask), as OVMS's ImageGenCalculator serves them."""
+
+    @abc.abstractmethod
+    async def generate_images(self, request: "ImageRequest") -> "ImageResult": ...
+
+    @abc.abstractmethod
+    async def edit_images(self, request: "ImageRequest") -> "ImageResult": ...
+
+    def aliases(self) -> list[str]:
+        """Other names a request may give in ``model`` for this servable (LoRA adapters), none by default."""
+        return []
 
 
 class RerankServable(TextServable):

@@ -1,4 +1,5 @@
-"""GenAI graph servables: read the graph (or the --task given), then load the matching pipeline."""
+"""GenAI graph servables: read the graph (or the --task given), then load the matching pipeline (LLM, VLM,
+embeddings, rerank, image generation)."""
 from __future__ import annotations
 
 from ovms.backends import cache
@@ -8,7 +9,7 @@ from ovms.graph import node_options_from, read_graph, read_graph_text
 from ovms.servable import Servable
 
 _TASKS = {"text_generation": "text_generation", "embeddings": "embeddings", "embeddings_ov": "embeddings",
-          "rerank": "rerank", "rerank_ov": "rerank"}
+          "rerank": "rerank", "rerank_ov": "rerank", "image_generation": "image_generation"}
 
 
 def load_graph_servable(config: ModelConfig) -> Servable:
@@ -38,6 +39,10 @@ def load_graph_servable(config: ModelConfig) -> Servable:
         from ovms.backends.genai_llm import LLMServable
 
         return LLMServable(config.name, options)
+    if options.task == "image_generation":
+        from ovms.backends.genai_images import ImageGenServable
+
+        return ImageGenServable(config.name, options)
     from ovms.backends import genai_embeddings
 
     if options.task == "embeddings":

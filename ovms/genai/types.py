@@ -122,3 +122,24 @@ class GenerativeInfo:
     context_length: int | None
     vision: bool = False  # takes images (a VLM)
     tool_guided_generation: bool = False  # the graph's enable_tool_guided_generation
+
+
+@dataclasses.dataclass(slots=True)
+class ImageRequest:
+    """One image generation or edit: the prompt, the pipeline options OVMS passes on (width, height,
+    num_images_per_prompt, num_inference_steps, rng_seed, guidance_scale, strength, negative_prompt, ...), and for
+    edits the decoded image (uint8 [1, H, W, 3]) and optional mask (inpainting).
+
+    ``model`` is the name the request used: a LoRA adapter's alias selects that adapter (OVMS routes by it)."""
+
+    model: str
+    prompt: str
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    image: Any = None
+    mask: Any = None
+    lora_alphas: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(slots=True)
+class ImageResult:
+    images: list[bytes]  # PNG files, one per generated image

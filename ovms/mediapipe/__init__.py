@@ -11,7 +11,7 @@ import pathlib
 from ovms.errors import ModelLoadError
 
 GENAI_CALCULATORS = ("HttpLLMCalculator", "LLMCalculator", "EmbeddingsCalculatorOV", "EmbeddingsCalculator",
-                     "RerankCalculatorOV", "RerankCalculator")
+                     "RerankCalculatorOV", "RerankCalculator", "ImageGenCalculator")
 
 
 def is_mediapipe_graph(graph_path: pathlib.Path | None) -> bool:
