@@ -1,10 +1,11 @@
-"""Generative verbs of the data plane: generate (chat, completions), embed, rerank, tokenize, list models.
+"""Generative verbs of the data plane: generate (chat, completions), embed, rerank, tokenize, images, list models.
 
 Each verb resolves the servable through the registry and holds it (``entry.enter()`` / ``leave()``) for the
 whole request, streaming included, so an unload or reload waits for generations in flight.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import time
@@ -12,11 +13,12 @@ from typing import AsyncIterator
 
 from ovms.dataplane import DataPlane
 from ovms.errors import Kind, ServingError
-from ovms.genai.types import (ChatMessage, EmbeddingResult, GenerationRequest, GenerativeInfo, RerankResult,
-                              SamplingParams)
-from ovms.genai.media import MediaPolicy, load_images
+from ovms.genai.types import (ChatMessage, EmbeddingResult, GenerationRequest, GenerativeInfo, ImageRequest,
+                              ImageResult, RerankResult, SamplingParams)
+from ovms.genai.media import MediaPolicy, decode_image, load_images
 from ovms.registry import VersionState
-from ovms.servable import EmbeddingServable, GenerationStream, GenerativeServable, RerankServable
+from ovms.servable import (EmbeddingServable, GenerationStream, GenerativeServable, ImageGenerationServable,
+                           RerankServable)
 from ovms.genai.parsers import guided
 
 
@@ -113,6 +115,37 @@ class GenAIDataPlane:
         async with self._hold(name, GenerativeServable, "Unary", "tokenization (/v3/tokenize)") as servable:
             return await servable.tokenize(texts, **(options or {}))
 
+    async def images(self, request: ImageRequest, *, edit: bool) -> ImageResult:
+        """Generate images from the prompt, or (``edit``) from the uploaded image: image to image, or inpainting
+        when a mask came. ``request.model`` names the servable or one of its LoRA adapters; ``request.image`` and
+        ``mask`` arrive encoded (PNG, JPEG, ...) and are decoded here, off the event loop."""
+        name = self._image_model(request.model)
+        started = time.perf_counter_ns()
+        what = "image edits (/v3/images/edits)" if edit else "image generation (/v3/images/generations)"
+        try:
+            async with self._hold(name, ImageGenerationServable, "Unary", what) as servable:
+                if not edit:
+                    return await servable.generate_images(request)
+                image, mask = await asyncio.to_thread(_decode_edit, request.image, request.mask)
+                return await servable.edit_images(dataclasses.replace(request, image=image, mask=mask))
+        finally:
+            if self.dataplane.metrics is not None and name in self.registry.models:
+                elapsed_us = (time.perf_counter_ns() - started) / 1000
+                self.dataplane.metrics.observe("ovms_request_time_us", (name, "1", "REST"), elapsed_us)
+
+    def _image_model(self, name: str) -> str:
+        """The served model a request's ``model`` means: itself, or the image generation graph with a LoRA adapter
+        of that alias (OVMS routes adapters by the model name)."""
+        if name in self.registry.models:
+            return name
+        for model in self.registry.models.values():
+            for entry in model.versions.values():
+                servable = entry.servable
+                if (entry.state is VersionState.AVAILABLE and isinstance(servable, ImageGenerationServable)
+                        and name in servable.aliases()):
+                    return model.name
+        return name
+
     def _created(self, name: str) -> int:
         return self._loaded_at.setdefault(name, int(time.time()))
 
@@ -141,3 +174,8 @@ def _tag_images(messages: list[ChatMessage]) -> list[ChatMessage]:
             m = dataclasses.replace(m, content=tags + m.content)
         tagged.append(m)
     return tagged
+
+
+def _decode_edit(image: bytes, mask: bytes | None):
+    """The uploaded image and mask as uint8 [1, H, W, 3] RGB (blocking: Pillow)."""
+    return decode_image(image), None if mask is None else decode_image(mask)

@@ -256,6 +256,48 @@ async def tokenize(request: web.Request) -> web.Response:
     return _json(codec.tokenize_json(rows))
 
 
+async def image_generations(request: web.Request) -> web.Response:
+    call = codec.decode_image_generation(await _body(request))
+    result = await request.app[GENAI].images(call, edit=False)
+    return _json(codec.images_json(result, codec.now()))
+
+
+async def image_edits(request: web.Request) -> web.Response:
+    fields, files = await _form(request)
+    call = codec.decode_image_edit(fields, files)
+    result = await request.app[GENAI].images(call, edit=True)
+    return _json(codec.images_json(result, codec.now()))
+
+
+async def _form(request: web.Request) -> tuple[dict[str, str], dict[str, list[bytes]]]:
+    """A multipart/form-data body as its text fields and its files (by field name), within the body limit."""
+    _check_key(request)
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ServingError(Kind.GENAI_INVALID_REQUEST, f"request body is {request.content_length} bytes; the limit "
+                                                       f"is {limit}")
+    if request.content_type != "multipart/form-data":
+        raise ServingError(Kind.GENAI_INVALID_REQUEST, f"Failed to parse multipart data: the body is "
+                                                       f"{request.content_type or 'untyped'}, not multipart/form-data")
+    fields: dict[str, str] = {}
+    files: dict[str, list[bytes]] = {}
+    total = 0
+    try:
+        reader = await request.multipart()
+        async for part in reader:
+            data = await part.read()
+            total += len(data)
+            if total > limit:
+                raise ServingError(Kind.GENAI_INVALID_REQUEST, f"request body is over the limit of {limit} bytes")
+            if part.filename is not None:
+                files.setdefault(part.name or "", []).append(bytes(data))
+            else:
+                fields[part.name or ""] = data.decode("utf-8", errors="replace")
+    except (ValueError, AssertionError, aiohttp.ClientPayloadError) as exc:
+        raise ServingError(Kind.GENAI_INVALID_REQUEST, f"Failed to parse multipart data: {exc}") from None
+    return fields, files
+
+
 async def list_models(request: web.Request) -> web.Response:
     _check_key(request)
     return _json(codec.models_json(request.app[GENAI].list_models()))
@@ -333,7 +375,8 @@ def add_routes(app: web.Application, dataplane: DataPlane) -> None:
     app.on_response_prepare.append(_cors_headers)
     add = app.router.add_route
     posts = {"chat/completions": chat_completions, "completions": completions, "embeddings": embeddings,
-             "rerank": rerank, "tokenize": tokenize}
+             "rerank": rerank, "tokenize": tokenize, "images/generations": image_generations,
+             "images/edits": image_edits}
     for prefix in PREFIXES:
         for path, handler in posts.items():
             add("POST", f"{prefix}/{path}", handler)

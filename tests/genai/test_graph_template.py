@@ -70,7 +70,7 @@ def test_embeddings_graph_options(tmp_path):
 
 def test_graph_errors_are_clear(tmp_path):
     (tmp_path / "graph.pbtxt").write_text('node { calculator: "SomethingElse" }')
-    with pytest.raises(ConfigError, match="no text generation, embeddings or rerank node"):
+    with pytest.raises(ConfigError, match="no text generation, embeddings, rerank or image generation node"):
         read_graph(tmp_path / "graph.pbtxt")
     with pytest.raises(ConfigError, match="unbalanced"):
         parse_text_proto("node { calculator: 'x'")

@@ -8,5 +8,6 @@ from ovms.genai.protocol.common import (SSE_DONE, invalid, new_id, now, parse_bo
                                         usage_json)
 from ovms.genai.protocol.embeddings import (EmbeddingsCall, RerankCall, decode_embeddings,  # noqa: F401
                                             decode_rerank, embeddings_json, rerank_json)
+from ovms.genai.protocol.images import decode_image_edit, decode_image_generation, images_json  # noqa: F401
 from ovms.genai.protocol.models import model_json, models_json  # noqa: F401
 from ovms.genai.protocol.tokenize import TokenizeCall, decode_tokenize, tokenize_json  # noqa: F401
