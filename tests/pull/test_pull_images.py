@@ -26,7 +26,8 @@ def test_pull_then_serve_an_image_generation_model(hub, tmp_path):
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(ovms_command("--source_model", repo,
-                                             "--model_repository_path", str(tmp_path / "models"), "--model_name", "sd", "--rest_port", str(port),
+                                             "--model_repository_path", str(tmp_path / "models"),
+                                             "--model_name", "sd", "--rest_port", str(port),
                                              "--rest_bind_address", "127.0.0.1", "--max_num_images_per_prompt", "2",
                                              "--default_num_inference_steps", "3"),
                                 env=pull_env(hub), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
