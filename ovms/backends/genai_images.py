@@ -38,6 +38,51 @@ def png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _invalid(message: str) -> ServingError:
+    return ServingError(Kind.GENAI_INVALID_REQUEST, message)
+
+
+def checked_options(requested: dict, limits: ImageGenLimits) -> dict:
+    """A request's pipeline options against the graph's limits, with the graph's defaults added; OVMS's checks
+    and messages (imagegenutils.cpp ensureAcceptableAndDefaultsSetRequestOptions).
+
+    max_resolution: OVMS documents that larger requests are refused but its 2026.2 sources never check it; here a
+    width or height above it is refused, in the same words as the other limits."""
+    options = dict(requested)
+    if limits.default_resolution is not None:
+        options.setdefault("width", limits.default_resolution[0])
+        options.setdefault("height", limits.default_resolution[1])
+    n = options.get("num_images_per_prompt")
+    if n is not None:
+        if n > limits.max_num_images_per_prompt:
+            raise _invalid(f"num_images_per_prompt/n is greater than maxNumImagesPerPrompt: "
+                           f"{limits.max_num_images_per_prompt}")
+        if n <= 0:
+            raise _invalid("num_images_per_prompt/n must be higher than 0")
+    steps = options.get("num_inference_steps")
+    if steps is None:
+        options["num_inference_steps"] = limits.default_num_inference_steps
+    elif steps > limits.max_num_inference_steps:
+        raise _invalid(f"num_inference_steps is greater than maxNumInferenceSteps: {limits.max_num_inference_steps}")
+    elif steps <= 0:
+        raise _invalid("num_inference_steps must be higher than 0")
+    for name in ("width", "height"):
+        if name in options and options[name] <= 0:
+            raise _invalid(f"{name} must be higher than 0")
+    width, height = options.get("width"), options.get("height")
+    max_width, max_height = limits.max_resolution
+    if (width or 0) > max_width or (height or 0) > max_height:
+        shown = "x".join("(model default)" if v is None else str(v) for v in (width, height))
+        raise _invalid(f"resolution {shown} is greater than maxResolution: {max_width}x{max_height}")
+    strength = options.get("strength")
+    if strength is not None:
+        if strength > 1.0:
+            raise _invalid("strength is greater than maxStrength: 1")
+        if strength < 0.0:
+            raise _invalid("strength is less than minStrength: 0")
+    return options
+
+
 class ImageGenServable(ImageGenerationServable):
     platform = "OpenVINO GenAI"
 
@@ -97,7 +142,10 @@ class ImageGenServable(ImageGenerationServable):
             self._waiting -= 1
 
     def _pipeline_options(self, request: ImageRequest) -> dict:
-        options = dict(request.options)
+        options = checked_options(request.options, self.limits)
+        if request.lora_alphas and not self._adapters:
+            raise ServingError(Kind.GENAI_INVALID_REQUEST, "lora_alphas is not supported when no dynamic LoRA "
+                                                           "adapters are available")
         if self._adapters:
             options["adapters"] = self._adapter_config(request)
         return options
