@@ -199,6 +199,76 @@ async def _stream(request: web.Request, call: codec.GenerateCall, generation, re
     return response
 
 
+async def responses(request: web.Request) -> web.StreamResponse:
+    """/v3/responses: the chat machinery, answered as a Responses object or its event stream."""
+    call = codec.decode_responses(await _body(request))
+    chat = call.generate
+    async with request.app[GENAI].generation(chat.model, chat.params, messages=chat.messages, tools=chat.tools,
+                                             template_kwargs=chat.template_kwargs, stream=chat.stream,
+                                             tools_required=chat.tool_choice == "required") as generation:
+        builder = codec.ResponseBuilder(call, chat.model)
+        parser = _output_parser(chat, generation)
+        if chat.stream:
+            return await _responses_stream(request, builder, parser, generation)
+        texts: list[str] = []
+        finish, completion_tokens = None, 0
+        transport = request.transport
+        async for chunk in generation.stream:
+            if transport is None or transport.is_closing():
+                generation.stream.abort()
+                break
+            completion_tokens += chunk.token_count
+            if chunk.index == 0:  # the Responses answer has one message; n > 1 keeps the first choice
+                texts.append(chunk.text)
+                finish = chunk.finish_reason or finish
+        reasoning, text, calls = parser.parse("".join(texts))
+        builder.set_result(reasoning, text, calls, incomplete=finish == "length")
+        usage = Usage(generation.stream.prompt_tokens, completion_tokens)
+        return _json(builder.response("incomplete" if finish == "length" else "completed", usage))
+
+
+async def _responses_stream(request: web.Request, builder, parser: OutputParser, generation) -> web.StreamResponse:
+    response = _EventStream(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    stream = parser.stream(label=builder.id) if parser.active else None
+    completion_tokens = 0
+
+    def encode(events: list[dict]) -> bytes:
+        return b"".join(codec.sse(event) for event in events)
+
+    try:
+        await response.prepare(request)
+        await response.write(encode(builder.start()))
+        async for chunk in generation.stream:
+            completion_tokens += chunk.token_count
+            if chunk.index != 0:
+                continue
+            events: list[dict] = []
+            pieces = ([chunk.text] if chunk.text else []) if stream is None else stream.feed(chunk.text)
+            if stream is not None and chunk.finish_reason is not None:
+                pieces += stream.finish()
+            for piece in pieces:
+                if isinstance(piece, str):
+                    events += builder.text(piece)
+                elif isinstance(piece, ReasoningDelta):
+                    events += builder.reasoning(piece.text)
+                else:
+                    events += builder.tool_call(piece)
+            if chunk.finish_reason is not None:
+                usage = Usage(generation.stream.prompt_tokens, completion_tokens)
+                await response.write_eof(encode(events + builder.finish(chunk.finish_reason, usage))
+                                         + codec.SSE_DONE)
+                return response
+            if events:
+                await response.write(encode(events))
+        await response.write_eof(encode(builder.finish("stop", Usage(generation.stream.prompt_tokens,
+                                                                     completion_tokens))) + codec.SSE_DONE)
+    except ServingError as exc:  # after the headers: report in the stream, as OVMS does (response.failed)
+        await response.write(encode(builder.failed(exc.message)) + codec.SSE_DONE)
+    except (ConnectionResetError, ConnectionError):
+        log.info("client of %s went away; generation cancelled", builder.id)
+    return response
+
+
 def _verbose(generation) -> dict:
     """OVMS's --verbose_response object: the prompt after the chat template, the first choice's raw output."""
     return {"prompt": generation.prompt, "content": generation.stream.raw_text(0) or ""}
@@ -375,7 +445,7 @@ def add_routes(app: web.Application, dataplane: DataPlane) -> None:
     app.on_response_prepare.append(_cors_headers)
     add = app.router.add_route
     posts = {"chat/completions": chat_completions, "completions": completions, "embeddings": embeddings,
-             "rerank": rerank, "tokenize": tokenize, "images/generations": image_generations,
+             "rerank": rerank, "tokenize": tokenize, "responses": responses, "images/generations": image_generations,
              "images/edits": image_edits}
     for prefix in PREFIXES:
         for path, handler in posts.items():

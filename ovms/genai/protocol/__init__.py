@@ -11,3 +11,4 @@ from ovms.genai.protocol.embeddings import (EmbeddingsCall, RerankCall, decode_e
 from ovms.genai.protocol.images import decode_image_edit, decode_image_generation, images_json  # noqa: F401
 from ovms.genai.protocol.models import model_json, models_json  # noqa: F401
 from ovms.genai.protocol.tokenize import TokenizeCall, decode_tokenize, tokenize_json  # noqa: F401
+from ovms.genai.protocol.responses import ResponseBuilder, ResponsesCall, decode_responses  # noqa: F401
