@@ -130,3 +130,37 @@ def test_text_format_json_schema_constrains_the_answer(client):
                     response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}})
     assert response.output_text == expected.choices[0].message.content
     assert response.text.format.type == "json_schema"
+
+
+def test_builder_streams_reasoning_then_message_then_a_call_as_items_in_order():
+    """The event sequence for an answer that reasons, says something and calls a tool (pieces as the output parser
+    settles them), and the final response listing the three items in that order."""
+    from ovms.genai import protocol as codec
+    from ovms.genai.types import ToolCallDelta, Usage
+
+    call = codec.decode_responses({"model": "m", "input": "?", "stream": True, "tools": FLAT_TOOLS})
+    builder = codec.ResponseBuilder(call, "m")
+    events = builder.start() + builder.reasoning("Warm") + builder.reasoning(" or cold?") + builder.text("\n\n")
+    events += builder.text("Let me check.") + builder.tool_call(ToolCallDelta(0, "", id="call_1", name="get_weather"))
+    events += builder.tool_call(ToolCallDelta(0, '{"city": ')) + builder.tool_call(ToolCallDelta(0, '"Paris"}'))
+    events += builder.finish("tool_calls", Usage(5, 20))
+    kinds = [(e["type"], e.get("output_index")) for e in events]
+    assert kinds == [
+        ("response.created", None), ("response.in_progress", None),
+        ("response.output_item.added", 0), ("response.reasoning_summary_part.added", 0),
+        ("response.reasoning_summary_text.delta", 0), ("response.reasoning_summary_text.delta", 0),
+        ("response.reasoning_summary_text.done", 0), ("response.reasoning_summary_part.done", 0),
+        ("response.output_item.done", 0),
+        ("response.output_item.added", 1), ("response.content_part.added", 1), ("response.output_text.delta", 1),
+        ("response.output_text.done", 1), ("response.content_part.done", 1), ("response.output_item.done", 1),
+        ("response.output_item.added", 2), ("response.function_call_arguments.delta", 2),
+        ("response.function_call_arguments.delta", 2), ("response.function_call_arguments.done", 2),
+        ("response.output_item.done", 2), ("response.completed", None)]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    final = events[-1]["response"]
+    assert [(i["type"], i["id"]) for i in final["output"]] == [("reasoning", "rs-0"), ("message", "msg-0"),
+                                                               ("function_call", "call_1")]
+    assert final["output"][0]["summary"][0]["text"] == "Warm or cold?"
+    assert final["output"][1]["content"][0]["text"] == "Let me check."  # the whitespace before it is no item
+    assert final["output"][2]["arguments"] == '{"city": "Paris"}'
+    assert final["usage"]["total_tokens"] == 25 and final["tools"] == FLAT_TOOLS
