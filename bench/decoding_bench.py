@@ -12,7 +12,6 @@ of a second request that shares a long prompt with the first, with and without p
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import statistics
 import sys
@@ -25,16 +24,14 @@ sys.path.insert(0, str(ROOT))
 import openai  # noqa: E402
 
 from tests.conftest import ThreadedServer  # noqa: E402
-from tests.genai.conftest import LLM_DIR, LLM_GRAPH  # noqa: E402
+from tests.genai.conftest import LLM_DIR, llm_graph, write_graphs  # noqa: E402
 
 # Repetitive text, so that prompt lookup finds n-grams of the prompt in what the model says back.
 PROMPT = "one two three four five six seven eight " * 4
 
 
-def graph(**extra) -> str:
-    text = LLM_GRAPH.format(path=LLM_DIR, max_num_seqs=8)
-    options = "".join(f"      {key}: {value},\n" for key, value in extra.items())
-    return text.replace('      device: "CPU",\n', '      device: "CPU",\n' + options)
+def graph(**options) -> str:
+    return llm_graph(8, **options)
 
 
 def main() -> None:
@@ -48,14 +45,7 @@ def main() -> None:
               "lookup": graph().replace("plugin_config: '{ }'", "plugin_config: '{\"prompt_lookup\": true}'"),
               "prefix": graph().replace("enable_prefix_caching: false", "enable_prefix_caching: true")}
     with tempfile.TemporaryDirectory() as tmp:
-        root = pathlib.Path(tmp)
-        for name, text in graphs.items():
-            (root / name).mkdir()
-            (root / name / "graph.pbtxt").write_text(text)
-        config = root / "config.json"
-        config.write_text(json.dumps({"model_config_list": [{"config": {"name": n, "base_path": str(root / n)}}
-                                                            for n in graphs]}))
-        with ThreadedServer(config_path=config) as server:
+        with ThreadedServer(config_path=write_graphs(pathlib.Path(tmp), graphs)) as server:
             client = openai.OpenAI(base_url=f"http://{server.rest_url}/v3", api_key="unused", max_retries=0)
             throughput(client, args)
             prefix_ttft(client)

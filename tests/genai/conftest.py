@@ -61,6 +61,24 @@ node {{
 """
 
 
+def llm_graph(max_num_seqs: int = 4, **options) -> str:
+    """The fixture LLM's graph with node options added (values as graph.pbtxt text: '"path"', 4, "{ ... }")."""
+    text = LLM_GRAPH.format(path=LLM_DIR, max_num_seqs=max_num_seqs)
+    added = "".join(f"      {key}: {value},\n" for key, value in options.items())
+    return text.replace('      device: "CPU",\n', '      device: "CPU",\n' + added)
+
+
+def write_graphs(root: pathlib.Path, graphs: dict[str, str]) -> pathlib.Path:
+    """Each graph in a directory of its name under ``root``, and a config.json serving them all."""
+    for name, text in graphs.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        (root / name / "graph.pbtxt").write_text(text)
+    config = root / "config.json"
+    config.write_text(json.dumps({"model_config_list": [{"config": {"name": n, "base_path": str(root / n)}}
+                                                        for n in graphs]}))
+    return config
+
+
 # The torch references (reference.json) are fp32. OpenVINO's CPU plugin infers in bf16 where the CPU has it
 # (INFERENCE_PRECISION_HINT defaults to bf16 on AVX512-BF16/AMX): 5e-5 off in the reranker's sigmoid, which is
 # more than the gaps between its documents' scores, so the ranking differed from torch's. The served fixtures

@@ -4,7 +4,6 @@ counted in /metrics; cache_eviction_config and sparse_attention_config reach the
 does not implement are refused by name."""
 from __future__ import annotations
 
-import json
 import pathlib
 import re
 import urllib.request
@@ -15,17 +14,15 @@ import pytest
 from ovms.errors import ConfigError
 from ovms.graph import read_graph_text
 from tests.conftest import ThreadedServer
-from tests.genai.conftest import LLM_DIR, LLM_GRAPH
+from tests.genai.conftest import LLM_DIR, llm_graph, write_graphs
 
 PROMPTS = ["hello world this is a test of the tiny model hello world this is",
            "the quick brown fox jumps over the lazy dog the quick brown",
            "one two three four one two three four one two"]
 
 
-def graph(**extra) -> str:
-    text = LLM_GRAPH.format(path=LLM_DIR, max_num_seqs=4)
-    options = "".join(f"      {key}: {value},\n" for key, value in extra.items())
-    return text.replace('      device: "CPU",\n', '      device: "CPU",\n' + options)
+def graph(**options) -> str:
+    return llm_graph(4, **options)
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +35,7 @@ def assisted_server(tmp_path_factory):
                                                       "aggregation_mode: SUM }",
                                 sparse_attention_config="{ mode: TRISHAPE, num_last_dense_tokens_in_prefill: 10 }",
                                 cache_interval_multiplier=2)}
-    for name, text in graphs.items():
-        (root / name).mkdir()
-        (root / name / "graph.pbtxt").write_text(text)
-    config = root / "config.json"
-    config.write_text(json.dumps({"model_config_list": [{"config": {"name": n, "base_path": str(root / n)}}
-                                                        for n in graphs]}))
-    with ThreadedServer(config_path=config,
+    with ThreadedServer(config_path=write_graphs(root, graphs),
                         metrics_families=frozenset({"ovms_llm_draft_accepted_tokens",
                                                     "ovms_llm_generated_tokens"})) as server:
         yield server
