@@ -22,7 +22,8 @@ _TOKEN = re.compile(r"""\s+|\#[^\n]*|(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'
 _CALCULATORS = {"HttpLLMCalculator": "text_generation", "LLMCalculator": "text_generation",
                 "EmbeddingsCalculatorOV": "embeddings", "EmbeddingsCalculator": "embeddings",
                 "RerankCalculatorOV": "rerank", "RerankCalculator": "rerank",
-                "ImageGenCalculator": "image_generation"}
+                "ImageGenCalculator": "image_generation", "S2tCalculator": "speech2text",
+                "T2sCalculator": "text2speech"}
 
 
 def _tokens(text: str):
@@ -127,6 +128,11 @@ class GenAINodeOptions:
     sparse_attention: dict | None = None
     cache_interval_multiplier: int | None = None
     image: "ImageGenLimits | None" = None  # image_generation: the request limits and defaults of the graph
+    # Speech (src/audio/speech_to_text/s2t_calculator.proto, text_to_speech/t2s_calculator.proto)
+    enable_word_timestamps: bool = False
+    voices: dict = dataclasses.field(default_factory=dict)  # voice name -> speaker embedding file
+    speed_min: float = 0.25
+    speed_max: float = 4.0
     raw: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -190,6 +196,8 @@ KNOWN_OPTIONS = {
                          "max_num_images_per_prompt", "default_num_inference_steps", "max_num_inference_steps",
                          "resolution", "num_images_per_prompt", "guidance_scale", "lora_adapters",
                          "composite_lora_adapters"},
+    "speech2text": {"models_path", "target_device", "plugin_config", "enable_word_timestamps"},
+    "text2speech": {"models_path", "target_device", "plugin_config", "voices", "speed_min", "speed_max"},
 }
 
 
@@ -293,6 +301,8 @@ def node_options_from(task: str, options: dict, base: pathlib.Path) -> GenAINode
         _check_llm_options(result)
     if task == "image_generation":
         result.image = image_limits(options, base)
+    if task in ("speech2text", "text2speech"):
+        _speech_options(result, options, base)
     return result
 
 
@@ -328,6 +338,29 @@ def _draft_options(result: GenAINodeOptions, options: dict, base: pathlib.Path) 
     result.draft_models_path = path if path.is_absolute() else base / path
     result.draft_device = str(device or "")
 
+
+
+def _speech_options(result: GenAINodeOptions, options: dict, base: pathlib.Path) -> None:
+    """S2tCalculatorOptions' enable_word_timestamps; T2sCalculatorOptions' voices and speed bounds, checked as
+    OVMS's T2sCalculator::Open and TtsServable do."""
+    result.enable_word_timestamps = _first(options, "enable_word_timestamps", False) is True
+    for name in ("speed_min", "speed_max"):
+        value = _first(options, name)
+        if value is not None:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"graph option {name} must be a number, got {value!r}")
+            setattr(result, name, float(value))
+    if not result.speed_min <= result.speed_max:
+        raise ConfigError(f"Invalid T2sCalculatorOptions: speed_min ({result.speed_min:g}) must be <= speed_max "
+                          f"({result.speed_max:g})")
+    for voice in options.get("voices", []):
+        if not isinstance(voice, dict) or set(voice) - {"name", "path"}:
+            raise ConfigError("graph option voices: each is { name: \"...\" path: \"...\" }")
+        name, path = _first(voice, "name"), _first(voice, "path")
+        if not isinstance(name, str) or not isinstance(path, str):
+            raise ConfigError("graph option voices: name and path are required strings")
+        file = pathlib.Path(path)
+        result.voices[name] = file if file.is_absolute() else base / file
 
 
 def _check_llm_options(options: GenAINodeOptions) -> None:

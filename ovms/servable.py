@@ -17,7 +17,8 @@ from ovms.types import InferRequest, InferResponse, StreamContext, TensorSpec
 
 if TYPE_CHECKING:
     from ovms.genai.types import (ChatMessage, EmbeddingResult, GenerationRequest, GenerativeInfo, ImageRequest,
-                                  ImageResult, RerankResult, TextChunk)
+                                  ImageResult, RerankResult, SpeechRequest, SpeechResult, TextChunk,
+                                  TranscriptionRequest, TranscriptionResult)
 
 
 class Servable(abc.ABC):
@@ -146,6 +147,20 @@ class RerankServable(TextServable):
     @abc.abstractmethod
     async def rerank(self, query: str, documents: list[str]) -> "RerankResult": ...
 
+
+
+class TranscriptionServable(TextServable):
+    """Speech to text (Whisper): transcription, and translation to English."""
+
+    @abc.abstractmethod
+    async def transcribe(self, request: "TranscriptionRequest") -> "TranscriptionResult": ...
+
+
+class SpeechServable(TextServable):
+    """Text to speech: the voices it has, and the samples of the spoken text."""
+
+    @abc.abstractmethod
+    async def speak(self, request: "SpeechRequest") -> "SpeechResult": ...
 
 def _shape_text(shape: Sequence[int]) -> str:
     return "(" + ",".join(str(d) for d in shape) + ")"

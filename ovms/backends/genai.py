@@ -9,7 +9,8 @@ from ovms.graph import node_options_from, read_graph, read_graph_text
 from ovms.servable import Servable
 
 _TASKS = {"text_generation": "text_generation", "embeddings": "embeddings", "embeddings_ov": "embeddings",
-          "rerank": "rerank", "rerank_ov": "rerank", "image_generation": "image_generation"}
+          "rerank": "rerank", "rerank_ov": "rerank", "image_generation": "image_generation",
+          "speech2text": "speech2text", "text2speech": "text2speech"}
 
 
 def load_graph_servable(config: ModelConfig) -> Servable:
@@ -43,6 +44,12 @@ def load_graph_servable(config: ModelConfig) -> Servable:
         from ovms.backends.genai_images import ImageGenServable
 
         return ImageGenServable(config.name, options)
+    if options.task in ("speech2text", "text2speech"):
+        from ovms.backends import genai_audio
+
+        if options.task == "speech2text":
+            return genai_audio.WhisperServable(config.name, options)
+        return genai_audio.Text2SpeechServable(config.name, options)
     from ovms.backends import genai_embeddings
 
     if options.task == "embeddings":

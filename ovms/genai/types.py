@@ -1,4 +1,4 @@
-"""Neutral types of the generative verbs (text generation, embeddings, rerank), free of any wire format."""
+"""Neutral types of the generative verbs (text generation, embeddings, rerank, speech), free of any wire format."""
 from __future__ import annotations
 
 import dataclasses
@@ -143,3 +143,52 @@ class ImageRequest:
 @dataclasses.dataclass(slots=True)
 class ImageResult:
     images: list[bytes]  # PNG files, one per generated image
+
+
+# Speech (/v3/audio/*)
+
+SAMPLE_RATE = 16000  # what Whisper's feature extractor expects (openvino_genai WhisperPipeline.generate)
+
+
+@dataclasses.dataclass(slots=True)
+class TranscriptionRequest:
+    """Speech to text: 16 kHz mono samples and what the request asks of the decoder."""
+
+    samples: np.ndarray  # float32, mono, 16 kHz, in [-1, 1]
+    task: str = "transcribe"  # or "translate" (to English)
+    language: str | None = None  # ISO-639-1 code of the speech ("en"); None: the model detects it
+    temperature: float | None = None  # None: the model's default (greedy); > 0 samples
+    segment_timestamps: bool = False  # timestamp_granularities[] segment
+    word_timestamps: bool = False  # timestamp_granularities[] word (the graph's enable_word_timestamps)
+
+
+@dataclasses.dataclass(slots=True)
+class TimedText:
+    """A piece of the transcription with its start and end in seconds."""
+
+    text: str
+    start: float
+    end: float
+
+
+@dataclasses.dataclass(slots=True)
+class TranscriptionResult:
+    text: str
+    segments: list[TimedText] | None = None  # with segment_timestamps
+    words: list[TimedText] | None = None  # with word_timestamps
+
+
+@dataclasses.dataclass(slots=True)
+class SpeechRequest:
+    """Text to speech: the text, a voice configured on the servable (None: the model's default voice)."""
+
+    text: str
+    voice: str | None = None
+    language: str = "en-us"
+    speed: float = 1.0
+
+
+@dataclasses.dataclass(slots=True)
+class SpeechResult:
+    samples: np.ndarray  # float32 mono
+    sample_rate: int

@@ -59,8 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                        "OpenVINO/Qwen3-8B-int4-ov.")
     _add(g, "--model_repository_path", metavar="PATH", help="Directory of models; the pull lands in "
                                                             "PATH/ORG/NAME/.")
-    _add(g, "--task", metavar="TASK", help="text_generation, embeddings, rerank or image_generation; inferred from "
-                                           "the repository's config.json / model_index.json when absent.")
+    _add(g, "--task", metavar="TASK", help="text_generation, embeddings, rerank, image_generation, text2speech or "
+                                           "speech2text; inferred from the repository's config.json / "
+                                           "model_index.json when absent.")
     _add(g, "--overwrite_models", action="store_true", help="Delete the local copy and download it again.")
     _add(g, "--revision", default="main", metavar="REV", help="Branch, tag or commit to pull (default main).")
     _add(g, "--gguf_filename", metavar="FILE.gguf", help="Pull only this GGUF file (all parts of a split "
@@ -100,6 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(e, "--truncate", choices=BOOL_CHOICES, default="false", help="Truncate long inputs (default false).")
     _add(e, "--num_streams", type=int, default=1, help="NUM_STREAMS plugin setting (default 1).")
     _add(e, "--max_allowed_chunks", type=int, default=10000, help="Rerank: chunks per request (default 10000).")
+
+    a = parser.add_argument_group("pull mode: text2speech / speech2text graph options (and --num_streams)")
+    _add(a, "--model_type", choices=("speecht5", "kokoro"), default="speecht5",
+         help="text2speech: type of the source model (default speecht5).")
+    _add(a, "--vocoder", metavar="ORG/NAME", help="text2speech: vocoder for optimum-cli export, e.g. "
+                                                  "microsoft/speecht5_hifigan (conversion only).")
 
     i = parser.add_argument_group("pull mode: image_generation graph options")
     _add(i, "--resolution", default="", help="Fixed WxH, e.g. 512x512.")
@@ -163,7 +170,8 @@ def graph_options(args: argparse.Namespace, task: str, model_name: str, models_p
         max_num_images_per_prompt=get("max_num_images_per_prompt"),
         default_num_inference_steps=get("default_num_inference_steps"),
         max_num_inference_steps=get("max_num_inference_steps"),
-        plugin_config=get("plugin_config") or "")
+        plugin_config=get("plugin_config") or "", model_type=get("model_type", "speecht5"),
+        vocoder=get("vocoder"))
 
 
 def task_graph_text(args: argparse.Namespace, task: str, model_name: str, *, models_path: str = "./") -> str | None:
@@ -260,7 +268,9 @@ def _pull(args: argparse.Namespace, stop: _StopOnSignal) -> pathlib.Path:
         else:
             if paths.model_dir.exists():
                 shutil.rmtree(paths.model_dir)
-            convert.convert(repo_id, paths.model_dir, task, weight_format or "int8", extra)
+            convert.convert(repo_id, paths.model_dir, task, weight_format or "int8", extra,
+                            vocoder=getattr(args, "vocoder", None),
+                            model_type=getattr(args, "model_type", None) or "speecht5")
         model_dir = paths.model_dir
     elif gguf_name:
         names = gguf.part_names(gguf_name)

@@ -5,6 +5,7 @@ when the export left it out.
 """
 from __future__ import annotations
 
+import json
 import logging
 import pathlib
 import shlex
@@ -26,15 +27,24 @@ INSTALL_HINT = ('Install optimum-intel into the Python environment that runs ovm
 
 # The optimum task of a local directory, where optimum-cli cannot infer it ("Cannot infer the task from a local
 # directory yet"); embeddings and rerank always name theirs (export_command).
-LOCAL_TASK = {"text_generation": "text-generation-with-past", "image_generation": "text-to-image"}
+LOCAL_TASK = {"text_generation": "text-generation-with-past", "image_generation": "text-to-image",
+              "speech2text": "automatic-speech-recognition-with-past", "text2speech": "text-to-audio"}
 NPU_QUANTIZATION = "--sym --ratio 1.0 --group-size -1"  # OVMS and the Model Download microservice, for NPU (int4)
 STOP_POLL_SECONDS = 0.2
 
 
 def export_command(source_model: str, target: pathlib.Path, task: str, weight_format: str,
-                   extra_quantization_params: str | None, *, optimum_task: str | None = None) -> list[str]:
-    """``optimum_task`` adds ``--task`` where OVMS gives none (a local source directory needs it)."""
+                   extra_quantization_params: str | None, *, optimum_task: str | None = None,
+                   vocoder: str | None = None, model_type: str = "speecht5") -> list[str]:
+    """``optimum_task`` adds ``--task`` where OVMS gives none (a local source directory needs it). text2speech:
+    OVMS's getExportCmdTextToSpeech (Kokoro names its task; SpeechT5 takes the vocoder as a model kwarg)."""
     cmd = ["optimum-cli", "export", "openvino"]
+    if task == "text2speech":
+        if model_type == "kokoro":
+            cmd += ["--task", "text-to-audio"]
+            optimum_task = None
+        elif vocoder:
+            cmd += ["--model-kwargs", json.dumps({"vocoder": vocoder})]
     if task in ("embeddings", "rerank"):
         cmd.append("--disable-convert-tokenizer")
     cmd += ["--model", source_model]
@@ -95,7 +105,8 @@ run_tool = _run  # the download service runs its other exporters (ultralytics' y
 
 def convert(source_model: str, target: pathlib.Path, task: str, weight_format: str,
             extra_quantization_params: str | None, *, env: dict | None = None, optimum_task: str | None = None,
-            stop_requested: Callable[[], str | None] | None = None) -> None:
+            stop_requested: Callable[[], str | None] | None = None, vocoder: str | None = None,
+            model_type: str = "speecht5") -> None:
     """Run the export (and convert_tokenizer if needed) into ``target``; ConversionError on any failure,
     InterruptedPull when ``stop_requested`` says so (the tools are killed)."""
     if shutil.which("optimum-cli", path=(env or {}).get("PATH")) is None:
@@ -103,14 +114,15 @@ def convert(source_model: str, target: pathlib.Path, task: str, weight_format: s
             f"optimum-cli is not installed: converting {source_model} to OpenVINO IR (--weight-format "
             f"{weight_format}) needs optimum-intel.", remedy=INSTALL_HINT)
     cmd = export_command(source_model, target, task, weight_format, extra_quantization_params,
-                         optimum_task=optimum_task)
+                         optimum_task=optimum_task, vocoder=vocoder, model_type=model_type)
     log.info("Converting %s: %s", source_model, shlex.join(cmd))
     returncode = _run(cmd, env, stop_requested)
     if returncode != 0:
         raise ConversionError(f"optimum-cli failed (exit {returncode}) converting {source_model}.",
                               remedy="Read its output above; check --weight-format/--extra_quantization_params "
                                      "and that the model is supported by optimum-intel, then re-run.")
-    if task in ("text_generation", "embeddings", "rerank") and not (target / "openvino_tokenizer.xml").exists():
+    if task in ("text_generation", "embeddings", "rerank", "speech2text", "text2speech") \
+            and not (target / "openvino_tokenizer.xml").exists():
         if shutil.which("convert_tokenizer", path=(env or {}).get("PATH")) is None:
             raise ConversionError("convert_tokenizer is not installed and the export has no tokenizer IR.",
                                   remedy="pip install openvino-tokenizers, then re-run with --overwrite_models.")

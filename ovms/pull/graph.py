@@ -13,7 +13,7 @@ import pathlib
 import ovms
 from ovms.pull.paths import draft_directory_name
 
-TASKS = ("text_generation", "embeddings", "rerank", "image_generation")
+TASKS = ("text_generation", "embeddings", "rerank", "image_generation", "text2speech", "speech2text")
 HEADER = f"# File created with: OpenVINO Model Server (ovms, Python) {ovms.__version__}\n"
 
 
@@ -54,6 +54,9 @@ class GraphOptions:
     default_num_inference_steps: int | None = None
     max_num_inference_steps: int | None = None
     plugin_config: str = ""
+    # text2speech (export only: optimum-cli's source model kind and vocoder)
+    model_type: str = "speecht5"
+    vocoder: str | None = None
 
 
 def plugin_string(o: GraphOptions) -> str:
@@ -209,8 +212,71 @@ node: {{
     return s
 
 
+def _speech_plugin(o: GraphOptions) -> str:
+    """createPluginString for the speech graphs: --plugin_config as given, else NUM_STREAMS from --num_streams."""
+    return o.plugin_config or json.dumps({"NUM_STREAMS": str(o.num_streams)}, separators=(",", ":"))
+
+
+def text2speech(o: GraphOptions) -> str:
+    """graph_export.cpp createTextToSpeechGraphTemplate."""
+    return HEADER + f"""
+input_stream: "HTTP_REQUEST_PAYLOAD:input"
+output_stream: "HTTP_RESPONSE_PAYLOAD:output"
+node {{
+    name: "T2sExecutor"
+    calculator: "T2sCalculator"
+    input_side_packet: "TTS_NODE_RESOURCES:t2s_servable"
+    input_stream: "HTTP_REQUEST_PAYLOAD:input"
+    output_stream: "HTTP_RESPONSE_PAYLOAD:output"
+    node_options: {{
+        [type.googleapis.com / mediapipe.T2sCalculatorOptions]: {{
+            models_path: "{o.models_path}"
+            target_device: "{o.target_device}"
+            plugin_config: '{_speech_plugin(o)}'
+            }}
+    }}
+}}"""
+
+
+def speech2text(o: GraphOptions) -> str:
+    """graph_export.cpp createSpeechToTextGraphTemplate (with OVMS's LOOPBACK edge for streamed transcriptions)."""
+    return HEADER + f"""
+input_stream: "HTTP_REQUEST_PAYLOAD:input"
+output_stream: "HTTP_RESPONSE_PAYLOAD:output"
+node {{
+    name: "S2tExecutor"
+    calculator: "S2tCalculator"
+    input_side_packet: "STT_NODE_RESOURCES:s2t_servable"
+    input_stream: "LOOPBACK:loopback"
+    input_stream: "HTTP_REQUEST_PAYLOAD:input"
+    output_stream: "LOOPBACK:loopback"
+    output_stream: "HTTP_RESPONSE_PAYLOAD:output"
+    input_stream_info: {{
+        tag_index: 'LOOPBACK:0',
+        back_edge: true
+    }}
+    node_options: {{
+        [type.googleapis.com / mediapipe.S2tCalculatorOptions]: {{
+            models_path: "{o.models_path}"
+            target_device: "{o.target_device}"
+            plugin_config: '{_speech_plugin(o)}'
+        }}
+    }}
+    input_stream_handler {{
+        input_stream_handler: "SyncSetInputStreamHandler",
+        options {{
+            [mediapipe.SyncSetInputStreamHandlerOptions.ext] {{
+                sync_set {{
+                    tag_index: "LOOPBACK:0"
+                }}
+            }}
+        }}
+    }}
+}}"""
+
+
 RENDERERS = {"text_generation": text_generation, "embeddings": embeddings, "rerank": rerank,
-             "image_generation": image_generation}
+             "image_generation": image_generation, "text2speech": text2speech, "speech2text": speech2text}
 
 
 def render(task: str, options: GraphOptions) -> str:

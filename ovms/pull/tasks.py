@@ -16,12 +16,22 @@ def infer_task(config_json: bytes | None, model_index_json: bytes | None) -> str
         return "image_generation"
     if config_json is None:
         raise UsageError(CANNOT_INFER, remedy="The repository has neither config.json nor model_index.json; "
-                                              "pass --task text_generation|embeddings|rerank|image_generation.")
+                                              "pass --task text_generation|embeddings|rerank|image_generation|text2speech|speech2text.")
     try:
         config = json.loads(config_json)
     except ValueError:
         raise UsageError(CANNOT_INFER, remedy="Its config.json is not valid JSON; pass --task.") from None
     architectures = [str(a) for a in (config.get("architectures") or [])] if isinstance(config, dict) else []
+    # Speech before text generation: they share the ForConditionalGeneration suffix (OVMS's
+    # default_task_detector.cpp: Speech2TextDetector, Text2SpeechDetector, then TextGen).
+    for arch in architectures:
+        if arch in ("WhisperForConditionalGeneration", "Qwen3ASRForConditionalGeneration") \
+                or arch.startswith("SeamlessM4T"):
+            return "speech2text"
+        if arch == "ParlerTTSForConditionalGeneration" or arch.endswith("ForTextToSpeech"):
+            return "text2speech"
+    if isinstance(config, dict) and config.get("architectures", "") is None and "n_mels" in config:
+        return "text2speech"  # Kokoro: architectures null, n_mels set
     for arch in architectures:
         if arch.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "ForVision2Seq",
                           "ForImageTextToText")):
@@ -32,7 +42,7 @@ def infer_task(config_json: bytes | None, model_index_json: bytes | None) -> str
             return "embeddings"
     found = ", ".join(architectures) or "none"
     raise UsageError(CANNOT_INFER, remedy=f"config.json lists architectures: {found}. Pass --task "
-                                          "text_generation|embeddings|rerank|image_generation.")
+                                          "text_generation|embeddings|rerank|image_generation|text2speech|speech2text.")
 
 
 _CLASSIC_MODEL = re.compile(r"^[1-9][0-9]*/[^/]+\.(xml|onnx|pdmodel|tflite)$|^[1-9][0-9]*/saved_model\.pb$")
