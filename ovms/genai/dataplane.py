@@ -14,11 +14,13 @@ from typing import AsyncIterator
 from ovms.dataplane import DataPlane
 from ovms.errors import Kind, ServingError
 from ovms.genai.types import (ChatMessage, EmbeddingResult, GenerationRequest, GenerativeInfo, ImageRequest,
-                              ImageResult, RerankResult, SamplingParams)
+                              ImageResult, RerankResult, SamplingParams, SpeechRequest, TranscriptionRequest,
+                              TranscriptionResult)
+from ovms.genai.audio_input import decode_audio, wav_bytes
 from ovms.genai.media import MediaPolicy, decode_image, load_images
 from ovms.registry import VersionState
 from ovms.servable import (EmbeddingServable, GenerationStream, GenerativeServable, ImageGenerationServable,
-                           RerankServable)
+                           RerankServable, SpeechServable, TranscriptionServable)
 from ovms.genai.parsers import guided
 
 
@@ -110,6 +112,32 @@ class GenAIDataPlane:
     async def rerank(self, name: str, query: str, documents: list[str]) -> RerankResult:
         async with self._hold(name, RerankServable, "Unary", "rerank (/v3/rerank)") as servable:
             return await servable.rerank(query, documents)
+
+    async def transcribe(self, name: str, audio: bytes, request: TranscriptionRequest) -> TranscriptionResult:
+        """Speech to text (/v3/audio/transcriptions and /translations): decode the upload off the event loop, then
+        run the servable's Whisper; counted and timed as OVMS's V3 requests."""
+        started = time.perf_counter_ns()
+        async with self._hold(name, TranscriptionServable, "Unary",
+                              "speech to text (/v3/audio/transcriptions, /v3/audio/translations)") as servable:
+            samples = await asyncio.to_thread(decode_audio, audio)
+            result = await servable.transcribe(dataclasses.replace(request, samples=samples))
+        self._observe_request(name, started)
+        return result
+
+    async def speak(self, name: str, request: SpeechRequest) -> bytes:
+        """Text to speech (/v3/audio/speech): the WAV file of the spoken input."""
+        started = time.perf_counter_ns()
+        async with self._hold(name, SpeechServable, "Unary", "text to speech (/v3/audio/speech)") as servable:
+            result = await servable.speak(request)
+            wav = await asyncio.to_thread(wav_bytes, result.samples, result.sample_rate)
+        self._observe_request(name, started)
+        return wav
+
+    def _observe_request(self, name: str, started_ns: int) -> None:
+        """ovms_request_time_us of a successful request (labels name, version, interface, as OVMS's)."""
+        metrics = self.dataplane.metrics
+        if metrics is not None:
+            metrics.observe("ovms_request_time_us", (name, "1", "REST"), (time.perf_counter_ns() - started_ns) / 1000)
 
     async def tokenize(self, name: str, texts: list[str], options: dict | None = None) -> list[list[int]]:
         async with self._hold(name, GenerativeServable, "Unary", "tokenization (/v3/tokenize)") as servable:

@@ -154,7 +154,7 @@ SAMPLE_RATE = 16000  # what Whisper's feature extractor expects (openvino_genai 
 class TranscriptionRequest:
     """Speech to text: 16 kHz mono samples and what the request asks of the decoder."""
 
-    samples: np.ndarray  # float32, mono, 16 kHz, in [-1, 1]
+    samples: "np.ndarray | None" = None  # float32, mono, 16 kHz, in [-1, 1]; the data plane decodes the upload
     task: str = "transcribe"  # or "translate" (to English)
     language: str | None = None  # ISO-639-1 code of the speech ("en"); None: the model detects it
     temperature: float | None = None  # None: the model's default (greedy); > 0 samples

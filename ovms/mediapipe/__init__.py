@@ -11,7 +11,8 @@ import pathlib
 from ovms.errors import ModelLoadError
 
 GENAI_CALCULATORS = ("HttpLLMCalculator", "LLMCalculator", "EmbeddingsCalculatorOV", "EmbeddingsCalculator",
-                     "RerankCalculatorOV", "RerankCalculator", "ImageGenCalculator")
+                     "RerankCalculatorOV", "RerankCalculator", "ImageGenCalculator", "S2tCalculator",
+                     "T2sCalculator")
 
 
 def is_mediapipe_graph(graph_path: pathlib.Path | None) -> bool:

@@ -339,33 +339,63 @@ async def image_edits(request: web.Request) -> web.Response:
     return _json(codec.images_json(result, codec.now()))
 
 
-async def _form(request: web.Request) -> tuple[dict[str, str], dict[str, list[bytes]]]:
-    """A multipart/form-data body as its text fields and its files (by field name), within the body limit."""
+async def _multipart(request: web.Request) -> codec.Form:
+    """A multipart/form-data body (as the OpenAI client uploads files), within the body size limit."""
     _check_key(request)
     limit = request.app[SETTINGS].max_body_bytes
+    too_big = ServingError(Kind.GENAI_INVALID_REQUEST, f"request body is larger than the limit of {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
-        raise ServingError(Kind.GENAI_INVALID_REQUEST, f"request body is {request.content_length} bytes; the limit "
-                                                       f"is {limit}")
+        raise too_big
     if request.content_type != "multipart/form-data":
         raise ServingError(Kind.GENAI_INVALID_REQUEST, f"Failed to parse multipart data: the body is "
-                                                       f"{request.content_type or 'untyped'}, not multipart/form-data")
-    fields: dict[str, str] = {}
-    files: dict[str, list[bytes]] = {}
-    total = 0
+                                                       f"{request.content_type or 'untyped'}; send multipart/form-data, "
+                                                       "as the OpenAI client does")
+    form, total = codec.Form(), 0
     try:
         reader = await request.multipart()
         async for part in reader:
-            data = await part.read()
-            total += len(data)
-            if total > limit:
-                raise ServingError(Kind.GENAI_INVALID_REQUEST, f"request body is over the limit of {limit} bytes")
+            data = bytearray()
+            while chunk := await part.read_chunk(1 << 16):
+                total += len(chunk)
+                if total > limit:
+                    raise too_big
+                data += chunk
             if part.filename is not None:
-                files.setdefault(part.name or "", []).append(bytes(data))
+                form.files.setdefault(part.name or "", []).append((part.filename, bytes(data)))
             else:
-                fields[part.name or ""] = data.decode("utf-8", errors="replace")
+                form.fields.setdefault(part.name or "", []).append(data.decode("utf-8", "replace"))
     except (ValueError, AssertionError, aiohttp.ClientPayloadError) as exc:
         raise ServingError(Kind.GENAI_INVALID_REQUEST, f"Failed to parse multipart data: {exc}") from None
-    return fields, files
+    return form
+
+
+async def _form(request: web.Request) -> tuple[dict[str, str], dict[str, list[bytes]]]:
+    """A multipart/form-data body as its text fields (the last value of each) and its files (by field name)."""
+    form = await _multipart(request)
+    return ({name: values[-1] for name, values in form.fields.items()},
+            {name: [content for _, content in parts] for name, parts in form.files.items()})
+
+
+async def transcriptions(request: web.Request) -> web.Response:
+    return await _transcribe(request, translate=False)
+
+
+async def translations(request: web.Request) -> web.Response:
+    return await _transcribe(request, translate=True)
+
+
+async def _transcribe(request: web.Request, *, translate: bool) -> web.Response:
+    call = codec.decode_transcription(await _multipart(request), translate=translate)
+    result = await request.app[GENAI].transcribe(call.model, call.audio, call.request)
+    if call.response_format == "text":
+        return web.Response(text=result.text, content_type="text/plain")
+    return _json(codec.transcription_json(result))
+
+
+async def speech(request: web.Request) -> web.Response:
+    call = codec.decode_speech(await _body(request))
+    wav = await request.app[GENAI].speak(call.model, call.request)
+    return web.Response(body=wav, content_type="audio/wav")
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -446,7 +476,8 @@ def add_routes(app: web.Application, dataplane: DataPlane) -> None:
     add = app.router.add_route
     posts = {"chat/completions": chat_completions, "completions": completions, "embeddings": embeddings,
              "rerank": rerank, "tokenize": tokenize, "responses": responses, "images/generations": image_generations,
-             "images/edits": image_edits}
+             "images/edits": image_edits, "audio/transcriptions": transcriptions, "audio/translations": translations,
+             "audio/speech": speech}
     for prefix in PREFIXES:
         for path, handler in posts.items():
             add("POST", f"{prefix}/{path}", handler)

@@ -5,6 +5,7 @@ in every 400. Unknown fields are accepted and logged, as OVMS does.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -113,3 +114,15 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 def now() -> int:
     return int(time.time())
+
+
+@dataclasses.dataclass(slots=True)
+class Form:
+    """A multipart/form-data body as the transport read it: text fields (repeatable) and files."""
+
+    fields: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    files: dict[str, list[tuple[str, bytes]]] = dataclasses.field(default_factory=dict)  # name -> (filename, content)
+
+    def get(self, name: str) -> str | None:
+        values = self.fields.get(name)
+        return values[-1] if values else None

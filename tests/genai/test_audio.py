@@ -1,0 +1,334 @@
+"""/v3/audio/transcriptions, /translations and /speech through a real ovms and the real openai client.
+
+The served answers must equal what the same openvino_genai pipelines return in this process for the same input
+(the fixtures: tests/fixtures/genai/build_audio.py). Refusals are 400s with messages a person can act on, after
+which the server keeps serving.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import sys
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import openai
+import openvino as ov
+import openvino_genai as ov_genai
+import pytest
+import soundfile
+
+from ovms.genai.audio_input import decode_audio
+from ovms.metrics import DEFAULT_FAMILIES
+from tests.conftest import ThreadedServer
+from tests.genai.conftest import FIXTURES
+
+sys.path.insert(0, str(FIXTURES))
+from audio_sounds import SOUNDS, sound  # noqa: E402
+
+WHISPER_DIR = FIXTURES / "tiny-whisper"
+SPEECHT5_DIR = FIXTURES / "tiny-speecht5"
+PLUGIN = {"NUM_STREAMS": "1"}
+
+# As `ovms --pull --task speech2text` writes it (OVMS's graph_export.cpp), LOOPBACK edge included.
+S2T_GRAPH = """
+input_stream: "HTTP_REQUEST_PAYLOAD:input"
+output_stream: "HTTP_RESPONSE_PAYLOAD:output"
+node {{
+    name: "S2tExecutor"
+    calculator: "S2tCalculator"
+    input_side_packet: "STT_NODE_RESOURCES:s2t_servable"
+    input_stream: "LOOPBACK:loopback"
+    input_stream: "HTTP_REQUEST_PAYLOAD:input"
+    output_stream: "LOOPBACK:loopback"
+    output_stream: "HTTP_RESPONSE_PAYLOAD:output"
+    input_stream_info: {{ tag_index: 'LOOPBACK:0', back_edge: true }}
+    node_options: {{
+        [type.googleapis.com / mediapipe.S2tCalculatorOptions]: {{
+            models_path: "{path}"
+            target_device: "CPU"
+            plugin_config: '{{"NUM_STREAMS":"1"}}'
+        }}
+    }}
+}}
+"""
+
+T2S_GRAPH = """
+input_stream: "HTTP_REQUEST_PAYLOAD:input"
+output_stream: "HTTP_RESPONSE_PAYLOAD:output"
+node {{
+    name: "T2sExecutor"
+    calculator: "T2sCalculator"
+    input_side_packet: "TTS_NODE_RESOURCES:t2s_servable"
+    input_stream: "HTTP_REQUEST_PAYLOAD:input"
+    output_stream: "HTTP_RESPONSE_PAYLOAD:output"
+    node_options: {{
+        [type.googleapis.com / mediapipe.T2sCalculatorOptions]: {{
+            models_path: "{path}"
+            target_device: "CPU"
+            plugin_config: '{{"NUM_STREAMS":"1"}}'
+            voices: {{ name: "also-tiny" path: "{path}/voices/tiny.bin" }}
+            speed_max: 2.0
+        }}
+    }}
+}}
+"""
+
+
+def wav(samples: np.ndarray, rate: int = 16000, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format=fmt, subtype=subtype)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def audio_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audio")
+    for name, graph, path in (("whisper", S2T_GRAPH, WHISPER_DIR), ("speecht5", T2S_GRAPH, SPEECHT5_DIR)):
+        (root / name).mkdir()
+        (root / name / "graph.pbtxt").write_text(graph.format(path=path))
+    config = {"mediapipe_config_list": [{"name": n, "base_path": str(root / n)} for n in ("whisper", "speecht5")]}
+    (root / "config.json").write_text(json.dumps(config))
+    with ThreadedServer(config_path=root / "config.json", metrics_families=frozenset(DEFAULT_FAMILIES)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(audio_server):
+    with openai.OpenAI(base_url=f"http://{audio_server.rest_url}/v3", api_key="unused", max_retries=0,
+                       timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def whisper():
+    return ov_genai.WhisperPipeline(str(WHISPER_DIR), "CPU", **PLUGIN)
+
+
+@pytest.fixture(scope="module")
+def speecht5():
+    return ov_genai.Text2SpeechPipeline(str(SPEECHT5_DIR), "CPU", **PLUGIN)
+
+
+def post(server, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"http://{server.rest_url}{path}", data=body,
+                                     headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@pytest.mark.parametrize("case", SOUNDS, ids=[s["name"] for s in SOUNDS])
+def test_transcription_equals_the_pipeline_in_process(client, whisper, case):
+    samples = sound(case["name"])
+    expected = "".join(whisper.generate(samples).texts)
+    answer = client.audio.transcriptions.create(model="whisper", file=("sound.wav", wav(samples, subtype="FLOAT")))
+    assert answer.text == expected
+    assert answer.text == " " + case["transcription"]  # the fixture learned a distinct sentence per sound
+    text = client.audio.transcriptions.create(model="whisper", file=("sound.wav", wav(samples, subtype="FLOAT")),
+                                              response_format="text")
+    assert text == expected
+
+
+@pytest.mark.parametrize("case", SOUNDS, ids=[s["name"] for s in SOUNDS])
+def test_translation_equals_the_pipeline_in_process(client, whisper, case):
+    samples = sound(case["name"])
+    expected = "".join(whisper.generate(samples, task="translate").texts)
+    answer = client.audio.translations.create(model="whisper", file=("sound.wav", wav(samples, subtype="FLOAT")))
+    assert answer.text == expected == " " + case["translation"]
+
+
+@pytest.mark.parametrize("fmt,subtype,rate,channels", [("WAV", "PCM_16", 16000, 1), ("FLAC", "PCM_16", 16000, 1),
+                                                       ("MP3", "MPEG_LAYER_III", 16000, 1),
+                                                       ("WAV", "PCM_16", 44100, 2)])
+def test_wav_flac_mp3_and_resampled_stereo(client, whisper, fmt, subtype, rate, channels):
+    """Each container decodes to the samples the pipeline gets in process (decode_audio: libsndfile, then OVMS's
+    linear resampling to 16 kHz and the mean of two channels)."""
+    t = np.arange(rate) / rate
+    samples = (0.5 * np.sin(2 * np.pi * 220.0 * t)).astype(np.float32)
+    if channels == 2:
+        samples = np.stack([samples, samples], axis=1)
+    data = wav(samples, rate, fmt, subtype)
+    decoded = decode_audio(data)
+    assert len(decoded) == 16000 and decoded.dtype == np.float32
+    expected = "".join(whisper.generate(decoded).texts)
+    answer = client.audio.transcriptions.create(model="whisper", file=(f"low.{fmt.lower()}", data))
+    assert answer.text == expected == " a low hum"
+
+
+def test_segment_timestamps_and_language(client, whisper):
+    samples = sound("high")
+    result = whisper.generate(samples, return_timestamps=True, language="<|en|>")
+    response = client.audio.transcriptions.with_raw_response.create(
+        model="whisper", file=("high.wav", wav(samples, subtype="FLOAT")), language="en",
+        timestamp_granularities=["segment"])
+    body = json.loads(response.text)
+    assert body["text"] == "".join(result.texts)
+    assert body["segments"] == [{"text": c.text, "start": pytest.approx(c.start_ts), "end": pytest.approx(c.end_ts)}
+                                for c in result.chunks]
+    assert body["segments"] and body["segments"][0]["end"] > body["segments"][0]["start"]
+
+
+def test_temperature_samples_as_the_pipeline_does(client, whisper):
+    samples = sound("noise")
+    config = whisper.get_generation_config()
+    config.temperature, config.do_sample = 0.5, True
+    expected = "".join(whisper.generate(samples, config).texts)
+    answer = client.audio.transcriptions.create(model="whisper", file=("n.wav", wav(samples, subtype="FLOAT")),
+                                                temperature=0.5)
+    assert answer.text == expected
+
+
+def test_speech_equals_the_pipeline_in_process(client, speecht5):
+    text = "Hello from a tiny voice."
+    voice = ov.Tensor(np.fromfile(SPEECHT5_DIR / "voices" / "tiny.bin", np.float32).reshape(1, 512))
+    result = speecht5.generate(text, voice)
+    expected = np.array(result.speeches[0].data, copy=True).reshape(-1)
+    answer = client.audio.speech.create(model="speecht5", input=text, voice="tiny", response_format="wav")
+    samples, rate = soundfile.read(io.BytesIO(answer.content), dtype="float32")
+    info = soundfile.info(io.BytesIO(answer.content))
+    assert (info.format, info.subtype, info.channels) == ("WAV", "FLOAT", 1)  # as OVMS writes it
+    assert rate == result.output_sample_rate == 16000
+    assert len(expected) > 16000 and np.abs(expected).max() > 0.01  # audible, and depends on the text
+    np.testing.assert_array_equal(samples, expected)
+    # the graph's voices entry names the same file under another name
+    same = client.audio.speech.create(model="speecht5", input=text, voice="also-tiny", response_format="wav")
+    assert same.content == answer.content
+
+
+def test_speech_default_voice(audio_server, speecht5):
+    """Without a voice, the pipeline's default speaker (OVMS passes an empty tensor)."""
+    text = "Numbers one two three."
+    expected = np.array(speecht5.generate(text).speeches[0].data, copy=True).reshape(-1)
+    status, body = post(audio_server, "/v3/audio/speech", json.dumps({"model": "speecht5", "input": text}).encode(),
+                        "application/json")
+    assert status == 200
+    samples, _ = soundfile.read(io.BytesIO(body), dtype="float32")
+    np.testing.assert_array_equal(samples, expected)
+
+
+def _error(exc_info) -> str:
+    return exc_info.value.response.json()["error"]
+
+
+def test_refusals_are_400_and_the_server_keeps_serving(client, audio_server):
+    refusals = [
+        (dict(file=("empty.wav", b"")), "File parsing fails: the uploaded audio file is empty"),
+        (dict(file=("text.wav", b"this is not audio at all")), "Received input file is not valid wav nor mp3 audio "
+                                                                "file (24 bytes; WAV, FLAC and MP3 are read)"),
+        (dict(file=("short.wav", wav(np.zeros(100, np.float32)))), "the audio is too short: 100 samples"),
+        (dict(file=("ok.wav", wav(sound("low"))), response_format="srt"), "response_format 'srt' is not supported"),
+        (dict(file=("ok.wav", wav(sound("low"))), language="english"), "Invalid language code."),
+        (dict(file=("ok.wav", wav(sound("low"))), language="xx"), "language: 'xx' is not a language of model "
+                                                                  "whisper"),
+        (dict(file=("ok.wav", wav(sound("low"))), timestamp_granularities=["word"]),
+         "Word timestamps not supported for this model"),
+        (dict(file=("ok.wav", wav(sound("low"))), prompt="Hello"), "prompt: a prompt to guide the transcription is "
+                                                                   "not supported"),
+    ]
+    for fields, message in refusals:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.audio.transcriptions.create(model="whisper", **fields)
+        assert caught.value.status_code == 400
+        assert message in _error(caught), (fields, _error(caught))
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.audio.translations.create(model="whisper", file=("e.wav", b""))
+    assert "the uploaded audio file is empty" in _error(caught)
+    speech_refusals = [
+        (dict(input="Hi", voice="nobody"), "Requested voice 'nobody' not found in available voices (also-tiny, tiny)"),
+        (dict(input="Hi", voice="tiny", response_format="mp3"), "response_format 'mp3' is not supported"),
+        (dict(input="Hi", voice="tiny", speed=3.0), "speed must be between speed_min (0.25) and speed_max (2)"),
+        (dict(input="Hi", voice="tiny", instructions="whisper"), "instructions: instructions are not supported"),
+        (dict(input=" ", voice="tiny"), "input field is empty"),
+    ]
+    for fields, message in speech_refusals:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.audio.speech.create(model="speecht5", **fields)
+        assert message in _error(caught), (fields, _error(caught))
+    # a model of another kind, and a body that is not multipart
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.audio.speech.create(model="whisper", input="Hi", voice="tiny")
+    assert caught.value.status_code == 501 and "model whisper does not serve text to speech" in _error(caught)
+    status, body = post(audio_server, "/v3/audio/transcriptions", b'{"model": "whisper"}', "application/json")
+    assert status == 400 and b"send multipart/form-data" in body
+    # still serving
+    assert client.audio.transcriptions.create(model="whisper", file=("ok.wav", wav(sound("low")))).text == " a low hum"
+
+
+def test_v1_aliases(audio_server):
+    status, body = post(audio_server, "/v1/audio/speech",
+                        json.dumps({"model": "speecht5", "input": "Hi", "voice": "tiny"}).encode(), "application/json")
+    assert status == 200 and body[:4] == b"RIFF"
+    with openai.OpenAI(base_url=f"http://{audio_server.rest_url}/v1", api_key="unused", max_retries=0) as v1:
+        assert v1.audio.translations.create(model="whisper", file=("h.wav", wav(sound("high")))).text == \
+            " sharp sound"
+
+
+def test_four_concurrent_transcriptions(client, whisper):
+    """Requests queue on the servable's one pipeline thread; each gets its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = ["low", "high", "noise", "low"]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda n: client.audio.transcriptions.create(
+            model="whisper", file=(f"{n}.wav", wav(sound(n), subtype="FLOAT"))).text, names))
+    assert answers == ["".join(whisper.generate(sound(n)).texts) for n in names]
+
+
+def test_a_busy_servable_answers_503(client, audio_server):
+    """Past its queue bound a speech servable refuses with OVMS's 503, as a text generation servable does."""
+    servable = audio_server.server.registry.version_entry("whisper").servable
+    worker = servable.worker
+    release = threading.Event()
+
+    async def occupy():
+        worker.max_queued = 1
+        return asyncio.ensure_future(worker.run(lambda cancel: release.wait(60)))
+
+    task = audio_server.call(occupy())
+    audio_server.call(asyncio.sleep(0))  # the job is submitted (in_flight counts it) once run() has started
+    try:
+        assert worker.in_flight == 1
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.audio.transcriptions.create(model="whisper", file=("ok.wav", wav(sound("low"))))
+        assert caught.value.status_code == 503
+        assert "Server busy" in _error(caught) and "1 requests in flight on whisper" in _error(caught)
+    finally:
+        release.set()
+        audio_server.call(asyncio.wait_for(asyncio.shield(task), 60))
+        worker.max_queued = 32
+    assert client.audio.transcriptions.create(model="whisper", file=("ok.wav", wav(sound("low")))).text == " a low hum"
+
+
+def test_metrics_count_and_time_each_endpoint(client, audio_server):
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://{audio_server.rest_url}/metrics", timeout=10) as response:
+            return response.read().decode()
+
+    def value(text: str, pattern: str) -> float:
+        match = re.search(pattern + r" (\S+)", text)
+        return float(match.group(1)) if match else 0.0
+
+    ok_t = r'ovms_requests_success\{api="V3",interface="REST",method="Unary",name="whisper"\}'
+    fail_t = r'ovms_requests_fail\{api="V3",interface="REST",method="Unary",name="whisper"\}'
+    ok_s = r'ovms_requests_success\{api="V3",interface="REST",method="Unary",name="speecht5"\}'
+    time_t = r'ovms_request_time_us_count\{interface="REST",name="whisper",version="1"\}'
+    time_s = r'ovms_request_time_us_count\{interface="REST",name="speecht5",version="1"\}'
+    before = scrape()
+    client.audio.transcriptions.create(model="whisper", file=("ok.wav", wav(sound("low"))))
+    client.audio.translations.create(model="whisper", file=("ok.wav", wav(sound("low"))))
+    client.audio.speech.create(model="speecht5", input="Hi", voice="tiny")
+    with pytest.raises(openai.BadRequestError):
+        client.audio.transcriptions.create(model="whisper", file=("e.wav", b""))
+    after = scrape()
+    assert value(after, ok_t) - value(before, ok_t) == 2
+    assert value(after, fail_t) - value(before, fail_t) == 1
+    assert value(after, ok_s) - value(before, ok_s) == 1
+    assert value(after, time_t) - value(before, time_t) == 2
+    assert value(after, time_s) - value(before, time_s) == 1
