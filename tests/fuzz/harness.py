@@ -27,7 +27,8 @@ from ovms._native import load
 from ovms._native.codec_errors import CodecError
 from ovms._proto.messages import kserve, tfs_predict
 from ovms.errors import ServingError
-from ovms.protocol import kserve_grpc, kserve_rest, openai, tfs
+from ovms.genai import protocol as openai
+from ovms.protocol import kserve_grpc, kserve_rest, tfs
 from ovms.pull.errors import PullError
 from ovms.pull.hub import parse_tree_page
 from ovms.pull.responses import Verdict, classify
@@ -276,6 +277,18 @@ def target_openai(rng: random.Random) -> None:
     openai.decode_generate(openai.parse_body(body), chat=chat)
 
 
+def target_responses(rng: random.Random) -> None:
+    base = {"model": "m", "input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+                                    {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+                                    {"type": "function_call_output", "call_id": "c", "output": "ok"}],
+            "instructions": "be brief", "max_output_tokens": 5, "text": {"format": {"type": "text"}},
+            "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}]}
+    body = to_body(mutate(rng, base) if rng.random() < 0.9 else rand_json(rng), rng)
+    if rng.random() < 0.1:
+        body = mutate_bytes(rng, body)
+    openai.decode_responses(openai.parse_body(body))
+
+
 def target_pull(rng: random.Random) -> None:
     if rng.random() < 0.5:
         entry = {"type": "file", "path": "model.bin", "size": 10, "oid": "a" * 40, "lfs": {"oid": "b" * 64}}
@@ -299,7 +312,7 @@ def target_pull(rng: random.Random) -> None:
 
 TARGETS: dict[str, Callable[[random.Random], None]] = {
     "codec twins": target_codec, "kserve rest": target_kserve_rest, "kserve grpc": target_kserve_grpc,
-    "tfs": target_tfs, "openai": target_openai, "pull responses": target_pull,
+    "tfs": target_tfs, "openai": target_openai, "responses": target_responses, "pull responses": target_pull,
 }
 
 
