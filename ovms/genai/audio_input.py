@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
 
 import numpy as np
 import soundfile
@@ -74,7 +75,10 @@ def decode_audio(data: bytes) -> np.ndarray:
 
 
 def wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
-    """A mono 32-bit float WAV file, as OVMS's /v3/audio/speech writes it (dr_wav, DR_WAVE_FORMAT_IEEE_FLOAT)."""
-    out = io.BytesIO()
-    soundfile.write(out, np.asarray(samples, dtype=np.float32), sample_rate, format="WAV", subtype="FLOAT")
-    return out.getvalue()
+    """A mono 32-bit float WAV file as OVMS's /v3/audio/speech writes it (dr_wav, DR_WAVE_FORMAT_IEEE_FLOAT): a
+    44-byte RIFF header, then the samples. Written here rather than by libsndfile, which adds a PEAK chunk holding
+    the time of writing, so the same speech would not be the same bytes."""
+    data = np.asarray(samples, dtype="<f4").tobytes()
+    header = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(data), b"WAVE", b"fmt ", 16, 3, 1, sample_rate,
+                         sample_rate * 4, 4, 32, b"data", len(data))
+    return header + data
