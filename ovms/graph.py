@@ -133,6 +133,7 @@ class GenAINodeOptions:
     voices: dict = dataclasses.field(default_factory=dict)  # voice name -> speaker embedding file
     speed_min: float = 0.25
     speed_max: float = 4.0
+    loopback: bool = False  # the node has OVMS's LOOPBACK input stream (streamed answers)
     raw: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -172,7 +173,10 @@ def read_graph_text(text: str, base: pathlib.Path, *, where: str = "graph") -> G
         for node_options in node.get("node_options", []):
             for value in node_options.values():
                 options = value[-1]
-        return node_options_from(_CALCULATORS[calculator], options, base)
+        result = node_options_from(_CALCULATORS[calculator], options, base)
+        # OVMS streams transcriptions only from a node with the LOOPBACK back edge (as --pull writes it)
+        result.loopback = any(str(s).startswith("LOOPBACK:") for s in node.get("input_stream", []))
+        return result
     raise ConfigError(f"{where}: no text generation, embeddings, rerank or image generation node "
                       f"(calculators: {', '.join(sorted(_CALCULATORS))})")
 

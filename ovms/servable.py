@@ -6,7 +6,7 @@ A servable is one loaded model version. Backends implement the capabilities they
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, AsyncIterator, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Sequence
 
 import numpy as np
 
@@ -152,8 +152,12 @@ class RerankServable(TextServable):
 class TranscriptionServable(TextServable):
     """Speech to text (Whisper): transcription, and translation to English."""
 
+    streaming: bool = False  # the graph allows streamed transcriptions (OVMS: a LOOPBACK edge)
+
     @abc.abstractmethod
-    async def transcribe(self, request: "TranscriptionRequest") -> "TranscriptionResult": ...
+    async def transcribe(self, request: "TranscriptionRequest", *,
+                         on_text: "Callable[[str], None] | None" = None) -> "TranscriptionResult":
+        """The transcription; ``on_text`` (called from the pipeline's thread) gets each piece as it is decoded."""
 
 
 class SpeechServable(TextServable):

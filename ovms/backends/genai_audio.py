@@ -99,6 +99,7 @@ class WhisperServable(TranscriptionServable):
             raise ModelLoadError(f"{path}: openvino_genai could not load the Whisper model: {exc}") from None
         self._languages = set(self._pipe.get_generation_config().lang_to_id)
         self._worker = _SerialWorker(name)
+        self.streaming = options.loopback
 
     @property
     def worker(self) -> _SerialWorker:
@@ -124,16 +125,24 @@ class WhisperServable(TranscriptionServable):
             config.word_timestamps = True
         return config
 
-    def _run(self, request: TranscriptionRequest, cancel: threading.Event) -> TranscriptionResult:
+    def _run(self, request: TranscriptionRequest, cancel: threading.Event,
+             on_text: Callable[[str], None] | None) -> TranscriptionResult:
         if cancel.is_set():
             raise _Cancelled()
         config = self._config(request)
 
-        def streamer(_text: str):  # called per token: the way to stop a generation whose client left
-            return ov_genai.StreamingStatus.CANCEL if cancel.is_set() else ov_genai.StreamingStatus.RUNNING
+        def streamer(text: str):  # called per decoded piece; also the way to stop a generation whose client left
+            if cancel.is_set():
+                return ov_genai.StreamingStatus.CANCEL
+            if on_text is not None and text:
+                on_text(text)
+            return ov_genai.StreamingStatus.RUNNING
 
         # openvino_genai streams only without timestamps ("Streamer supported ... with return_timestamps=False")
         use_streamer = not (config.return_timestamps or config.word_timestamps)
+        if on_text is not None and not use_streamer:
+            raise ServingError(Kind.GENAI_INVALID_REQUEST, "timestamp_granularities cannot be combined with stream: "
+                                                           "openvino_genai streams transcriptions without timestamps")
         try:
             result = self._pipe.generate(request.samples, config, streamer if use_streamer else None)
         except RuntimeError as exc:
@@ -145,8 +154,9 @@ class WhisperServable(TranscriptionServable):
         words = _chunks(getattr(result, "words", None)) if config.word_timestamps else None
         return TranscriptionResult(text, segments, words)
 
-    async def transcribe(self, request: TranscriptionRequest) -> TranscriptionResult:
-        return await self._worker.run(lambda cancel: self._run(request, cancel))
+    async def transcribe(self, request: TranscriptionRequest, *,
+                         on_text: Callable[[str], None] | None = None) -> TranscriptionResult:
+        return await self._worker.run(lambda cancel: self._run(request, cancel, on_text))
 
     def close(self) -> None:
         self._worker.close()

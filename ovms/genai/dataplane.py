@@ -124,6 +124,34 @@ class GenAIDataPlane:
         self._observe_request(name, started)
         return result
 
+    async def transcribe_stream(self, name: str, audio: bytes,
+                                request: TranscriptionRequest) -> AsyncIterator[str | TranscriptionResult]:
+        """A streamed transcription: each decoded piece of text as the pipeline produces it, then the result.
+        Errors before the first piece (the upload, the request) are raised before anything is yielded; closing the
+        iterator early (the client left) cancels the generation."""
+        started = time.perf_counter_ns()
+        async with self._hold(name, TranscriptionServable, "Stream", "speech to text "
+                              "(/v3/audio/transcriptions, /v3/audio/translations)") as servable:
+            if not servable.streaming:
+                raise ServingError(Kind.GENAI_INVALID_REQUEST, "streaming is not supported for this graph "
+                                   "configuration (LOOPBACK not configured)")
+            samples = await asyncio.to_thread(decode_audio, audio)
+            loop = asyncio.get_running_loop()
+            pieces: asyncio.Queue = asyncio.Queue()
+            task = asyncio.ensure_future(servable.transcribe(
+                dataclasses.replace(request, samples=samples),
+                on_text=lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)))
+            # the pieces were queued (call_soon_threadsafe, in order) before the job's end reaches the loop
+            task.add_done_callback(lambda _: pieces.put_nowait(None))
+            try:
+                while (piece := await pieces.get()) is not None:
+                    yield piece
+                result = await task
+            finally:
+                task.cancel()  # no-op when it finished; cancels the pipeline's generation when the client left
+            self._observe_request(name, started)
+            yield result
+
     async def speak(self, name: str, request: SpeechRequest) -> bytes:
         """Text to speech (/v3/audio/speech): the WAV file of the spoken input."""
         started = time.perf_counter_ns()

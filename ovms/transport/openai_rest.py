@@ -6,6 +6,7 @@ generation context and cancels the sequence in the backend.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hmac
 import json
@@ -384,12 +385,33 @@ async def translations(request: web.Request) -> web.Response:
     return await _transcribe(request, translate=True)
 
 
-async def _transcribe(request: web.Request, *, translate: bool) -> web.Response:
+async def _transcribe(request: web.Request, *, translate: bool) -> web.StreamResponse:
     call = codec.decode_transcription(await _multipart(request), translate=translate)
+    if call.stream:
+        return await _transcription_stream(request, call)
     result = await request.app[GENAI].transcribe(call.model, call.audio, call.request)
     if call.response_format == "text":
         return web.Response(text=result.text, content_type="text/plain")
     return _json(codec.transcription_json(result))
+
+
+async def _transcription_stream(request: web.Request, call: codec.TranscriptionCall) -> web.StreamResponse:
+    """OVMS's streamed transcription: a transcript.text.delta event per piece, then transcript.text.done."""
+    async with contextlib.aclosing(request.app[GENAI].transcribe_stream(call.model, call.audio,
+                                                                        call.request)) as pieces:
+        item = await anext(pieces)  # failures before the first piece are plain 400s
+        response = _EventStream(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        try:
+            await response.prepare(request)
+            while isinstance(item, str):
+                await response.write(codec.sse(codec.transcription_delta_json(item)))
+                item = await anext(pieces)
+            await response.write_eof(codec.sse(codec.transcription_done_json(item)))
+        except ServingError as exc:  # after the headers: reported in the stream
+            await response.write(codec.sse({"error": exc.message}))
+        except (ConnectionResetError, ConnectionError):
+            log.info("client of a streamed transcription went away; generation cancelled")
+    return response
 
 
 async def speech(request: web.Request) -> web.Response:

@@ -88,10 +88,14 @@ def wav(samples: np.ndarray, rate: int = 16000, fmt: str = "WAV", subtype: str =
 @pytest.fixture(scope="module")
 def audio_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("audio")
-    for name, graph, path in (("whisper", S2T_GRAPH, WHISPER_DIR), ("speecht5", T2S_GRAPH, SPEECHT5_DIR)):
+    # whisper-plain: a hand-written graph without the LOOPBACK edge, which OVMS needs for streaming
+    plain = "\n".join(line for line in S2T_GRAPH.splitlines() if "LOOPBACK" not in line)
+    graphs = (("whisper", S2T_GRAPH, WHISPER_DIR), ("speecht5", T2S_GRAPH, SPEECHT5_DIR),
+              ("whisper-plain", plain, WHISPER_DIR))
+    for name, graph, path in graphs:
         (root / name).mkdir()
         (root / name / "graph.pbtxt").write_text(graph.format(path=path))
-    config = {"mediapipe_config_list": [{"name": n, "base_path": str(root / n)} for n in ("whisper", "speecht5")]}
+    config = {"mediapipe_config_list": [{"name": n, "base_path": str(root / n)} for n, _, _ in graphs]}
     (root / "config.json").write_text(json.dumps(config))
     with ThreadedServer(config_path=root / "config.json", metrics_families=frozenset(DEFAULT_FAMILIES)) as running:
         yield running
@@ -162,6 +166,21 @@ def test_wav_flac_mp3_and_resampled_stereo(client, whisper, fmt, subtype, rate, 
     assert answer.text == expected == " a low hum"
 
 
+@pytest.mark.parametrize("case", SOUNDS, ids=[s["name"] for s in SOUNDS])
+def test_streamed_transcription_equals_the_pipeline_streamer(client, whisper, case):
+    """stream=true (OVMS, with the graph's LOOPBACK): a transcript.text.delta event per piece the pipeline's
+    streamer gets, then transcript.text.done with the whole text."""
+    samples = sound(case["name"])
+    pieces: list[str] = []
+    result = whisper.generate(samples, streamer=lambda text: pieces.append(text))
+    events = list(client.audio.transcriptions.create(model="whisper", file=("s.wav", wav(samples, subtype="FLOAT")),
+                                                     stream=True))
+    assert [e.type for e in events] == ["transcript.text.delta"] * (len(events) - 1) + ["transcript.text.done"]
+    assert [e.delta for e in events[:-1]] == [p for p in pieces if p]
+    assert events[-1].text == "".join(result.texts) == "".join(pieces)
+    assert len(events) > 2
+
+
 def test_segment_timestamps_and_language(client, whisper):
     samples = sound("high")
     result = whisper.generate(samples, return_timestamps=True, language="<|en|>")
@@ -214,6 +233,15 @@ def test_speech_default_voice(audio_server, speecht5):
     np.testing.assert_array_equal(samples, expected)
 
 
+def multipart(fields: dict[str, str], audio: bytes) -> tuple[bytes, str]:
+    boundary = "audio-test-boundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+                 f'Content-Type: audio/wav\r\n\r\n'.encode() + audio + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
 def _error(exc_info) -> str:
     return exc_info.value.response.json()["error"]
 
@@ -252,6 +280,18 @@ def test_refusals_are_400_and_the_server_keeps_serving(client, audio_server):
         with pytest.raises(openai.BadRequestError) as caught:
             client.audio.speech.create(model="speecht5", **fields)
         assert message in _error(caught), (fields, _error(caught))
+    stream_refusals = [
+        ("whisper-plain", "transcriptions", {}, "streaming is not supported for this graph configuration (LOOPBACK "
+                                                "not configured)"),
+        ("whisper", "translations", {}, "streaming is not supported for translations endpoint"),
+        ("whisper", "transcriptions", {"timestamp_granularities[]": "segment"},
+         "timestamp_granularities cannot be combined with stream"),
+        ("whisper", "transcriptions", {"language": "xx"}, "language: 'xx' is not a language of model whisper"),
+    ]
+    for model, endpoint, extra, message in stream_refusals:  # refused before any event: a 400 with the reason
+        body, content_type = multipart({"model": model, "stream": "true", **extra}, wav(sound("low")))
+        status, answer = post(audio_server, f"/v3/audio/{endpoint}", body, content_type)
+        assert status == 400 and message in json.loads(answer)["error"], (model, endpoint, answer)
     # a model of another kind, and a body that is not multipart
     with pytest.raises(openai.APIStatusError) as caught:
         client.audio.speech.create(model="whisper", input="Hi", voice="tiny")

@@ -34,6 +34,7 @@ def test_pulled_graphs_read_back_as_speech_servables(tmp_path):
         options = read_graph_text(text, tmp_path)
         assert options.task == task and options.models_path == tmp_path / "."
         assert options.device == "CPU" and options.plugin_config == {"NUM_STREAMS": "2"}
+        assert options.loopback == (task == "speech2text")  # streamed transcriptions need it, as in OVMS
     text = graph.render("speech2text", graph.GraphOptions(plugin_config='{"PERFORMANCE_HINT":"LATENCY"}'))
     assert read_graph_text(text, tmp_path).plugin_config == {"PERFORMANCE_HINT": "LATENCY"}
 

@@ -3,7 +3,8 @@
 Transports import this package as one codec (``from ovms.genai import protocol as codec``).
 """
 from ovms.genai.protocol.audio import (SpeechCall, TranscriptionCall, decode_speech,  # noqa: F401
-                                       decode_transcription, transcription_json)
+                                       decode_transcription, transcription_delta_json, transcription_done_json,
+                                       transcription_json)
 from ovms.genai.protocol.chat import (GenerateCall, Choice, ChunkEncoder, chunk_json, decode_generate,  # noqa: F401
                                       response_json, tool_call_delta_json, tool_calls_json, usage_chunk_json)
 from ovms.genai.protocol.common import (SSE_DONE, Form, invalid, new_id, now, parse_body, sse,  # noqa: F401

@@ -22,6 +22,7 @@ class TranscriptionCall:
     audio: bytes  # the uploaded file, decoded by the data plane off the event loop
     request: TranscriptionRequest
     response_format: str  # json or text
+    stream: bool = False  # Server-Sent Events: transcript.text.delta events, then transcript.text.done
 
 
 # Fields of OpenAI's API that this server does not implement (OVMS marks them ❌ in its API reference).
@@ -56,11 +57,8 @@ def decode_transcription(form: Form, *, translate: bool) -> TranscriptionCall:
     stream = (form.get("stream") or "false").lower()
     if stream not in ("true", "false"):
         raise invalid("stream accepts values true or false")
-    if stream == "true":
-        if translate:
-            raise invalid("streaming is not supported for translations endpoint")
-        raise invalid("stream: streamed transcriptions are not supported by this server yet; send the request "
-                      "without stream")
+    if stream == "true" and translate:
+        raise invalid("streaming is not supported for translations endpoint")
     response_format = form.get("response_format") or "json"
     if response_format not in RESPONSE_FORMATS:
         raise invalid(f"response_format {response_format!r} is not supported; use json or text")
@@ -90,7 +88,7 @@ def decode_transcription(form: Form, *, translate: bool) -> TranscriptionCall:
         else:
             raise invalid('Invalid timestamp_granularities type. Allowed types: "segment", "word"')
     _, content = form.files["file"][-1]
-    return TranscriptionCall(model, content, request, response_format)
+    return TranscriptionCall(model, content, request, response_format, stream == "true")
 
 
 def _timed(items: list[TimedText], key: str) -> list[dict]:
@@ -105,6 +103,15 @@ def transcription_json(result: TranscriptionResult) -> dict:
     if result.segments is not None:
         document["segments"] = _timed(result.segments, "text")
     return document
+
+
+def transcription_delta_json(text: str) -> dict:
+    """A streamed piece, as OVMS's S2tStreamingHandler writes it (OpenAI's transcript.text.delta event)."""
+    return {"type": "transcript.text.delta", "delta": text, "logprobs": []}
+
+
+def transcription_done_json(result: TranscriptionResult) -> dict:
+    return {"type": "transcript.text.done", "text": result.text, "logprobs": []}
 
 
 @dataclasses.dataclass(slots=True)
