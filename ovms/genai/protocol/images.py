@@ -31,9 +31,9 @@ ACCEPTED = frozenset({"prompt", "prompt_2", "prompt_3", "image", "negative_promp
 ACCEPTED_EDIT = ACCEPTED | {"mask"}
 
 
-def _integer(name: str, value, kind: str) -> int:
+def _integer(name: str, value, kind: str, text: bool) -> int:
     low, high = _INT_RANGE[kind]
-    if isinstance(value, str):  # multipart: every field is text
+    if text:  # multipart: every field is text
         try:
             value = int(value.strip())
         except ValueError:
@@ -43,8 +43,8 @@ def _integer(name: str, value, kind: str) -> int:
     return value
 
 
-def _float(name: str, value) -> float:
-    if isinstance(value, str):
+def _float(name: str, value, text: bool) -> float:
+    if text:
         try:
             return float(value)
         except ValueError:
@@ -54,7 +54,7 @@ def _float(name: str, value) -> float:
     return float(value)
 
 
-def _options(fields: dict, *, accepted: frozenset) -> dict:
+def _options(fields: dict, *, accepted: frozenset, text: bool) -> dict:
     """The pipeline options of a request's fields (JSON values, or multipart text), in OVMS's order of checks."""
     options: dict = {}
     size = fields.get("size")
@@ -76,17 +76,17 @@ def _options(fields: dict, *, accepted: frozenset) -> dict:
     if response_format is not None and response_format != "b64_json":
         raise invalid(f"Unsupported response_format: {response_format}. Only b64_json is supported.")
     if fields.get("n") is not None:
-        options["num_images_per_prompt"] = _integer("n", fields["n"], "int")
+        options["num_images_per_prompt"] = _integer("n", fields["n"], "int", text)
     for name in (*_INTS, *_INT64S, *_SIZES):
         value = fields.get(name)
         if value is None:
             continue
         if name in options:  # n and num_images_per_prompt, size and width or height
             raise invalid(f"Key: {name} already exists in request options.")
-        options[name] = _integer(name, value, _INT_KIND[name])
+        options[name] = _integer(name, value, _INT_KIND[name], text)
     for name in _FLOATS:
         if fields.get(name) is not None:
-            options[name] = _float(name, fields[name])
+            options[name] = _float(name, fields[name], text)
     for name in _REFUSED:
         if name in fields:
             raise invalid(f"Unhandled parameter: {name}")
@@ -130,7 +130,7 @@ def decode_image_generation(doc: dict) -> ImageRequest:
         raise invalid("prompt field is not a string")
     if "image" in doc:
         raise invalid("image field is not supported in /images/generations; send the image to /images/edits")
-    options = _options(doc, accepted=ACCEPTED)
+    options = _options(doc, accepted=ACCEPTED, text=False)
     return ImageRequest(model, doc["prompt"], options, lora_alphas=_lora_alphas(doc.get("lora_alphas")))
 
 
@@ -149,7 +149,7 @@ def decode_image_edit(fields: dict[str, str], files: dict[str, list[bytes]]) -> 
     if not image:
         raise invalid("Image field is missing in multipart body")
     uploads = {name: "(a file)" for name in files if name not in ("image", "mask")}  # any other file is unhandled
-    options = _options({**fields, **uploads}, accepted=ACCEPTED_EDIT)
+    options = _options({**fields, **uploads}, accepted=ACCEPTED_EDIT, text=True)
     mask = (files.get("mask") or [b""])[0] or None
     return ImageRequest(model, prompt, options, image=image, mask=mask,
                         lora_alphas=_lora_alphas(fields.get("lora_alphas")))
