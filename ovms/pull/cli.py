@@ -16,7 +16,7 @@ import sys
 import textwrap
 import threading
 
-from ovms.pull import config_edit, convert, gguf, graph, tasks
+from ovms.pull import config_edit, convert, gguf, graph, loras, tasks
 from ovms.pull.errors import EXIT_OK, InterruptedPull, PullError, UsageError
 from ovms.pull.hub import HubClient
 from ovms.pull.paths import ModelPaths, check_repo_id, draft_directory_name
@@ -71,7 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
               "(fp32, fp16, int8, int4, ...); needs optimum-intel installed.")
     _add(g, "--extra_quantization_params", metavar="PARAMS", help="Extra optimum-cli flags, e.g. "
                                                                   "'--sym --group-size -1 --ratio 1.0'.")
-    _add(g, "--source_loras", metavar="LIST", help="image_generation: alias=org/repo[@file.safetensors][:alpha],...")
+    _add(g, "--source_loras", metavar="LIST", help="image_generation: LoRA adapters pulled into loras/ and named in "
+                                                   "the graph: alias=org/repo[@file.safetensors][:alpha], "
+                                                   "alias=/path/file.safetensors[:alpha], alias=@a:0.7+@b:0.5, ...")
     _add(g, "--list_models", action="store_true", help="List servables in --model_repository_path and exit.")
     _add(g, "--add_to_config", action="store_true", help="Add --model_name (at --model_path or "
                                                          "--model_repository_path/NAME) to --config_path and exit.")
@@ -179,7 +181,18 @@ def task_graph_text(args: argparse.Namespace, task: str, model_name: str, *, mod
     graph file takes its options (--max_num_seqs, --pipeline_type, --tool_parser, ...) from it, as OVMS does."""
     if task not in graph.TASKS:
         return None
-    return graph.render(task, graph_options(args, task, model_name, models_path))
+    options = graph_options(args, task, model_name, models_path)
+    if getattr(args, "source_loras", None):  # serving a directory: a configuration error (ValueError), not a pull's
+        if task != "image_generation":
+            raise ValueError(f"--source_loras applies to image generation, not --task {task}; drop it")
+        try:
+            adapters, composites = loras.parse(args.source_loras)
+            loras.check_servable_without_pull(adapters)
+        except UsageError as exc:
+            raise ValueError(str(exc).replace("\n", " ")) from None
+        options.lora_adapters = [(a.alias, a.path, a.alpha) for a in adapters]
+        options.composite_lora_adapters = [(c.alias, c.components) for c in composites]
+    return graph.render(task, options)
 
 
 def _require(args: argparse.Namespace, mode: str, *names: str) -> None:
@@ -235,9 +248,8 @@ def _pull(args: argparse.Namespace, stop: _StopOnSignal) -> pathlib.Path:
     if gguf_name:
         gguf.check_filename(gguf_name, task)
         task = "text_generation"
-    if getattr(args, "source_loras", None):
-        raise UsageError("--source_loras is not supported by this ovms yet.",
-                         remedy="Pull the base model without it and place LoRA adapters next to it by hand.")
+    lora_adapters, lora_composites = loras.parse(args.source_loras) if getattr(args, "source_loras", None) \
+        else ([], [])
     settings = from_environment()
     paths = ModelPaths(pathlib.Path(args.model_repository_path).expanduser(), repo_id)
     overwrite = bool(getattr(args, "overwrite_models", False))
@@ -285,11 +297,24 @@ def _pull(args: argparse.Namespace, stop: _StopOnSignal) -> pathlib.Path:
     draft = getattr(args, "draft_source_model", None)
     if draft:
         _pull_draft(args, draft, model_dir, task, settings, converting, overwrite, stop)
+    if lora_adapters and task != "image_generation":
+        raise UsageError(f"--source_loras applies to image generation, not --task {task or 'none (classic model)'}.",
+                         remedy="Drop --source_loras, or pull a diffusers model with it.")
+    if lora_adapters:
+        def pull_one(repo: str, directory: pathlib.Path, select) -> None:
+            check_repo_id(repo)
+            pull_repository(ModelPaths(paths.repository, repo, directory=directory), settings, overwrite=overwrite,
+                            stop_requested=stop, select=select)
+
+        loras.fetch(lora_adapters, model_dir, pull_one)
     if classic:
         return model_dir
     models_path = f"./{gguf_name}" if gguf_name else "./"
     model_name = getattr(args, "model_name", None) or repo_id
-    graph.write_graph(model_dir, task, graph_options(args, task, model_name, models_path))
+    options = graph_options(args, task, model_name, models_path)
+    options.lora_adapters = [(a.alias, a.path, a.alpha) for a in lora_adapters]
+    options.composite_lora_adapters = [(c.alias, c.components) for c in lora_composites]
+    graph.write_graph(model_dir, task, options)
     print(f"Graph: graph.pbtxt created in: {model_dir}", flush=True)
     return model_dir
 

@@ -53,6 +53,8 @@ class GraphOptions:
     max_num_images_per_prompt: int | None = None
     default_num_inference_steps: int | None = None
     max_num_inference_steps: int | None = None
+    lora_adapters: list = dataclasses.field(default_factory=list)  # (alias, path, alpha or None)
+    composite_lora_adapters: list = dataclasses.field(default_factory=list)  # (alias, [(adapter alias, alpha)])
     plugin_config: str = ""
     # text2speech (export only: optimum-cli's source model kind and vocoder)
     model_type: str = "speecht5"
@@ -204,6 +206,20 @@ node: {{
         s += f"\n          default_num_inference_steps: {o.default_num_inference_steps}"
     if o.max_num_inference_steps is not None:
         s += f"\n          max_num_inference_steps: {o.max_num_inference_steps}"
+    mode = "STATIC" if "NPU" in o.target_device else "DYNAMIC"
+    for alias, path, alpha in o.lora_adapters:
+        s += f'\n          lora_adapters {{ alias: "{alias}" path: "{path}"'
+        if alpha is not None:
+            s += f" alpha: {alpha:g}"
+        s += f" mode: {mode} }}"
+    for alias, components in o.composite_lora_adapters:
+        s += f'\n          composite_lora_adapters {{\n            alias: "{alias}"\n'
+        for adapter_alias, alpha in components:
+            s += f'            components {{ adapter_alias: "{adapter_alias}"'
+            if alpha != 1.0:
+                s += f" alpha: {alpha:g}"
+            s += " }\n"
+        s += "          }"
     s += """
       }
   }
