@@ -55,3 +55,25 @@ def test_task_flags_become_the_graph_limits(tmp_path):
     assert steps[0] == 400 and "num_inference_steps is greater than maxNumInferenceSteps: 4" in json.dumps(steps[1])
     assert size[0] == 400 and "resolution 64x128 is greater than maxResolution: 64x64" in json.dumps(size[1])
     assert ok[0] == 200 and len(ok[1]["data"]) == 1
+
+
+def test_task_with_local_source_loras(tmp_path):
+    """--model_path DIR --task image_generation --source_loras alias=/path: the adapters in the graph built in
+    memory; a hub source needs a pull and is refused with the reason."""
+    import pytest
+
+    from ovms.cli import build_parser, single_model
+    from ovms.graph import read_graph_text
+    from tests.fixtures.genai.lora import write_lora
+
+    lora = write_lora(tmp_path / "ink.safetensors")
+    args = build_parser().parse_args(["--model_path", str(SD_DIR), "--model_name", "sd", "--task", "image_generation",
+                                      "--source_loras", f"ink={lora}:0.7,mix=@ink:0.2"])
+    config = single_model(args)
+    limits = read_graph_text(config.graph_text, SD_DIR).image
+    assert [(a.alias, a.path, a.alpha) for a in limits.lora_adapters] == [("ink", lora, 0.7)]
+    assert limits.composite_lora_adapters == {"mix": [("ink", 0.2)]}
+    args = build_parser().parse_args(["--model_path", str(SD_DIR), "--model_name", "sd", "--task", "image_generation",
+                                      "--source_loras", "ink=org/ink-lora"])
+    with pytest.raises(ValueError, match="a Hugging Face repository adapter is downloaded by a pull"):
+        single_model(args)
