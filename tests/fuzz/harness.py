@@ -289,6 +289,34 @@ def target_responses(rng: random.Random) -> None:
     openai.decode_responses(openai.parse_body(body))
 
 
+def _tone_wav() -> bytes:
+    samples = (0.5 * np.sin(np.arange(800) / 3.0) * 32767).astype("<i2").tobytes()
+    return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(samples), b"WAVE", b"fmt ", 16, 1, 1, 8000, 16000, 2,
+                       16, b"data", len(samples)) + samples
+
+
+def target_audio(rng: random.Random) -> None:
+    """The audio endpoints' edge: uploaded files (decoded by libsndfile), multipart fields, the speech JSON."""
+    from ovms.genai.audio_input import decode_audio
+
+    pick = rng.random()
+    if pick < 0.4:
+        data = _tone_wav()
+        decode_audio(mutate_bytes(rng, data) if rng.random() < 0.9 else bytes(rng.randrange(256) for _ in range(64)))
+    elif pick < 0.7:
+        fields = mutate(rng, {"model": "m", "language": "en", "temperature": "0.2", "response_format": "json",
+                              "timestamp_granularities[]": "segment", "stream": "false"})
+        if not isinstance(fields, dict):
+            fields = {"model": fields}
+        form = openai.Form({str(k): [v if isinstance(v, str) else json.dumps(v)] for k, v in fields.items()},
+                           {"file": [("a.wav", _tone_wav())]} if rng.random() < 0.9 else {})
+        openai.decode_transcription(form, translate=rng.random() < 0.3)
+    else:
+        base = {"model": "m", "input": "Hello", "voice": "tiny", "response_format": "wav", "speed": 1.0}
+        body = to_body(mutate(rng, base) if rng.random() < 0.9 else rand_json(rng), rng)
+        openai.decode_speech(openai.parse_body(body))
+
+
 def target_pull(rng: random.Random) -> None:
     if rng.random() < 0.5:
         entry = {"type": "file", "path": "model.bin", "size": 10, "oid": "a" * 40, "lfs": {"oid": "b" * 64}}
@@ -313,6 +341,7 @@ def target_pull(rng: random.Random) -> None:
 TARGETS: dict[str, Callable[[random.Random], None]] = {
     "codec twins": target_codec, "kserve rest": target_kserve_rest, "kserve grpc": target_kserve_grpc,
     "tfs": target_tfs, "openai": target_openai, "responses": target_responses, "pull responses": target_pull,
+    "audio": target_audio,
 }
 
 
