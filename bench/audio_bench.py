@@ -1,7 +1,7 @@
 """Latency of /v3/audio/transcriptions, /translations and /speech against the same openvino_genai pipelines in
 process, for one request at a time and for 4 concurrent ones, in the same run.
 
-    .venv/bin/python bench/audio_bench.py [--rounds 15]
+    .venv/bin/python bench/audio_bench.py [--rounds 15] [--endpoints transcriptions,translations,speech]
 
 One `python -m ovms` process serves the fixtures tiny-whisper and tiny-speecht5 (graphs as `--pull` writes them,
 NUM_STREAMS 1); this process loads the same directories into WhisperPipeline / Text2SpeechPipeline with the same
@@ -87,6 +87,7 @@ def timed(calls: list) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--endpoints", default="transcriptions,translations,speech")
     args = parser.parse_args()
     samples = sound("low")
     buffer = io.BytesIO()
@@ -123,7 +124,7 @@ def main() -> None:
             speech, _ = soundfile.read(io.BytesIO(served["speech"](clients[0])), dtype="float32")
             assert np.array_equal(speech, local["speech"]().reshape(-1))
             results = {}
-            for endpoint in served:
+            for endpoint in args.endpoints.split(","):
                 for concurrency in (1, 4):
                     times: dict[str, list[float]] = {"ovms": [], "in-process": []}
                     for round_index in range(args.rounds):
