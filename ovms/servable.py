@@ -155,16 +155,19 @@ class TranscriptionServable(TextServable):
     streaming: bool = False  # the graph allows streamed transcriptions (OVMS: a LOOPBACK edge)
 
     @abc.abstractmethod
-    async def transcribe(self, request: "TranscriptionRequest", *,
-                         on_text: "Callable[[str], None] | None" = None) -> "TranscriptionResult":
-        """The transcription; ``on_text`` (called from the pipeline's thread) gets each piece as it is decoded."""
+    async def transcribe(self, request: "TranscriptionRequest", *, on_text: "Callable[[str], None] | None" = None,
+                         client_gone: "Callable[[], bool] | None" = None) -> "TranscriptionResult":
+        """The transcription; ``on_text`` (called from the pipeline's thread) gets each piece as it is decoded;
+        when ``client_gone`` turns true the request is dropped (not started, or stopped at the next piece)."""
 
 
 class SpeechServable(TextServable):
     """Text to speech: the voices it has, and the samples of the spoken text."""
 
     @abc.abstractmethod
-    async def speak(self, request: "SpeechRequest") -> "SpeechResult": ...
+    async def speak(self, request: "SpeechRequest", *,
+                    client_gone: "Callable[[], bool] | None" = None) -> "SpeechResult":
+        """The spoken input; not started when ``client_gone`` is already true."""
 
 def _shape_text(shape: Sequence[int]) -> str:
     return "(" + ",".join(str(d) for d in shape) + ")"

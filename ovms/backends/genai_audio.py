@@ -28,8 +28,23 @@ log = logging.getLogger("ovms.audio")
 MAX_QUEUED = 32  # waiting + running requests per servable before 503
 
 
-class _Cancelled(Exception):
-    """The request was cancelled (client gone) before or while the pipeline ran."""
+class _Cancel:
+    """Whether a request is to stop: its coroutine was cancelled, or its client closed the connection (aiohttp
+    does not cancel handlers, so the transport's state is asked, from the pipeline's thread)."""
+
+    __slots__ = ("event", "client_gone")
+
+    def __init__(self, client_gone: Callable[[], bool] | None) -> None:
+        self.event = threading.Event()
+        self.client_gone = client_gone
+
+    def is_set(self) -> bool:
+        return self.event.is_set() or (self.client_gone is not None and self.client_gone())
+
+    def check(self) -> None:
+        if self.is_set():
+            raise ServingError(Kind.GENAI_INVALID_REQUEST, "the client closed the connection before the answer: "
+                                                           "request cancelled")
 
 
 class _SerialWorker:
@@ -41,19 +56,19 @@ class _SerialWorker:
         self.in_flight = 0  # touched on the event loop only
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"ovms-audio-{name}")
 
-    async def run(self, job: Callable[[threading.Event], object]):
+    async def run(self, job: Callable[[_Cancel], object], *, client_gone: Callable[[], bool] | None = None):
         if self.in_flight >= self.max_queued:
             raise ServingError(Kind.SERVER_BUSY, f"{self.in_flight} requests in flight on {self.name}, which runs "
                                                  f"one at a time and queues at most {self.max_queued}")
         loop = asyncio.get_running_loop()
-        cancel = threading.Event()
+        cancel = _Cancel(client_gone)
         self.in_flight += 1
         future = self._executor.submit(job, cancel)
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._done))
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
-            cancel.set()  # a job not yet started returns at once; a running Whisper stops at its next token
+            cancel.event.set()  # a job not yet started returns at once; a running Whisper stops at its next token
             raise
 
     def _done(self) -> None:
@@ -125,10 +140,9 @@ class WhisperServable(TranscriptionServable):
             config.word_timestamps = True
         return config
 
-    def _run(self, request: TranscriptionRequest, cancel: threading.Event,
+    def _run(self, request: TranscriptionRequest, cancel: _Cancel,
              on_text: Callable[[str], None] | None) -> TranscriptionResult:
-        if cancel.is_set():
-            raise _Cancelled()
+        cancel.check()
         config = self._config(request)
 
         def streamer(text: str):  # called per decoded piece; also the way to stop a generation whose client left
@@ -147,16 +161,15 @@ class WhisperServable(TranscriptionServable):
             result = self._pipe.generate(request.samples, config, streamer if use_streamer else None)
         except RuntimeError as exc:
             raise ServingError(Kind.GENAI_INVALID_REQUEST, str(exc).strip().splitlines()[-1]) from None
-        if cancel.is_set():
-            raise _Cancelled()
+        cancel.check()
         text = "".join(result.texts)
         segments = _chunks(result.chunks) if config.return_timestamps else None
         words = _chunks(getattr(result, "words", None)) if config.word_timestamps else None
         return TranscriptionResult(text, segments, words)
 
-    async def transcribe(self, request: TranscriptionRequest, *,
-                         on_text: Callable[[str], None] | None = None) -> TranscriptionResult:
-        return await self._worker.run(lambda cancel: self._run(request, cancel, on_text))
+    async def transcribe(self, request: TranscriptionRequest, *, on_text: Callable[[str], None] | None = None,
+                         client_gone: Callable[[], bool] | None = None) -> TranscriptionResult:
+        return await self._worker.run(lambda cancel: self._run(request, cancel, on_text), client_gone=client_gone)
 
     def close(self) -> None:
         self._worker.close()
@@ -213,9 +226,8 @@ class Text2SpeechServable(SpeechServable):
     def worker(self) -> _SerialWorker:
         return self._worker
 
-    def _run(self, request: SpeechRequest, cancel: threading.Event) -> SpeechResult:
-        if cancel.is_set():
-            raise _Cancelled()
+    def _run(self, request: SpeechRequest, cancel: _Cancel) -> SpeechResult:
+        cancel.check()
         embedding = None
         if request.voice is not None:
             if request.voice not in self.voices:
@@ -231,12 +243,12 @@ class Text2SpeechServable(SpeechServable):
         samples = np.array(result.speeches[0].data, dtype=np.float32, copy=True).reshape(-1)
         return SpeechResult(samples, int(result.output_sample_rate))
 
-    async def speak(self, request: SpeechRequest) -> SpeechResult:
+    async def speak(self, request: SpeechRequest, *, client_gone: Callable[[], bool] | None = None) -> SpeechResult:
         if not self.options.speed_min <= request.speed <= self.options.speed_max:
             raise ServingError(Kind.GENAI_INVALID_REQUEST, f"speed must be between speed_min "
                                                            f"({self.options.speed_min:g}) and speed_max "
                                                            f"({self.options.speed_max:g})")
-        return await self._worker.run(lambda cancel: self._run(request, cancel))
+        return await self._worker.run(lambda cancel: self._run(request, cancel), client_gone=client_gone)
 
     def close(self) -> None:
         self._worker.close()

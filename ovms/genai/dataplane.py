@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from ovms.dataplane import DataPlane
 from ovms.errors import Kind, ServingError
@@ -113,14 +113,16 @@ class GenAIDataPlane:
         async with self._hold(name, RerankServable, "Unary", "rerank (/v3/rerank)") as servable:
             return await servable.rerank(query, documents)
 
-    async def transcribe(self, name: str, audio: bytes, request: TranscriptionRequest) -> TranscriptionResult:
+    async def transcribe(self, name: str, audio: bytes, request: TranscriptionRequest, *,
+                         client_gone: Callable[[], bool] | None = None) -> TranscriptionResult:
         """Speech to text (/v3/audio/transcriptions and /translations): decode the upload off the event loop, then
         run the servable's Whisper; counted and timed as OVMS's V3 requests."""
         started = time.perf_counter_ns()
         async with self._hold(name, TranscriptionServable, "Unary",
                               "speech to text (/v3/audio/transcriptions, /v3/audio/translations)") as servable:
             samples = await asyncio.to_thread(decode_audio, audio)
-            result = await servable.transcribe(dataclasses.replace(request, samples=samples))
+            result = await servable.transcribe(dataclasses.replace(request, samples=samples),
+                                               client_gone=client_gone)
         self._observe_request(name, started)
         return result
 
@@ -152,11 +154,12 @@ class GenAIDataPlane:
             self._observe_request(name, started)
             yield result
 
-    async def speak(self, name: str, request: SpeechRequest) -> bytes:
+    async def speak(self, name: str, request: SpeechRequest, *,
+                    client_gone: Callable[[], bool] | None = None) -> bytes:
         """Text to speech (/v3/audio/speech): the WAV file of the spoken input."""
         started = time.perf_counter_ns()
         async with self._hold(name, SpeechServable, "Unary", "text to speech (/v3/audio/speech)") as servable:
-            result = await servable.speak(request)
+            result = await servable.speak(request, client_gone=client_gone)
             wav = await asyncio.to_thread(wav_bytes, result.samples, result.sample_rate)
         self._observe_request(name, started)
         return wav

@@ -377,6 +377,17 @@ async def _form(request: web.Request) -> tuple[dict[str, str], dict[str, list[by
             {name: [content for _, content in parts] for name, parts in form.files.items()})
 
 
+def _client_gone(request: web.Request):
+    """Whether the client closed the connection (aiohttp does not cancel the handler): asked by a servable before
+    and while it runs a request, so a queue of abandoned requests does not keep the pipeline busy."""
+    transport = request.transport
+
+    def gone() -> bool:
+        return transport is None or transport.is_closing()
+
+    return gone
+
+
 async def transcriptions(request: web.Request) -> web.Response:
     return await _transcribe(request, translate=False)
 
@@ -389,7 +400,8 @@ async def _transcribe(request: web.Request, *, translate: bool) -> web.StreamRes
     call = codec.decode_transcription(await _multipart(request), translate=translate)
     if call.stream:
         return await _transcription_stream(request, call)
-    result = await request.app[GENAI].transcribe(call.model, call.audio, call.request)
+    result = await request.app[GENAI].transcribe(call.model, call.audio, call.request,
+                                                 client_gone=_client_gone(request))
     if call.response_format == "text":
         return web.Response(text=result.text, content_type="text/plain")
     return _json(codec.transcription_json(result))
@@ -416,7 +428,7 @@ async def _transcription_stream(request: web.Request, call: codec.TranscriptionC
 
 async def speech(request: web.Request) -> web.Response:
     call = codec.decode_speech(await _body(request))
-    wav = await request.app[GENAI].speak(call.model, call.request)
+    wav = await request.app[GENAI].speak(call.model, call.request, client_gone=_client_gone(request))
     return web.Response(body=wav, content_type="audio/wav")
 
 

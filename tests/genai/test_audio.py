@@ -10,8 +10,10 @@ import asyncio
 import io
 import json
 import re
+import socket
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -344,6 +346,55 @@ def test_a_busy_servable_answers_503(client, audio_server):
         release.set()
         audio_server.call(asyncio.wait_for(asyncio.shield(task), 60))
         worker.max_queued = 32
+    assert client.audio.transcriptions.create(model="whisper", file=("ok.wav", wav(sound("low")))).text == " a low hum"
+
+
+class _CountingPipeline:
+    """The servable's pipeline, counting generate calls."""
+
+    def __init__(self, pipe) -> None:
+        self.pipe, self.calls = pipe, 0
+
+    def generate(self, *args, **kwargs):
+        self.calls += 1
+        return self.pipe.generate(*args, **kwargs)
+
+    def get_generation_config(self):
+        return self.pipe.get_generation_config()
+
+
+def _until(condition, what: str) -> None:
+    deadline = time.monotonic() + 30  # a bound against a hang, not a measurement
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_request_whose_client_left_is_not_run(client, audio_server):
+    """A request queued behind a busy pipeline whose client closes the connection is dropped, not transcribed."""
+    servable = audio_server.server.registry.version_entry("whisper").servable
+    worker, pipe = servable.worker, servable._pipe
+    counting = servable._pipe = _CountingPipeline(pipe)
+    release = threading.Event()
+
+    async def occupy():
+        return asyncio.ensure_future(worker.run(lambda cancel: release.wait(60)))
+
+    task = audio_server.call(occupy())
+    try:
+        body, content_type = multipart({"model": "whisper"}, wav(sound("low")))
+        host, port = audio_server.rest_url.split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(f"POST /v3/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            _until(lambda: worker.in_flight == 2, "the request did not reach the servable's queue")
+        release.set()
+        audio_server.call(asyncio.wait_for(asyncio.shield(task), 60))
+        _until(lambda: worker.in_flight == 0, "the abandoned request did not leave the queue")
+        assert counting.calls == 0
+    finally:
+        release.set()
+        servable._pipe = pipe
     assert client.audio.transcriptions.create(model="whisper", file=("ok.wav", wav(sound("low")))).text == " a low hum"
 
 
