@@ -128,7 +128,8 @@ class GenerativeInfo:
 class ImageRequest:
     """One image generation or edit: the prompt, the pipeline options OVMS passes on (width, height,
     num_images_per_prompt, num_inference_steps, rng_seed, guidance_scale, strength, negative_prompt, ...), and for
-    edits the decoded image (uint8 [1, H, W, 3]) and optional mask (inpainting).
+    edits the image and optional mask (inpainting): the uploaded files' bytes from the protocol layer, decoded by the
+    data plane into uint8 [1, H, W, 3] arrays before the servable sees them.
 
     ``model`` is the name the request used: a LoRA adapter's alias selects that adapter (OVMS routes by it)."""
 
