@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/images_bench.py [--size 64x64] [--steps 4] [--rounds 7]
 
-Both sides use the fixture Stable Diffusion (tests/fixtures/genai/tiny-sd) on CPU with the same prompt, size,
-steps and seed. Per endpoint (generations; edits without a mask = image to image; edits with a mask =
-inpainting), each round times, back to back: one in-process call, one ovms request, four in-process calls one after
-another (one pipeline runs one call at a time, as in ovms), and four concurrent ovms requests (the wall time of all
-four). The in-process side is ``pipeline.generate`` alone; the ovms side is the whole request: multipart or JSON
-upload, image decoding, generation, PNG encoding, base64 and the JSON answer. ovms runs as its own process
+Both sides use the fixture Stable Diffusion (tests/fixtures/genai/tiny-sd) on CPU with the same prompt, size
+(given to every endpoint: the inpainting pipeline otherwise works at the model's default 64x64), steps and seed.
+Per endpoint (generations; edits without a mask = image to image; edits with a mask = inpainting), each round
+times, back to back: one in-process call, one ovms request, four in-process calls one after another (one pipeline
+runs one call at a time, as in ovms), and four concurrent ovms requests (the wall time of all four). The
+in-process side is ``pipeline.generate`` alone; the ovms side is the whole request: multipart or JSON upload, image
+decoding, generation, PNG encoding, base64 and the JSON answer. ovms runs as its own process
 (python -m ovms --task image_generation) so the client does not share its GIL. This VM's speed drifts from round
 to round, so the ratio reported is the median of per-round ratios (each in-process timing against the ovms one
 right after it), with the medians of the times. Results also go to bench/results/images.json.
@@ -88,17 +89,19 @@ def main() -> None:
     image_tensor, mask_tensor = ov.Tensor(image[np.newaxis]), ov.Tensor(mask[np.newaxis])
     local = {
         "generations": lambda: t2i.generate(PROMPT, width=width, height=height, **options),
-        "edits": lambda: i2i.generate(PROMPT, image_tensor, **options),
-        "edits+mask": lambda: inpaint.generate(PROMPT, image_tensor, mask_tensor, **options),
+        "edits": lambda: i2i.generate(PROMPT, image_tensor, width=width, height=height, **options),
+        "edits+mask": lambda: inpaint.generate(PROMPT, image_tensor, mask_tensor, width=width, height=height,
+                                               **options),
     }
     proc, port, log_path = _start_server(args.size)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v3", api_key="unused", max_retries=0, timeout=600)
     remote = {
         "generations": lambda: client.images.generate(model="sd", prompt=PROMPT, size=args.size, extra_body=options),
         "edits": lambda: client.images.edit(model="sd", prompt=PROMPT, image=("in.png", image_png, "image/png"),
-                                            extra_body=options),
+                                            size=args.size, extra_body=options),
         "edits+mask": lambda: client.images.edit(model="sd", prompt=PROMPT, image=("in.png", image_png, "image/png"),
-                                                 mask=("mask.png", mask_png, "image/png"), extra_body=options),
+                                                 mask=("mask.png", mask_png, "image/png"), size=args.size,
+                                                 extra_body=options),
     }
     pool = concurrent.futures.ThreadPoolExecutor(4)
 
@@ -132,7 +135,8 @@ def main() -> None:
         pool.shutdown()
         proc.terminate()
         proc.wait(30)
-    print(f"tiny-sd {args.size}, {args.steps} steps, {args.rounds} rounds (median of per-round ratios ovms / in-process)")
+    print(f"tiny-sd {args.size}, {args.steps} steps, {args.rounds} rounds "
+          "(median of per-round ratios ovms / in-process)")
     print(f"{'endpoint':<12} {'requests':>8} {'in-process s':>13} {'ovms s':>9} {'ratio':>7} {'quartiles':>13}")
     for name, by_concurrency in results.items():
         for concurrency, r in by_concurrency.items():
