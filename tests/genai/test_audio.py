@@ -384,10 +384,19 @@ def test_a_request_whose_client_left_is_not_run(client, audio_server):
     try:
         body, content_type = multipart({"model": "whisper"}, wav(sound("low")))
         host, port = audio_server.rest_url.split(":")
+        def connections():  # aiohttp's open connections (the property returns a copy)
+            return audio_server.server._runner.server.connections
+
+        before = connections()
         with socket.create_connection((host, int(port))) as sock:
             sock.sendall(f"POST /v3/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
             _until(lambda: worker.in_flight == 2, "the request did not reach the servable's queue")
+            ours = [c for c in connections() if all(c is not b for b in before)]
+            assert len(ours) == 1
+        # the server has seen the connection close before the pipeline is free again
+        _until(lambda: ours[0].transport is None or ours[0].transport.is_closing(),
+               "the server did not see the client leave")
         release.set()
         audio_server.call(asyncio.wait_for(asyncio.shield(task), 60))
         _until(lambda: worker.in_flight == 0, "the abandoned request did not leave the queue")
