@@ -34,11 +34,18 @@ demo: $(DEMO)/config.json
 serve: build demo
 	$(PY) -m ovms --config_path $(DEMO)/config.json --port 9000 --rest_port 8000
 
-# The whole suite, then the fast tests again on the pure-Python twins (a supported build: OVMS_NO_EXTENSIONS=1).
+# The fast tests of the serving paths each twin is on, run again on the pure-Python twins (a supported build:
+# OVMS_NO_EXTENSIONS=1): tensorcodec (KServe, TFS, pipelines), rangewrite (pull), detokenize (LLM streams),
+# pytensor (Python nodes). The twins' own unit tests already run on both in the first pass.
+PURE_TESTS := tests/_native tests/transport tests/fuzz tests/pull tests/pipelines tests/mediapipe \
+	tests/test_reload.py tests/test_version_swap.py tests/test_cli.py tests/genai/test_chat.py \
+	tests/genai/test_http.py tests/genai/test_tool_call_stream.py tests/genai/test_special_tokens.py
+
+# The whole suite, then the twins' serving paths again on the pure-Python twins.
 # The fixtures venv is for tests/pull/test_real_export.py: the real optimum-cli on the command lines --pull builds.
 test: build $(FIXTURE_STAMP)
 	$(PY) -m pytest -q
-	OVMS_NO_EXTENSIONS=1 $(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+	OVMS_NO_EXTENSIONS=1 $(PY) -m pytest -q -m "not slow" -p no:cacheprovider $(PURE_TESTS)
 
 # The fast tests on the pure-Python twins (OVMS_NO_EXTENSIONS=1): what a build without the Cython modules runs.
 test-pure: build
