@@ -133,11 +133,11 @@ class WhisperServable(TranscriptionServable):
             config.temperature = request.temperature
             config.do_sample = request.temperature != 0  # as OVMS's SttServable::parseTemperature
         config.return_timestamps = request.segment_timestamps
-        if request.word_timestamps:
-            if not self.options.enable_word_timestamps:
-                raise ServingError(Kind.GENAI_INVALID_REQUEST, "Word timestamps not supported for this model "
-                                   "(set enable_word_timestamps: true in the graph's S2tCalculatorOptions)")
-            config.word_timestamps = True
+        if request.word_timestamps and not self.options.enable_word_timestamps:
+            raise ServingError(Kind.GENAI_INVALID_REQUEST, "Word timestamps not supported for this model "
+                                                           "(set enable_word_timestamps: true in the graph's "
+                                                           "S2tCalculatorOptions)")
+        config.word_timestamps = request.word_timestamps  # OVMS sets it per request, off unless asked
         return config
 
     def _run(self, request: TranscriptionRequest, cancel: _Cancel,

@@ -92,8 +92,9 @@ def audio_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("audio")
     # whisper-plain: a hand-written graph without the LOOPBACK edge, which OVMS needs for streaming
     plain = "\n".join(line for line in S2T_GRAPH.splitlines() if "LOOPBACK" not in line)
+    words = S2T_GRAPH.replace('target_device: "CPU"', 'target_device: "CPU" enable_word_timestamps: true')
     graphs = (("whisper", S2T_GRAPH, WHISPER_DIR), ("speecht5", T2S_GRAPH, SPEECHT5_DIR),
-              ("whisper-plain", plain, WHISPER_DIR))
+              ("whisper-plain", plain, WHISPER_DIR), ("whisper-words", words, WHISPER_DIR))
     for name, graph, path in graphs:
         (root / name).mkdir()
         (root / name / "graph.pbtxt").write_text(graph.format(path=path))
@@ -194,6 +195,27 @@ def test_segment_timestamps_and_language(client, whisper):
     assert body["segments"] == [{"text": c.text, "start": pytest.approx(c.start_ts), "end": pytest.approx(c.end_ts)}
                                 for c in result.chunks]
     assert body["segments"] and body["segments"][0]["end"] > body["segments"][0]["start"]
+
+
+def test_word_timestamps_with_the_graph_option(client):
+    """enable_word_timestamps: true (S2tCalculatorOptions) loads the pipeline with word_timestamps; a request with
+    timestamp_granularities word and segment gets both lists, as the pipeline gives them in process."""
+    pipe = ov_genai.WhisperPipeline(str(WHISPER_DIR), "CPU", word_timestamps=True, **PLUGIN)
+    samples = sound("low")
+    result = pipe.generate(samples, word_timestamps=True, return_timestamps=True)
+    response = client.audio.transcriptions.with_raw_response.create(
+        model="whisper-words", file=("low.wav", wav(samples, subtype="FLOAT")),
+        timestamp_granularities=["word", "segment"])
+    body = json.loads(response.text)
+    assert body["text"] == "".join(result.texts) == " a low hum"
+    assert body["words"] == [{"word": w.word, "start": pytest.approx(w.start_ts), "end": pytest.approx(w.end_ts)}
+                             for w in result.words]
+    assert [w["word"] for w in body["words"]] == [" a", " low", " hum"]
+    assert body["segments"] == [{"text": c.text, "start": pytest.approx(c.start_ts), "end": pytest.approx(c.end_ts)}
+                                for c in result.chunks]
+    plain = client.audio.transcriptions.with_raw_response.create(model="whisper-words",
+                                                                 file=("low.wav", wav(samples, subtype="FLOAT")))
+    assert json.loads(plain.text) == {"text": " a low hum"}  # no timestamps unless asked
 
 
 def test_temperature_samples_as_the_pipeline_does(client, whisper):
