@@ -81,7 +81,9 @@ def wait_ready(port: int, process: subprocess.Popen, timeout: float = 60) -> Non
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
                 if r.status == 200:
                     return
-        except (urllib.error.URLError, ConnectionError):
+        # TimeoutError: a model loading in openvino_genai holds the GIL (the speech pipelines' constructors, 3-4 s
+        # on a loaded machine), so the server answers late while it loads
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.2)
     raise AssertionError("server did not become ready")
