@@ -64,7 +64,7 @@ class _SerialWorker:
         cancel = _Cancel(client_gone)
         self.in_flight += 1
         future = self._executor.submit(job, cancel)
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._done))
+        future.add_done_callback(lambda _: self._call_on(loop, self._done))
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -73,6 +73,13 @@ class _SerialWorker:
 
     def _done(self) -> None:
         self.in_flight -= 1
+
+    @staticmethod
+    def _call_on(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        try:
+            loop.call_soon_threadsafe(callback)
+        except RuntimeError:  # the loop closed (server stopped) before the job ended: nothing left to count
+            pass
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -69,8 +69,9 @@ def decode_audio(data: bytes) -> np.ndarray:
     samples = frames[:, 0] if frames.shape[1] == 1 else frames.mean(axis=1, dtype=np.float32)
     samples = resample(np.ascontiguousarray(samples, dtype=np.float32), rate)
     if len(samples) < MIN_SAMPLES:
-        raise _invalid(f"the audio is too short: {len(samples)} samples at 16 kHz ({len(samples) / SAMPLE_RATE * 1000:.1f} "
-                       f"ms); Whisper needs at least {MIN_SAMPLES}")
+        milliseconds = len(samples) / SAMPLE_RATE * 1000
+        raise _invalid(f"the audio is too short: {len(samples)} samples at 16 kHz ({milliseconds:.1f} ms); Whisper "
+                       f"needs at least {MIN_SAMPLES}")
     return samples
 
 
