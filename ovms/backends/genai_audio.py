@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import pathlib
 import threading
@@ -216,6 +217,10 @@ class Text2SpeechServable(SpeechServable):
             self._pipe = ov_genai.Text2SpeechPipeline(str(path), options.device, **_plugin(options))
         except RuntimeError as exc:
             raise ModelLoadError(f"{path}: openvino_genai could not load the text-to-speech model: {exc}") from None
+        try:
+            self.model_type = str(json.loads((path / "config.json").read_text()).get("model_type", ""))
+        except (OSError, ValueError, AttributeError):
+            self.model_type = ""
         shape = [int(d) for d in self._pipe.get_speaker_embedding_shape()]
         self.voices: dict[str, np.ndarray] = {}
         voices_dir = path / "voices"
@@ -255,6 +260,14 @@ class Text2SpeechServable(SpeechServable):
             raise ServingError(Kind.GENAI_INVALID_REQUEST, f"speed must be between speed_min "
                                                            f"({self.options.speed_min:g}) and speed_max "
                                                            f"({self.options.speed_max:g})")
+        if self.model_type == "speecht5":  # request fields openvino_genai passes to Kokoro only
+            if request.speed != 1.0:
+                raise ServingError(Kind.GENAI_INVALID_REQUEST, f"speed: model {self.name} (SpeechT5) speaks at one "
+                                                               f"speed; {request.speed:g} is not supported (use 1.0)")
+            if request.language.lower() != "en-us":
+                raise ServingError(Kind.GENAI_INVALID_REQUEST, f"language: model {self.name} (SpeechT5) speaks "
+                                                               f"English only; {request.language!r} is not supported "
+                                                               "(use en-us)")
         return await self._worker.run(lambda cancel: self._run(request, cancel), client_gone=client_gone)
 
     def close(self) -> None:

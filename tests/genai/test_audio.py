@@ -297,6 +297,10 @@ def test_refusals_are_400_and_the_server_keeps_serving(client, audio_server):
         (dict(input="Hi", voice="nobody"), "Requested voice 'nobody' not found in available voices (also-tiny, tiny)"),
         (dict(input="Hi", voice="tiny", response_format="mp3"), "response_format 'mp3' is not supported"),
         (dict(input="Hi", voice="tiny", speed=3.0), "speed must be between speed_min (0.25) and speed_max (2)"),
+        (dict(input="Hi", voice="tiny", speed=1.5), "speed: model speecht5 (SpeechT5) speaks at one speed; 1.5 is "
+                                                    "not supported"),
+        (dict(input="Hi", voice="tiny", extra_body={"language": "fr"}), "language: model speecht5 (SpeechT5) speaks "
+                                                                        "English only; 'fr' is not supported"),
         (dict(input="Hi", voice="tiny", instructions="whisper"), "instructions: instructions are not supported"),
         (dict(input=" ", voice="tiny"), "input field is empty"),
     ]
