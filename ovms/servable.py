@@ -131,10 +131,15 @@ class ImageGenerationServable(TextServable):
     mask), as OVMS's ImageGenCalculator serves them."""
 
     @abc.abstractmethod
-    async def generate_images(self, request: "ImageRequest") -> "ImageResult": ...
+    async def generate_images(self, request: "ImageRequest", *,
+                              client_gone: "Callable[[], bool] | None" = None) -> "ImageResult":
+        """The images of the prompt; dropped when ``client_gone`` turns true (not started, or stopped at the next
+        denoising step)."""
 
     @abc.abstractmethod
-    async def edit_images(self, request: "ImageRequest") -> "ImageResult": ...
+    async def edit_images(self, request: "ImageRequest", *,
+                          client_gone: "Callable[[], bool] | None" = None) -> "ImageResult":
+        """The edited image (image to image, or inpainting with ``request.mask``); dropped like a generation."""
 
     def aliases(self) -> list[str]:
         """Other names a request may give in ``model`` for this servable (LoRA adapters), none by default."""

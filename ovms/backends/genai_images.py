@@ -38,6 +38,11 @@ def png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _cancelled() -> ServingError:
+    return ServingError(Kind.GENAI_INVALID_REQUEST, "the client closed the connection before the answer: request "
+                                                    "cancelled")
+
+
 def _invalid(message: str) -> ServingError:
     return ServingError(Kind.GENAI_INVALID_REQUEST, message)
 
@@ -116,28 +121,28 @@ class ImageGenServable(ImageGenerationServable):
 
     # -- requests
 
-    async def generate_images(self, request: ImageRequest) -> ImageResult:
-        return await self._run(self._text2image, request, "Text-to-image")
+    async def generate_images(self, request: ImageRequest, *, client_gone=None) -> ImageResult:
+        return await self._run(self._text2image, request, "Text-to-image", client_gone)
 
-    async def edit_images(self, request: ImageRequest) -> ImageResult:
+    async def edit_images(self, request: ImageRequest, *, client_gone=None) -> ImageResult:
         if request.mask is not None:
             if self._inpainting is None:
                 raise ServingError(Kind.MEDIAPIPE_PRECONDITION_FAILED,
                                    "Inpainting pipeline is not available for this model")
-            return await self._run(self._inpainting, request, "Inpainting")
+            return await self._run(self._inpainting, request, "Inpainting", client_gone)
         if self._image2image is None:
             raise ServingError(Kind.MEDIAPIPE_PRECONDITION_FAILED,
                                "Image-to-image pipeline is not available for this model")
-        return await self._run(self._image2image, request, "Image-to-image")
+        return await self._run(self._image2image, request, "Image-to-image", client_gone)
 
-    async def _run(self, pipeline, request: ImageRequest, what: str) -> ImageResult:
+    async def _run(self, pipeline, request: ImageRequest, what: str, client_gone) -> ImageResult:
         if self._waiting > MAX_WAITING:
             raise ServingError(Kind.SERVER_BUSY, f"{self._waiting} image requests in flight on {self.name}: one "
                                                  f"runs at a time and {MAX_WAITING} may wait")
         options = self._pipeline_options(request)
         self._waiting += 1
         try:
-            return await asyncio.to_thread(self._generate, pipeline, request, options, what)
+            return await asyncio.to_thread(self._generate, pipeline, request, options, what, client_gone)
         finally:
             self._waiting -= 1
 
@@ -175,8 +180,13 @@ class ImageGenServable(ImageGenerationServable):
             config.add(self._adapters[alias], float(request.lora_alphas.get(alias, alpha)))
         return config
 
-    def _generate(self, pipeline, request: ImageRequest, options: dict, what: str) -> ImageResult:
+    def _generate(self, pipeline, request: ImageRequest, options: dict, what: str, client_gone) -> ImageResult:
         with self._lock:
+            if client_gone is not None:
+                if client_gone():  # queued behind other requests while its client left: not started
+                    raise _cancelled()
+                # asked between denoising steps: returning True stops the pipeline, which then returns no image
+                options["callback"] = lambda step, num_steps, latent: client_gone()
             try:
                 if request.image is None:
                     result = pipeline.generate(request.prompt, **options)
@@ -192,5 +202,7 @@ class ImageGenServable(ImageGenerationServable):
                 message = lines[-1].strip() if lines else type(exc).__name__
                 log.warning("%s generation on %s failed: %s", what, self.name, message)
                 raise ServingError(Kind.GENAI_INVALID_REQUEST, f"{what} generation failed: {message}") from None
+            if len(result.shape) != 4:  # the callback stopped it: an empty tensor (shape [])
+                raise _cancelled()
             images = np.array(result.data, copy=True)  # the next generate() overwrites result.data
         return ImageResult([png(image) for image in images])

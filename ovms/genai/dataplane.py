@@ -174,7 +174,8 @@ class GenAIDataPlane:
         async with self._hold(name, GenerativeServable, "Unary", "tokenization (/v3/tokenize)") as servable:
             return await servable.tokenize(texts, **(options or {}))
 
-    async def images(self, request: ImageRequest, *, edit: bool) -> ImageResult:
+    async def images(self, request: ImageRequest, *, edit: bool,
+                     client_gone: Callable[[], bool] | None = None) -> ImageResult:
         """Generate images from the prompt, or (``edit``) from the uploaded image: image to image, or inpainting
         when a mask came. ``request.model`` names the servable or one of its LoRA adapters; ``request.image`` and
         ``mask`` arrive encoded (PNG, JPEG, ...) and are decoded here, off the event loop."""
@@ -184,9 +185,10 @@ class GenAIDataPlane:
         try:
             async with self._hold(name, ImageGenerationServable, "Unary", what) as servable:
                 if not edit:
-                    return await servable.generate_images(request)
+                    return await servable.generate_images(request, client_gone=client_gone)
                 image, mask = await asyncio.to_thread(_decode_edit, request.image, request.mask)
-                return await servable.edit_images(dataclasses.replace(request, image=image, mask=mask))
+                return await servable.edit_images(dataclasses.replace(request, image=image, mask=mask),
+                                                  client_gone=client_gone)
         finally:
             if self.dataplane.metrics is not None and name in self.registry.models:
                 elapsed_us = (time.perf_counter_ns() - started) / 1000

@@ -329,14 +329,14 @@ async def tokenize(request: web.Request) -> web.Response:
 
 async def image_generations(request: web.Request) -> web.Response:
     call = codec.decode_image_generation(await _body(request))
-    result = await request.app[GENAI].images(call, edit=False)
+    result = await request.app[GENAI].images(call, edit=False, client_gone=_client_gone(request))
     return _json(codec.images_json(result, codec.now()))
 
 
 async def image_edits(request: web.Request) -> web.Response:
     fields, files = await _form(request)
     call = codec.decode_image_edit(fields, files)
-    result = await request.app[GENAI].images(call, edit=True)
+    result = await request.app[GENAI].images(call, edit=True, client_gone=_client_gone(request))
     return _json(codec.images_json(result, codec.now()))
 
 

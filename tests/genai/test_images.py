@@ -227,3 +227,66 @@ def test_busy_servable_answers_503(server, client, monkeypatch):
         finally:
             servable._lock.release()
         assert all(len(f.result(60).data) == 1 for f in waiting)
+
+
+class _CountingPipeline:
+    """The servable's pipeline, counting generate calls."""
+
+    def __init__(self, pipe) -> None:
+        self.pipe, self.calls = pipe, 0
+
+    def generate(self, *args, **kwargs):
+        self.calls += 1
+        return self.pipe.generate(*args, **kwargs)
+
+
+def _until(condition, what: str) -> None:
+    deadline = time.monotonic() + 30  # a bound against a hang, not a measurement
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_request_whose_client_left_is_not_run(server, client):
+    """A generation queued behind a busy pipeline whose client closes the connection is dropped, not generated."""
+    import socket
+
+    servable = server.server.registry.version_entry("tiny-sd").servable
+    pipe = servable._text2image
+    counting = servable._text2image = _CountingPipeline(pipe)
+    servable._lock.acquire()
+    try:
+        body = json.dumps({"model": "tiny-sd", "prompt": "a cat", "num_inference_steps": 2}).encode()
+        host, port = server.rest_url.split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(f"POST /v3/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            _until(lambda: servable._waiting == 1, "the request did not reach the servable's queue")
+        servable._lock.release()
+        _until(lambda: servable._waiting == 0, "the abandoned request did not leave the queue")
+        assert counting.calls == 0
+        assert len(client.images.generate(model="tiny-sd", prompt="a cat", size="64x64").data) == 1
+        assert counting.calls == 1
+    finally:
+        if servable._lock.locked():
+            servable._lock.release()
+        servable._text2image = pipe
+
+
+def test_a_generation_stops_when_its_client_leaves(server):
+    """Between denoising steps the servable asks whether the client is still there, and stops when it is not."""
+    from ovms.errors import ServingError
+    from ovms.genai.types import ImageRequest
+
+    servable = server.server.registry.version_entry("tiny-sd").servable
+    asked = []
+
+    def client_gone() -> bool:
+        asked.append(True)
+        return len(asked) > 2  # there before the start and through the first step, then gone
+
+    with pytest.raises(ServingError) as caught:
+        servable._generate(servable._text2image, ImageRequest("tiny-sd", "a cat"), {"num_inference_steps": 5},
+                           "Text-to-image", client_gone)
+    assert "the client closed the connection before the answer" in caught.value.message
+    assert len(asked) == 3  # 1 before starting, then steps 0 and 1 of 5: stopped there
