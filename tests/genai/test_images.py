@@ -258,10 +258,16 @@ def test_a_request_whose_client_left_is_not_run(server, client):
     try:
         body = json.dumps({"model": "tiny-sd", "prompt": "a cat", "num_inference_steps": 2}).encode()
         host, port = server.rest_url.split(":")
+        web_server = server.server._runner.server  # aiohttp's; .connections is a list of its handlers, made per call
+        before = set(web_server.connections)
         with socket.create_connection((host, int(port))) as sock:
             sock.sendall(f"POST /v3/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
             _until(lambda: servable._waiting == 1, "the request did not reach the servable's queue")
+            ours = [h for h in web_server.connections if h not in before]
+        # what the servable will ask (the request's transport closing), seen by the server's loop before it asks
+        _until(lambda: ours and all(h.transport is None or h.transport.is_closing() for h in ours),
+               "the server did not see the connection close")
         servable._lock.release()
         _until(lambda: servable._waiting == 0, "the abandoned request did not leave the queue")
         assert counting.calls == 0
