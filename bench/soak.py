@@ -234,9 +234,11 @@ async def soak(args) -> int:
     repo = write_repository(work / "repo").parent
     (work / "llm").mkdir()
     # max_num_seqs: the LLM takes 2 x max_num_seqs requests before answering 503 "Server busy" (by design);
-    # sized so that all `concurrency` loops may be in chat at once.
+    # sized so that all `concurrency` loops may be in chat at once, plus the chats whose clients hung up: a unary
+    # chat's handler learns of the hang-up only at its next token (aiohttp does not cancel handlers), so those
+    # stay in flight meanwhile, longer while a generation worker recycles (new requests wait for it).
     (work / "llm" / "graph.pbtxt").write_text(LLM_GRAPH.format(path=LLM_DIR,
-                                                             max_num_seqs=max(16, args.concurrency // 2)))
+                                                             max_num_seqs=max(16, args.concurrency)))
     (work / "emb").mkdir()
     (work / "emb" / "graph.pbtxt").write_text(EMBEDDINGS_GRAPH.format(path=EMBEDDER_DIR))
     config = work / "config.json"
@@ -302,6 +304,7 @@ async def soak(args) -> int:
             os.killpg(server.pid, signal.SIGKILL)
         log = (work / "ovms.log").read_text(errors="replace")
         tracebacks = log.count("Traceback")
+        recycles = log.count("generation worker recycled")
         shutil.rmtree(work, ignore_errors=True)
     total_errors = sum(r[2] for r in rows)
     growth = rows[-1][3] - rows[0][3] if len(rows) > 1 else 0.0
@@ -311,7 +314,8 @@ async def soak(args) -> int:
     ok = total_errors == 0 and growth < 50 and fd_trend <= 10 and tracebacks == 0
     print(f"errors on staying models: {total_errors}; RSS growth after minute 1: {growth:+.0f} MB; fds first/last "
           f"minute: {rows[0][4]}/{rows[-1][4]} (range {min(r[4] for r in rows)}-{max(r[4] for r in rows)}); "
-          f"tracebacks in the server log: {tracebacks}; server exit: {server.returncode} -> "
+          f"tracebacks in the server log: {tracebacks}; generation worker recycles: {recycles}; server exit: "
+          f"{server.returncode} -> "
           f"{'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 
