@@ -5,7 +5,7 @@
 Both sides run the fixture LLM (tests/fixtures/genai/tiny-llm) with the same SchedulerConfig and the same
 chat-templated prompt, greedy, ignoring EOS, so each request makes exactly --max-tokens tokens (bench/genai_bench.py's
 in-process driver). ovms runs as its own process and is called with the openai client's ``responses.create``
-(unary). A round is 1 request, or 4 started together; its latency is the wall time until the last answer. Rounds
+(unary), and the same request through chat/completions for reference. A round is 1 request, or 4 started together; its latency is the wall time until the last answer. Rounds
 alternate between the two sides; medians are printed with the ratio ovms / in-process.
 """
 from __future__ import annotations
@@ -47,6 +47,14 @@ def main() -> None:
                 assert all(a.usage.output_tokens == args.max_tokens for a in answers)
                 return time.perf_counter() - started
 
+            def chat_round(n: int) -> float:  # the same request through /v3/chat/completions, for reference
+                started = time.perf_counter()
+                answers = list(pool.map(lambda _: client.chat.completions.create(
+                    model="tiny-llm", messages=[{"role": "user", "content": "Hello"}], temperature=0,
+                    max_tokens=args.max_tokens, extra_body={"ignore_eos": True}), range(n)))
+                assert all(a.usage.completion_tokens == args.max_tokens for a in answers)
+                return time.perf_counter() - started
+
             def in_process_round(n: int) -> float:
                 wall, _ = in_process.round(n, args.max_tokens)
                 return wall
@@ -56,14 +64,15 @@ def main() -> None:
                 in_process_round(n)
             print(f"/v3/responses, {args.max_tokens} tokens per request, median of {args.rounds} rounds")
             for n in (1, 4):
-                mine, theirs = [], []
+                times: dict = {ovms_round: [], chat_round: [], in_process_round: []}
                 for round_ in range(args.rounds):
-                    order = (ovms_round, in_process_round) if round_ % 2 == 0 else (in_process_round, ovms_round)
-                    for side in order:
-                        (mine if side is ovms_round else theirs).append(side(n))
-                m, t = statistics.median(mine), statistics.median(theirs)
-                print(f"  {n} request(s) at once: ovms {m * 1000:7.1f} ms   in-process {t * 1000:7.1f} ms   "
-                      f"ratio {m / t:.2f}")
+                    sides = list(times) if round_ % 2 == 0 else list(reversed(times))
+                    for side in sides:
+                        times[side].append(side(n))
+                m, c, t = (statistics.median(times[side]) for side in (ovms_round, chat_round, in_process_round))
+                print(f"  {n} request(s) at once: ovms responses {m * 1000:6.1f} ms, ovms chat {c * 1000:6.1f} ms, "
+                      f"in-process {t * 1000:6.1f} ms; responses / in-process {m / t:.2f}, "
+                      f"responses / chat {m / c:.2f}")
         finally:
             process.terminate()
             process.wait(30)
