@@ -55,6 +55,9 @@ def server(tmp_path_factory):
                                                                  for name in graphs]}
     (root / "config.json").write_text(json.dumps(config))
     with ThreadedServer(config_path=root / "config.json") as running:
+        failed = {name: [entry.error for entry in model.versions.values()]
+                  for name, model in running.server.registry.models.items() if model.default_version() is None}
+        assert not failed, f"graphs not loaded: {failed}"
         yield running
 
 
