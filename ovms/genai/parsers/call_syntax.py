@@ -20,13 +20,18 @@ LFM2_START, LFM2_END = "<|tool_call_start|>", "<|tool_call_end|>"
 
 
 def _python_keyword(item: str) -> str | None:
-    """``city='Paris'`` -> '"city": "Paris"'; None when it is not one keyword with a literal value."""
+    """``city='Paris'`` -> '"city": "Paris"'; None when it is not one keyword with a literal value.
+
+    The name is read by hand, not by Python's parser: a tool's argument may be named like a Python keyword
+    (``in``, ``from``, ``class``), which ``f(in='A')`` would refuse.
+    """
+    name, equals, value = item.partition("=")
+    name = name.strip()
+    if not equals or not name.isidentifier():
+        return None
     try:
-        node = ast.parse(f"f({item})", mode="eval").body
-        if not isinstance(node, ast.Call) or node.args or len(node.keywords) != 1 or node.keywords[0].arg is None:
-            return None
-        return f"{canonical(node.keywords[0].arg)}: {canonical(ast.literal_eval(node.keywords[0].value))}"
-    except (SyntaxError, ValueError, TypeError):
+        return f"{canonical(name)}: {canonical(ast.literal_eval(value.strip()))}"
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
         return None
 
 

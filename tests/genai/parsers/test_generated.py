@@ -94,3 +94,12 @@ def test_written_calls_parse_back_whole_and_streamed(parser, calls, content, cut
     assert got_content == content, text
     stream = streamed(output, split(text, cuts))
     assert stream == (reasoning or "", got_content, [(c.name, c.arguments) for c in got_calls], "tool_calls")
+
+
+def test_lfm2_arguments_named_like_python_keywords():
+    """Found by the generated calls above: a tool argument named ``in`` (or ``from``, ``class``) is a keyword to
+    Python's parser, which refused ``f(in='A')``, so the call was not read at all."""
+    from ovms.genai.parsers.call_syntax import parse_lfm2
+
+    parsed = parse_lfm2("<|tool_call_start|>[a(in='A', from_=1, c='x=y'), b(class=None)]<|tool_call_end|>", True)
+    assert parsed.calls == [("a", '{"in": "A", "from_": 1, "c": "x=y"}'), ("b", '{"class": null}')]
