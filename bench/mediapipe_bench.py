@@ -17,11 +17,9 @@ import json
 import pathlib
 import queue
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -30,7 +28,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.mediapipe.graphs import INVALID, write_graph_repository  # noqa: E402
-from tests.test_cli import free_port  # noqa: E402
+from tests.test_cli import OvmsProcess  # noqa: E402
 
 
 def main() -> None:
@@ -44,27 +42,15 @@ def main() -> None:
         config = json.loads(config_path.read_text())
         config["mediapipe_config_list"] = [g for g in config["mediapipe_config_list"] if g["name"] not in INVALID]
         config_path.write_text(json.dumps(config))
-        grpc_port, rest_port = free_port(), free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ovms", "--config_path", str(config_path), "--port", str(grpc_port),
-             "--rest_port", str(rest_port), "--grpc_bind_address", "127.0.0.1", "--rest_bind_address", "127.0.0.1",
-             "--log_level", "WARNING"], cwd=ROOT)
+        server = OvmsProcess(pathlib.Path(tmp), None, "--config_path", str(config_path), "--log_level", "WARNING")
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/v2/health/ready", timeout=1):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline or process.poll() is not None:
-                        raise SystemExit("ovms did not become ready")
-                    time.sleep(0.05)
+            server.wait_ready()
+            grpc_port = server.grpc_port
             url = f"127.0.0.1:{grpc_port}"
             unary(grpcclient.InferenceServerClient(url), args)
             streaming(url, args.words)
         finally:
-            process.terminate()
-            process.wait(30)
+            server.stop()
 
 
 def _input(name: str, array: np.ndarray, datatype: str):

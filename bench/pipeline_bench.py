@@ -14,11 +14,9 @@ import argparse
 import json
 import pathlib
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -27,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.fixtures.models import write_repository  # noqa: E402
-from tests.test_cli import free_port  # noqa: E402
+from tests.test_cli import OvmsProcess  # noqa: E402
 
 
 def main() -> None:
@@ -50,25 +48,13 @@ def main() -> None:
                  "outputs": [{"data_item": "a", "alias": "a2"}]}],
             "outputs": [{"result": {"node_name": "second", "data_item": "a2"}}]}]
         config_path.write_text(json.dumps(config))
-        grpc_port, rest_port = free_port(), free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ovms", "--config_path", str(config_path), "--port", str(grpc_port),
-             "--rest_port", str(rest_port), "--grpc_bind_address", "127.0.0.1", "--rest_bind_address", "127.0.0.1",
-             "--log_level", "WARNING"], cwd=ROOT)
+        server = OvmsProcess(pathlib.Path(tmp), None, "--config_path", str(config_path), "--log_level", "WARNING")
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/v2/health/ready", timeout=1):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline or process.poll() is not None:
-                        raise SystemExit("ovms did not become ready")
-                    time.sleep(0.05)
+            server.wait_ready()
+            grpc_port = server.grpc_port
             run(grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}"), args)
         finally:
-            process.terminate()
-            process.wait(30)
+            server.stop()
 
 
 def tensor(array: np.ndarray) -> list:
