@@ -2,9 +2,11 @@
 
 `OVMS_NO_EXTENSIONS=1 pip install .` skips the Cython modules; the pure-Python twins are then used.
 """
+import ctypes.util
 import glob
 import os
 import pathlib
+import sys
 
 from setuptools import Command, Extension, setup
 from setuptools.command.build_py import build_py
@@ -59,7 +61,18 @@ def extensions():
     from Cython.Build import cythonize
 
     sources = sorted(glob.glob("ovms/_native/*_c.pyx"))
-    exts = [Extension(f"ovms._native.{pathlib.Path(s).stem}", [s], extra_compile_args=["-O3"]) for s in sources]
+    exts = []
+    for source in sources:
+        stem = pathlib.Path(source).stem
+        link = []
+        if stem == "h2conn_c":  # the native gRPC transport, on the libnghttp2 that libcurl brings along
+            library = ctypes.util.find_library("nghttp2")
+            if library is None:
+                print("warning: libnghttp2 not found (Debian/Ubuntu: libnghttp2-14); building without the native "
+                      "HTTP/2 connection, so --grpc_server native uses the pure-Python twin", file=sys.stderr)
+                continue
+            link = [f"-l:{library}"]
+        exts.append(Extension(f"ovms._native.{stem}", [source], extra_compile_args=["-O3"], extra_link_args=link))
     return cythonize(exts, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False})
 
 

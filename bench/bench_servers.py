@@ -146,9 +146,11 @@ def wait_all_idle(servers, *, below: float = 0.05, timeout: float = 30) -> float
 
 
 class Ovms(Server):
+    """ovms with its native gRPC server (--grpc_server native)."""
     name = "ovms"
     cwd = REPO  # this checkout, whether or not the .venv has it installed
     grpc_workers = 1
+    grpc_server = "native"
 
     def prepare(self) -> None:
         models = self.workdir / "models"
@@ -159,7 +161,14 @@ class Ovms(Server):
     def command(self):
         return ([str(OVMS_PYTHON), "-m", "ovms", "--config_path", str(self.config), "--port", str(self.grpc_port),
                  "--rest_port", str(self.http_port), "--grpc_bind_address", HOST, "--rest_bind_address", HOST,
-                 "--log_level", "WARNING", "--grpc_workers", str(self.grpc_workers)], dict(os.environ))
+                 "--log_level", "WARNING", "--grpc_workers", str(self.grpc_workers),
+                 "--grpc_server", self.grpc_server], dict(os.environ))
+
+
+class OvmsGrpcio(Ovms):
+    """ovms with the default grpc.aio server (--grpc_server grpcio), for the A/B of the two."""
+    name = "ovms-grpcio"
+    grpc_server = "grpcio"
 
 
 TRITON_MODEL_PY = '''\
@@ -274,4 +283,4 @@ class MLServer(Server):
         return [str(PEERS / "bin" / "mlserver"), "start", str(self.repo)], env
 
 
-SERVER_CLASSES = {"ovms": Ovms, "triton": Triton, "mlserver": MLServer}
+SERVER_CLASSES = {"ovms": Ovms, "ovms-grpcio": OvmsGrpcio, "triton": Triton, "mlserver": MLServer}

@@ -183,7 +183,7 @@ def main(argv=None) -> int:
         for name in servers:
             server = Triton(workdir, instances=args.triton_instances) if name == "triton" \
                 else SERVER_CLASSES[name](workdir)
-            if name == "ovms":
+            if name.startswith("ovms"):
                 server.grpc_workers = args.ovms_grpc_workers
             started.append(server)
             t0 = time.monotonic()

@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--grpc_channel_arguments", default="",
                         help="gRPC server arguments, comma separated, e.g. grpc.max_concurrent_streams=64,"
                              "grpc.max_connection_age_ms=60000")
+    server.add_argument("--grpc_server", choices=("grpcio", "native"), default="grpcio",
+                        help="gRPC implementation: grpcio (grpc.aio, the default) or native (HTTP/2 on libnghttp2 in "
+                             "the event loop, ModelInfer of small models answered in place: about 3x the calls/s; "
+                             "same services and messages; see README)")
     server.add_argument("--log_level", default=os.environ.get("LOG_LEVEL", "INFO"),
                         help="TRACE, DEBUG, INFO, WARNING or ERROR (env LOG_LEVEL)")
     server.add_argument("--log_path", default=os.environ.get("LOG_PATH"), help="log file (env LOG_PATH)")
@@ -155,7 +159,15 @@ def validate(args: argparse.Namespace) -> None:
     cores = os.cpu_count() or 1
     if not 0 <= args.drain_timeout_seconds <= 24 * 3600:
         raise UsageError("drain_timeout_seconds should be from 0 to 86400")
-    parse_channel_arguments(args.grpc_channel_arguments)
+    channel_arguments = parse_channel_arguments(args.grpc_channel_arguments)
+    if args.grpc_server == "native":
+        from ovms.transport.grpc_native import SUPPORTED_OPTIONS
+
+        unknown = sorted({name for name, _ in channel_arguments} - SUPPORTED_OPTIONS)
+        if unknown:
+            raise UsageError(f"grpc_channel_arguments: {', '.join(unknown)} is not implemented by --grpc_server native"
+                             f" (it implements {', '.join(sorted(SUPPORTED_OPTIONS))}); remove it, or serve with "
+                             "--grpc_server grpcio")
     if not 1 <= args.grpc_workers <= cores:
         raise UsageError(f"grpc_workers count should be from 1 to CPU core count : {cores}")
     if args.rest_workers is not None:
@@ -297,6 +309,7 @@ def serve(args: argparse.Namespace) -> int:
                               poll_seconds=max(0, args.file_system_poll_wait_seconds), metrics_families=families,
                               openai=openai, cache_dir=args.cache_dir or None,
                               grpc_channel_arguments=parse_channel_arguments(args.grpc_channel_arguments),
+                              grpc_server=args.grpc_server,
                               repository_cache=args.model_repository_cache or None)
     if args.model_download_api:
         if not args.rest_port:

@@ -132,13 +132,8 @@ class DataPlane:
 
     async def infer(self, request: InferRequest, *, api: str = "KServe", interface: str = "gRPC",
                     method: str = "ModelInfer") -> InferResponse:
-        metrics = self.metrics
         started = time.perf_counter_ns()
-        try:
-            entry = self.registry.version_entry(request.model_name, request.model_version)
-        except ServingError:
-            self._count(api, interface, method, request.model_name, request.model_version, False)
-            raise
+        entry = self._entry(request, api, interface, method)
         servable = entry.enter()  # counted so an unload waits for this request
         try:
             if not isinstance(servable, InferServable):
@@ -146,14 +141,50 @@ class DataPlane:
                                                          "inference requests; use its OpenAI endpoints under /v3")
             response = await servable.infer(request)
         except BaseException:
-            stats = entry.stats
-            stats.fail_count += 1
-            stats.fail_ns += time.perf_counter_ns() - started
-            if metrics is not None:
-                metrics.request(api, interface, method, request.model_name, str(entry.version), False)
+            self._failed(entry, request, started, api, interface, method)
             raise
         finally:
             entry.leave()
+        self._succeeded(entry, request, response, started, interface, api, method)
+        return response
+
+    def infer_now(self, request: InferRequest, *, api: str = "KServe", interface: str = "gRPC",
+                  method: str = "ModelInfer") -> InferResponse | None:
+        """``infer`` done in the calling thread, for servables fast enough to run on the event loop
+        (``infer_now`` of the OpenVINO backend); None when the servable wants ``infer`` (nothing counted then)."""
+        started = time.perf_counter_ns()
+        entry = self._entry(request, api, interface, method)
+        now = getattr(entry.servable, "infer_now", None)
+        if now is None:
+            return None
+        servable = entry.enter()
+        try:
+            response = servable.infer_now(request)
+        except BaseException:
+            self._failed(entry, request, started, api, interface, method)
+            raise
+        finally:
+            entry.leave()
+        if response is not None:
+            self._succeeded(entry, request, response, started, interface, api, method)
+        return response
+
+    def _entry(self, request: InferRequest, api: str, interface: str, method: str):
+        try:
+            return self.registry.version_entry(request.model_name, request.model_version)
+        except ServingError:
+            self._count(api, interface, method, request.model_name, request.model_version, False)
+            raise
+
+    def _failed(self, entry, request: InferRequest, started: int, api: str, interface: str, method: str) -> None:
+        stats = entry.stats
+        stats.fail_count += 1
+        stats.fail_ns += time.perf_counter_ns() - started
+        if self.metrics is not None:
+            self.metrics.request(api, interface, method, request.model_name, str(entry.version), False)
+
+    def _succeeded(self, entry, request: InferRequest, response: InferResponse, started: int, interface: str,
+                   api: str, method: str) -> None:
         elapsed_ns = time.perf_counter_ns() - started
         stats = entry.stats
         stats.success_count += 1
@@ -162,6 +193,7 @@ class DataPlane:
         if response.timings_us is not None:
             stats.queue_ns += int(response.timings_us[0] * 1000)
             stats.compute_infer_ns += int(response.timings_us[1] * 1000)
+        metrics = self.metrics
         if metrics is not None:
             version = str(entry.version)
             metrics.request(api, interface, method, request.model_name, version, True)
@@ -170,7 +202,6 @@ class DataPlane:
                 metrics.observe("ovms_wait_for_infer_req_time_us", (request.model_name, version),
                                 response.timings_us[0])
                 metrics.observe("ovms_inference_time_us", (request.model_name, version), response.timings_us[1])
-        return response
 
     async def infer_stream(self, request: InferRequest, *, stream: StreamContext | None = None, api: str = "KServe",
                            interface: str = "gRPC", method: str = "Stream") -> AsyncIterator[InferResponse]:

@@ -38,6 +38,7 @@ class ServerSettings:
     cache_dir: str | None = None  # --cache_dir: OpenVINO's compiled-model cache
     repository_cache: str | None = None  # --model_repository_cache: local copies of s3:// gs:// az:// models
     grpc_channel_arguments: tuple = ()  # --grpc_channel_arguments: (name, value) gRPC server options
+    grpc_server: str = "grpcio"  # --grpc_server: grpcio (grpc.aio) or native (ovms.transport.grpc_native)
 
 
 def _load_servable(config: ModelConfig, version: int, registry: Registry):
@@ -92,7 +93,8 @@ class Server:
         s = self.settings
         if s.grpc_port is not None:
             self._grpc = grpc_server.create_server(self.dataplane, reuse_port=s.reuse_port,
-                                                   channel_arguments=s.grpc_channel_arguments)
+                                                   channel_arguments=s.grpc_channel_arguments,
+                                                   implementation=s.grpc_server)
             self.grpc_port = self._grpc.add_insecure_port(f"{s.grpc_bind_address}:{s.grpc_port}")
             if self.grpc_port == 0:
                 raise OSError(f"cannot listen for gRPC on {s.grpc_bind_address}:{s.grpc_port}: the address is in "

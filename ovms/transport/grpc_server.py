@@ -122,6 +122,35 @@ class InferenceServicer:
         response = await self.dp.infer(codec.decode_infer_request(request))
         return codec.encode_infer_response(response)
 
+    def infer_now(self, data: bytes):
+        """ModelInfer for the native server: the serialized response when the model answered in place (fast
+        enough for the event loop), else an awaitable of the response message. Errors raise ServingError."""
+        drain = self.dp.drain
+        drain.enter()
+        try:
+            request = codec.decode_infer_request(_parse(pb.ModelInferRequest, data))
+            response = self.dp.infer_now(request)
+        except ServingError:
+            drain.leave()
+            raise
+        except Exception as exc:
+            drain.leave()
+            raise _unexpected(exc, "ModelInfer") from None
+        if response is not None:
+            drain.leave()
+            return codec.encode_infer_response(response).SerializeToString()
+        return self._infer_later(request)
+
+    async def _infer_later(self, request):
+        try:
+            return codec.encode_infer_response(await self.dp.infer(request)).SerializeToString()
+        except ServingError:
+            raise
+        except Exception as exc:
+            raise _unexpected(exc, "ModelInfer") from None
+        finally:
+            self.dp.drain.leave()
+
     async def _stream_one(self, data: bytes, out: asyncio.Queue, stream: StreamContext) -> None:
         """Answer one request of a stream into ``out`` (several responses from a graph that streams), then END."""
         request = pb.ModelInferRequest()
@@ -286,10 +315,12 @@ def _handlers(servicer, service_descriptor, messages) -> grpc.GenericRpcHandler:
 
 
 def create_server(dataplane: DataPlane, *, reuse_port: bool = False,
-                  channel_arguments: tuple[tuple[str, object], ...] = ()) -> grpc.aio.Server:
-    """A grpc.aio server with the KServe service, health checking and reflection registered.
+                  channel_arguments: tuple[tuple[str, object], ...] = (), implementation: str = "grpcio"):
+    """A gRPC server with the KServe and TFS services, health checking and reflection registered.
 
-    ``channel_arguments`` (``--grpc_channel_arguments``) override the defaults below, as in OVMS.
+    ``implementation``: "grpcio" (grpc.aio, the default) or "native" (``grpc_native``: our own HTTP/2 on
+    libnghttp2, which also answers ModelInfer of small models in place). ``channel_arguments``
+    (``--grpc_channel_arguments``) override the defaults below, as in OVMS.
     """
     options = {
         "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
@@ -300,9 +331,16 @@ def create_server(dataplane: DataPlane, *, reuse_port: bool = False,
         "grpc.max_concurrent_streams": MAX_CONCURRENT_STREAMS,
     }
     options.update(channel_arguments)
-    server = grpc.aio.server(options=list(options.items()))
+    inference = InferenceServicer(dataplane)
+    if implementation == "native":
+        from ovms.transport.grpc_native import NativeServer
+
+        server = NativeServer((), options=options,
+                              fast={f"/{KSERVE_SERVICE}/ModelInfer": inference.infer_now})
+    else:
+        server = grpc.aio.server(options=list(options.items()))
     server.add_generic_rpc_handlers((
-        _handlers(InferenceServicer(dataplane), pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], pb),
+        _handlers(inference, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], pb),
         _handlers(PredictionServicer(dataplane),
                   tfs_prediction_service.DESCRIPTOR.services_by_name["PredictionService"], _Messages),
         _handlers(ModelServicer(dataplane), tfs_model_service.DESCRIPTOR.services_by_name["ModelService"],
