@@ -391,7 +391,7 @@ cdef class ServerConnection:
             if n == 0:
                 break
             out += (<char *> chunk)[:n]
-        return bytes(out)
+        return out  # a bytearray: the transport writes it as it is, with no copy to bytes
 
     def send_headers(self, int32_t stream_id, headers, bint end_stream=False):
         cdef _NV nv = _NV(headers)

@@ -62,8 +62,8 @@ def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
                         requested, parameters)
 
 
-def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
-    """InferResponse -> ModelInferResponse with raw_output_contents (as Triton and OVMS answer)."""
+def _response_header(response: InferResponse) -> pb.ModelInferResponse:
+    """The ModelInferResponse without its raw output contents."""
     message = pb.ModelInferResponse(model_name=response.model_name, model_version=str(response.model_version),
                                     id=response.id)
     if response.parameters:
@@ -76,11 +76,41 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
             else:
                 param.string_param = str(value)
     outputs = message.outputs
-    raw = message.raw_output_contents
     for tensor in response.outputs:
         outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-        raw.append(tensor.as_raw())
     return message
+
+
+def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
+    """InferResponse -> ModelInferResponse with raw_output_contents (as Triton and OVMS answer)."""
+    message = _response_header(response)
+    message.raw_output_contents.extend(tensor.as_raw() for tensor in response.outputs)
+    return message
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_RAW_OUTPUT_TAG = b"\x32"  # raw_output_contents: field 6, length-delimited
+
+
+def encode_infer_response_parts(response: InferResponse) -> list:
+    """The serialized ModelInferResponse as pieces to write one after another: the message without its raw
+    outputs, then each raw output as a field of its own. Protobuf reads the concatenation as one message (the
+    same bytes ``encode_infer_response`` serializes to), and the output bytes are not copied into a message and
+    out again."""
+    parts = [_response_header(response).SerializeToString()]
+    for tensor in response.outputs:
+        raw = tensor.as_raw()
+        parts.append(_RAW_OUTPUT_TAG + _varint(len(raw)))
+        parts.append(raw)
+    return parts
 
 
 def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:

@@ -264,7 +264,7 @@ class _Connection(asyncio.Protocol):
             except ServingError as exc:
                 self._finish(call, grpc.StatusCode[exc.grpc_code], exc.message)
                 return
-            if isinstance(answer, bytes):
+            if isinstance(answer, list):
                 self._send_message(call, answer)
                 self._finish(call, grpc.StatusCode.OK, "")
                 return
@@ -315,15 +315,21 @@ class _Connection(asyncio.Protocol):
             self._finish(call, exc.code, exc.details)
             self.flush_soon()
 
-    def _send_message(self, call: _Call, payload: bytes) -> None:
-        if len(payload) > self.server.max_send:
+    def _send_message(self, call: _Call, payload) -> None:
+        """One response message: bytes, or a list of byte strings that make one message together."""
+        parts = payload if isinstance(payload, list) else (payload,)
+        size = sum(len(part) for part in parts)
+        if size > self.server.max_send:
             raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         f"Sent message larger than max ({len(payload)} vs. {self.server.max_send})")
+                         f"Sent message larger than max ({size} vs. {self.server.max_send})")
         if not call.headers_sent:
             call.headers_sent = True
             self.h2.send_headers(call.stream_id, _RESPONSE_HEADERS)
-        self.h2.send_data(call.stream_id, b"\x00" + len(payload).to_bytes(4, "big"))
-        self.h2.send_data(call.stream_id, payload)
+        send = self.h2.send_data
+        stream_id = call.stream_id
+        send(stream_id, b"\x00" + size.to_bytes(4, "big"))
+        for part in parts:
+            send(stream_id, part)
 
     def _finish(self, call: _Call, code: grpc.StatusCode, details: str) -> None:
         """End the call with its status: trailers after the answer, or a trailers-only response."""
@@ -335,7 +341,7 @@ class _Connection(asyncio.Protocol):
         self.calls.pop(call.stream_id, None)
         if call.code is not None and code is grpc.StatusCode.OK:  # the handler set a code and returned
             code, details = call.code, call.details
-        trailers = _status_trailers(code, details)
+        trailers = _OK_TRAILERS if code is grpc.StatusCode.OK and not details else _status_trailers(code, details)
         if call.headers_sent:
             self.h2.send_trailers(call.stream_id, trailers)
         else:

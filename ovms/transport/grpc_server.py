@@ -123,8 +123,9 @@ class InferenceServicer:
         return codec.encode_infer_response(response)
 
     def infer_now(self, data: bytes):
-        """ModelInfer for the native server: the serialized response when the model answered in place (fast
-        enough for the event loop), else an awaitable of the response message. Errors raise ServingError."""
+        """ModelInfer for the native server: the serialized response (a list of byte strings to write in order)
+        when the model answered in place (fast enough for the event loop), else an awaitable of that list.
+        Errors raise ServingError."""
         drain = self.dp.drain
         drain.enter()
         try:
@@ -138,12 +139,12 @@ class InferenceServicer:
             raise _unexpected(exc, "ModelInfer") from None
         if response is not None:
             drain.leave()
-            return codec.encode_infer_response(response).SerializeToString()
+            return codec.encode_infer_response_parts(response)
         return self._infer_later(request)
 
     async def _infer_later(self, request):
         try:
-            return codec.encode_infer_response(await self.dp.infer(request)).SerializeToString()
+            return codec.encode_infer_response_parts(await self.dp.infer(request))
         except ServingError:
             raise
         except Exception as exc:

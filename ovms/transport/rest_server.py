@@ -119,7 +119,9 @@ async def infer(request: web.Request) -> web.Response:
     request.app[DATAPLANE].servable(model, version)  # an unknown model is 404 whatever the body (as OVMS)
     body = await request.read()
     infer_request, binary = codec.decode_infer_request(body, header_length, model, version)
-    response = await request.app[DATAPLANE].infer(infer_request, interface="REST")
+    dp = request.app[DATAPLANE]
+    # A model fast enough for the event loop answers in place; others go to their worker threads.
+    response = dp.infer_now(infer_request, interface="REST") or await dp.infer(infer_request, interface="REST")
     payload, json_length = codec.encode_infer_response(response, binary)
     if json_length is None:
         return web.Response(body=payload, content_type="application/json")
@@ -151,7 +153,8 @@ async def tfs_predict(request: web.Request) -> web.Response:
     servable = dp.servable(name, version)
     document = codec.parse_json(await request.read())
     infer_request, form = tfs.decode_rest_predict(document, name, version, servable.inputs)
-    response = await dp.infer(infer_request, api="TensorFlowServing", interface="REST", method="Predict")
+    response = dp.infer_now(infer_request, api="TensorFlowServing", interface="REST", method="Predict") or \
+        await dp.infer(infer_request, api="TensorFlowServing", interface="REST", method="Predict")
     return _json(tfs.encode_rest_predict(response, form))
 
 
