@@ -261,11 +261,15 @@ class _Connection(asyncio.Protocol):
         if fast is not None and not call.handler.response_streaming:
             try:
                 answer = fast(request)
+                if isinstance(answer, list):
+                    self._send_message(call, answer)
             except ServingError as exc:
                 self._finish(call, grpc.StatusCode[exc.grpc_code], exc.message)
                 return
+            except _Abort as exc:  # over grpc.max_send_message_length; uncaught, it closed the whole connection
+                self._finish(call, exc.code, exc.details)
+                return
             if isinstance(answer, list):
-                self._send_message(call, answer)
                 self._finish(call, grpc.StatusCode.OK, "")
                 return
             self._start(call, self._serve_awaitable(call, answer))
@@ -364,8 +368,10 @@ class _Connection(asyncio.Protocol):
         if call.finished:
             return
         self._cancel(call)
+        # The trailers end the stream; no RST_STREAM after them: libnghttp2 writes trailers when it next pulls
+        # the stream's data, and a reset submitted before that drops them, so the client saw CANCEL instead of
+        # DEADLINE_EXCEEDED. A client still sending stops on the trailers (what comes after is ignored).
         self._finish(call, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-        self.h2.reset_stream(call.stream_id, 8)
         self.flush_soon()
 
     async def _guard(self, call: _Call, body) -> None:
