@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="gRPC implementation: grpcio (grpc.aio, the default) or native (HTTP/2 on libnghttp2 in "
                              "the event loop, ModelInfer of small models answered in place: about 3x the calls/s; "
                              "same services and messages; see README)")
+    server.add_argument("--rest_server", choices=("native", "aiohttp"), default="native",
+                        help="REST front: native (the default: plain KServe infer requests are read straight off "
+                             "the socket, everything else goes to aiohttp) or aiohttp (aiohttp answers every request)")
     server.add_argument("--log_level", default=os.environ.get("LOG_LEVEL", "INFO"),
                         help="TRACE, DEBUG, INFO, WARNING or ERROR (env LOG_LEVEL)")
     server.add_argument("--log_path", default=os.environ.get("LOG_PATH"), help="log file (env LOG_PATH)")
@@ -309,7 +312,7 @@ def serve(args: argparse.Namespace) -> int:
                               poll_seconds=max(0, args.file_system_poll_wait_seconds), metrics_families=families,
                               openai=openai, cache_dir=args.cache_dir or None,
                               grpc_channel_arguments=parse_channel_arguments(args.grpc_channel_arguments),
-                              grpc_server=args.grpc_server,
+                              grpc_server=args.grpc_server, rest_server=args.rest_server,
                               repository_cache=args.model_repository_cache or None)
     if args.model_download_api:
         if not args.rest_port:

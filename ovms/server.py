@@ -16,7 +16,7 @@ from ovms.errors import ConfigError
 from ovms.management import ConfigManager
 from ovms.metrics import Metrics
 from ovms.registry import Registry
-from ovms.transport import grpc_server, rest_server
+from ovms.transport import grpc_server, rest_native, rest_server
 
 log = logging.getLogger("ovms.server")
 
@@ -39,6 +39,7 @@ class ServerSettings:
     repository_cache: str | None = None  # --model_repository_cache: local copies of s3:// gs:// az:// models
     grpc_channel_arguments: tuple = ()  # --grpc_channel_arguments: (name, value) gRPC server options
     grpc_server: str = "grpcio"  # --grpc_server: grpcio (grpc.aio) or native (ovms.transport.grpc_native)
+    rest_server: str = "native"  # --rest_server: native (KServe infer read off the socket, rest_native) or aiohttp
 
 
 def _load_servable(config: ModelConfig, version: int, registry: Registry):
@@ -106,7 +107,11 @@ class Server:
             self._runner = web.AppRunner(rest_server.create_app(self.dataplane), access_log=None,
                                          handle_signals=False, shutdown_timeout=1.0)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, s.rest_bind_address, s.rest_port, backlog=1024)
+            if s.rest_server == "native":
+                site = rest_native.FastRestSite(self._runner, s.rest_bind_address, s.rest_port,
+                                                dataplane=self.dataplane, max_body=rest_server.MAX_BODY_BYTES)
+            else:
+                site = web.TCPSite(self._runner, s.rest_bind_address, s.rest_port, backlog=1024)
             await site.start()
             self.rest_port = site._server.sockets[0].getsockname()[1]
         log.info("Started gRPC server on %s:%s, REST server on %s:%s", s.grpc_bind_address, self.grpc_port,
