@@ -127,8 +127,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=int, default=5, help="h2load / wrk duration per point")
     ap.add_argument("--passes", type=int, default=1, help="alternating passes per point; the median is reported")
     ap.add_argument("--triton-instances", type=int, default=2, help="instance_group count of the Triton models")
-    ap.add_argument("--ovms-grpc-workers", type=int, default=2,
-                    help="ovms --grpc_workers (server processes sharing the gRPC port; 2 on a 2-core machine)")
+    ap.add_argument("--ovms-grpc-workers", type=int, default=None,
+                    help="ovms --grpc_workers (server processes sharing the gRPC port); default: 1 for ovms "
+                         "(--grpc_server native: one process was faster than two on 2 cores) and 2 for ovms-grpcio")
     ap.add_argument("--ready-timeout", type=float, default=180)
     ap.add_argument("--idle-timeout", type=float, default=30)
     ap.add_argument("--keep", action="store_true", help="keep the work dir (server logs, client logs)")
@@ -183,7 +184,7 @@ def main(argv=None) -> int:
         for name in servers:
             server = Triton(workdir, instances=args.triton_instances) if name == "triton" \
                 else SERVER_CLASSES[name](workdir)
-            if name.startswith("ovms"):
+            if name.startswith("ovms") and args.ovms_grpc_workers is not None:
                 server.grpc_workers = args.ovms_grpc_workers
             started.append(server)
             t0 = time.monotonic()
