@@ -18,13 +18,13 @@ class ThreadedServer:
 
     def __init__(self, models=None, *, config_path=None, poll_seconds: float = 0,
                  metrics_families: frozenset = frozenset(), openai=None, grpc_server: str = "grpcio",
-                 grpc_channel_arguments: tuple = ()) -> None:
+                 grpc_channel_arguments: tuple = (), rest_server: str = "native") -> None:
         from ovms.server import Server, ServerSettings
 
         settings = ServerSettings(grpc_port=0, rest_port=0, grpc_bind_address="127.0.0.1",
                                   rest_bind_address="127.0.0.1", poll_seconds=poll_seconds,
                                   metrics_families=metrics_families, openai=openai, grpc_server=grpc_server,
-                                  grpc_channel_arguments=grpc_channel_arguments)
+                                  grpc_channel_arguments=grpc_channel_arguments, rest_server=rest_server)
         self.server = Server(settings, models, config_path=config_path)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="ovms-test-server", daemon=True)

@@ -95,13 +95,11 @@ class FastRestProtocol(asyncio.Protocol):
     # --- requests
     def _serve(self) -> None:
         buffer = self._buffer
-        while buffer:
+        while buffer and not self._close_after:  # nothing after a "Connection: close" request (RFC 9112 9.6)
             end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buffer) > MAX_HEAD_BYTES:
-                    self._hand_off()
+            if end < 0 and len(buffer) <= MAX_HEAD_BYTES:
                 return
-            request = self._parse(bytes(buffer[:end]))
+            request = self._parse(bytes(buffer[:end])) if 0 <= end <= MAX_HEAD_BYTES else None
             if request is None:
                 self._hand_off()
                 return
