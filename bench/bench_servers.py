@@ -151,6 +151,7 @@ class Ovms(Server):
     cwd = REPO  # this checkout, whether or not the .venv has it installed
     grpc_workers = 1
     grpc_server = "native"
+    rest_server = "native"
 
     def prepare(self) -> None:
         models = self.workdir / "models"
@@ -162,13 +163,15 @@ class Ovms(Server):
         return ([str(OVMS_PYTHON), "-m", "ovms", "--config_path", str(self.config), "--port", str(self.grpc_port),
                  "--rest_port", str(self.http_port), "--grpc_bind_address", HOST, "--rest_bind_address", HOST,
                  "--log_level", "WARNING", "--grpc_workers", str(self.grpc_workers),
-                 "--grpc_server", self.grpc_server], dict(os.environ))
+                 "--grpc_server", self.grpc_server, "--rest_server", self.rest_server], dict(os.environ))
 
 
-class OvmsGrpcio(Ovms):
-    """ovms with the default grpc.aio server (--grpc_server grpcio), for the A/B of the two."""
-    name = "ovms-grpcio"
+class OvmsAio(Ovms):
+    """ovms as it served before the native transports: grpc.aio in two processes and aiohttp for every REST
+    request (--grpc_server grpcio --rest_server aiohttp --grpc_workers 2), for the A/B in one run."""
+    name = "ovms-aio"
     grpc_server = "grpcio"
+    rest_server = "aiohttp"
     grpc_workers = 2  # grpc.aio is bound by its per-call threads: a second process adds 10-30% here
 
 
@@ -284,4 +287,4 @@ class MLServer(Server):
         return [str(PEERS / "bin" / "mlserver"), "start", str(self.repo)], env
 
 
-SERVER_CLASSES = {"ovms": Ovms, "ovms-grpcio": OvmsGrpcio, "triton": Triton, "mlserver": MLServer}
+SERVER_CLASSES = {"ovms": Ovms, "ovms-aio": OvmsAio, "triton": Triton, "mlserver": MLServer}

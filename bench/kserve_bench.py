@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     ap.add_argument("--triton-instances", type=int, default=2, help="instance_group count of the Triton models")
     ap.add_argument("--ovms-grpc-workers", type=int, default=None,
                     help="ovms --grpc_workers (server processes sharing the gRPC port); default: 1 for ovms "
-                         "(--grpc_server native: one process was faster than two on 2 cores) and 2 for ovms-grpcio")
+                         "(--grpc_server native: one process was faster than two on 2 cores) and 2 for ovms-aio")
     ap.add_argument("--ready-timeout", type=float, default=180)
     ap.add_argument("--idle-timeout", type=float, default=30)
     ap.add_argument("--keep", action="store_true", help="keep the work dir (server logs, client logs)")
