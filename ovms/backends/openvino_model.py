@@ -290,6 +290,8 @@ class OpenVINOServable(InferServable):
         use ``infer``. Image inputs (decoded in the worker) and inputs over INLINE_MAX_BYTES always go to the
         workers, and so does every request until the workers have timed one inference."""
         seconds = self._infer_seconds
+        if INLINE_SECONDS <= 0:  # in-place inference turned off
+            return None
         if seconds is None or seconds > INLINE_SECONDS:
             # The workers' times include waiting for a stream while the others infer: a model that ran in place
             # under 0.5 ms can read slower under load and then never get back. So once a second one request
