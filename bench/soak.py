@@ -1,7 +1,8 @@
 """Soak: mixed traffic at high concurrency for minutes, config reloads and clients that hang up, while the
 server's errors, latency, memory and file descriptors are recorded per minute.
 
-    .venv/bin/python bench/soak.py [--minutes 10] [--concurrency 64] [--reload-seconds 30]
+    .venv/bin/python bench/soak.py [--minutes 10] [--concurrency 64] [--reload-seconds 30] \
+        [--grpc-server grpcio|native] [--rest-server native|aiohttp]
 
 Traffic (one asyncio client process, `concurrency` loops, each picking a kind at random): KServe gRPC
 ModelInfer, KServe REST infer (JSON), TFS gRPC Predict, ModelStreamInfer (4 requests per stream), chat
@@ -246,7 +247,8 @@ async def soak(args) -> int:
     grpc_port, rest_port = free_port(), free_port()
     server = subprocess.Popen([sys.executable, "-m", "ovms", "--config_path", str(config), "--port", str(grpc_port),
                                "--rest_port", str(rest_port), "--grpc_bind_address", "127.0.0.1",
-                               "--rest_bind_address", "127.0.0.1", "--log_path", str(work / "ovms.log")],
+                               "--rest_bind_address", "127.0.0.1", "--log_path", str(work / "ovms.log"),
+                               "--grpc_server", args.grpc_server, "--rest_server", args.rest_server],
                               cwd=ROOT, start_new_session=True)
     traffic = Traffic(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}")
     try:
@@ -325,6 +327,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--reload-seconds", type=float, default=30)
+    parser.add_argument("--grpc-server", choices=("grpcio", "native"), default="grpcio", help="ovms --grpc_server")
+    parser.add_argument("--rest-server", choices=("native", "aiohttp"), default="native", help="ovms --rest_server")
     sys.exit(asyncio.run(soak(parser.parse_args())))
 
 

@@ -58,10 +58,19 @@ def model_repo(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def server(model_repo):
-
-    with ThreadedServer(config_path=model_repo / "config.json") as running:
+def server(request, model_repo):
+    """The demo server; in tests/transport once per gRPC implementation (``pytest_generate_tests``)."""
+    with ThreadedServer(config_path=model_repo / "config.json",
+                        grpc_server=getattr(request, "param", "grpcio")) as running:
         yield running
+
+
+def pytest_generate_tests(metafunc):
+    """Every transport test runs against both gRPC implementations (``--grpc_server grpcio`` and ``native``): the
+    same clients, calls and messages must work on either. (Not a conftest.py in tests/transport: the pull tests
+    import theirs as the module ``conftest``.)"""
+    if "server" in metafunc.fixturenames and metafunc.definition.path.parent.name == "transport":
+        metafunc.parametrize("server", ["grpcio", "native"], indirect=True, scope="session")
 
 
 @pytest.hookimpl(hookwrapper=True)

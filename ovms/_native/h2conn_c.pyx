@@ -8,6 +8,7 @@ few declarations used are written below (its ABI has been stable since 1.0).
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
 from libc.stdint cimport int32_t, uint8_t, uint32_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
@@ -383,6 +384,7 @@ cdef class ServerConnection:
     def data_to_send(self):
         cdef const uint8_t *chunk
         cdef ssize_t n
+        cdef Py_ssize_t size = 0
         out = bytearray()
         while True:
             n = nghttp2_session_mem_send(self.session, &chunk)
@@ -390,7 +392,9 @@ cdef class ServerConnection:
                 raise ProtocolError(nghttp2_strerror(<int> n).decode())
             if n == 0:
                 break
-            out += (<char *> chunk)[:n]
+            PyByteArray_Resize(out, size + n)  # grows in place (amortized); no bytes object per chunk
+            memcpy(PyByteArray_AS_STRING(out) + size, chunk, n)
+            size += n
         return out  # a bytearray: the transport writes it as it is, with no copy to bytes
 
     def send_headers(self, int32_t stream_id, headers, bint end_stream=False):

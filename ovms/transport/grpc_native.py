@@ -290,6 +290,11 @@ class _Connection(asyncio.Protocol):
                              f"Received message larger than max ({size} vs. {limit})")
             if len(body) - offset - 5 < size:
                 break
+            if offset == 0 and len(body) == 5 + size and size >= 65536 and not body[0]:
+                # One big message and nothing after it (a unary call): a view, not a copy; the call reads on
+                # into a new buffer, since a bytearray with a view on it cannot shrink.
+                call.body = bytearray()
+                return [memoryview(body)[5:]]
             message = bytes(body[offset + 5:offset + 5 + size])
             if body[offset]:
                 message = self._decompress(call, message)
