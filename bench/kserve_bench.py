@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: one short point per server ([1,16] gRPC c=8, 2 s windows)")
-    ap.add_argument("--servers", default=",".join(SERVERS), help="comma list of ovms,triton,mlserver")
+    ap.add_argument("--servers", default=",".join(SERVERS), help="comma list of ovms,ovms-aio,triton,mlserver")
     ap.add_argument("--only", action="append", default=[], metavar="TOKENS",
                     help="restrict points, e.g. grpc,c8,identity16,pa (OR within a kind, AND across kinds)")
     ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="comma list (default 1,8,32)")
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     for s in servers:
         if s not in SERVER_CLASSES:
-            raise SystemExit(f"--servers: unknown server {s!r} (use {','.join(SERVERS)})")
+            raise SystemExit(f"--servers: unknown server {s!r} (use {','.join(SERVER_CLASSES)})")
     only = parse_only(args.only)
     conc = [int(c) for c in args.concurrency.split(",")]
     if args.quick:

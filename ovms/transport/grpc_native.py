@@ -230,7 +230,7 @@ class _Connection(asyncio.Protocol):
                 asyncio.get_running_loop().time() + max(0.0, call.deadline - time.monotonic()), self._expire, call)
         if call.handler.request_streaming:
             call.messages = asyncio.Queue()
-            self._start(call, self._serve_streaming(call))
+            self._start(call, self._streaming, call)
 
     def _on_data(self, stream_id: int, data: bytes) -> None:
         call = self.calls.get(stream_id)
@@ -272,9 +272,9 @@ class _Connection(asyncio.Protocol):
             if isinstance(answer, list):
                 self._finish(call, grpc.StatusCode.OK, "")
                 return
-            self._start(call, self._serve_awaitable(call, answer))
+            self._start(call, self._answer_later, call, answer)
             return
-        self._start(call, self._serve_unary(call, request))
+        self._start(call, self._unary, call, request)
 
     # --- messages
     def _split(self, call: _Call) -> list:
@@ -357,8 +357,10 @@ class _Connection(asyncio.Protocol):
             self.h2.send_headers(call.stream_id, _RESPONSE_HEADERS + trailers, end_stream=True)
 
     # --- serving
-    def _start(self, call: _Call, coroutine) -> None:
-        call.task = asyncio.ensure_future(coroutine)
+    def _start(self, call: _Call, work, *args) -> None:
+        """Serve the call in a task; ``work(*args)`` makes its coroutine once the task runs, so a task cancelled
+        before its first step (the client reset the stream at once) leaves no coroutine unawaited."""
+        call.task = asyncio.ensure_future(self._guard(call, work, args))
         self.server.tasks.add(call.task)
         call.task.add_done_callback(self.server.tasks.discard)
 
@@ -379,10 +381,10 @@ class _Connection(asyncio.Protocol):
         self._finish(call, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         self.flush_soon()
 
-    async def _guard(self, call: _Call, body) -> None:
+    async def _guard(self, call: _Call, work, args) -> None:
         """Run the call's work; map its errors to a status, as grpc.aio does."""
         try:
-            await body
+            await work(*args)
         except asyncio.CancelledError:
             return
         except _Abort as exc:
@@ -396,17 +398,9 @@ class _Connection(asyncio.Protocol):
             self._finish(call, grpc.StatusCode.OK, "")
         self.flush_soon()
 
-    def _serve_unary(self, call: _Call, request: bytes):
-        return self._guard(call, self._unary(call, request))
-
-    def _serve_awaitable(self, call: _Call, awaitable):
-        return self._guard(call, self._answer_awaitable(call, awaitable))
-
-    async def _answer_awaitable(self, call: _Call, awaitable) -> None:
-        self._send_message(call, await awaitable)
-
-    def _serve_streaming(self, call: _Call):
-        return self._guard(call, self._streaming(call))
+    async def _answer_later(self, call: _Call, later) -> None:
+        """A fast path's answer that needs awaiting: ``later()`` is its coroutine."""
+        self._send_message(call, await later())
 
     def _request(self, call: _Call, data: bytes):
         deserialize = call.handler.request_deserializer

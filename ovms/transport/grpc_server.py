@@ -124,8 +124,8 @@ class InferenceServicer:
 
     def infer_now(self, data: bytes):
         """ModelInfer for the native server: the serialized response (a list of byte strings to write in order)
-        when the model answered in place (fast enough for the event loop), else an awaitable of that list.
-        Errors raise ServingError."""
+        when the model answered in place (fast enough for the event loop), else a function that makes the
+        coroutine answering it. Errors raise ServingError."""
         drain = self.dp.drain
         drain.enter()
         try:
@@ -137,12 +137,16 @@ class InferenceServicer:
         except Exception as exc:
             drain.leave()
             raise _unexpected(exc, "ModelInfer") from None
+        drain.leave()  # answered, or the coroutine counts itself once it runs
         if response is not None:
-            drain.leave()
             return codec.encode_infer_response_parts(response)
-        return self._infer_later(request)
+        return functools.partial(self._infer_later, request)
 
     async def _infer_later(self, request):
+        """Counted in the drain from its first step on: a task cancelled before it (the client left at once)
+        must not leave the drain waiting for it."""
+        drain = self.dp.drain
+        drain.enter()
         try:
             return codec.encode_infer_response_parts(await self.dp.infer(request))
         except ServingError:
@@ -150,7 +154,7 @@ class InferenceServicer:
         except Exception as exc:
             raise _unexpected(exc, "ModelInfer") from None
         finally:
-            self.dp.drain.leave()
+            drain.leave()
 
     async def _stream_one(self, data: bytes, out: asyncio.Queue, stream: StreamContext) -> None:
         """Answer one request of a stream into ``out`` (several responses from a graph that streams), then END."""

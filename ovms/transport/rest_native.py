@@ -191,25 +191,33 @@ class FastRestProtocol(asyncio.Protocol):
             drain.leave()
             self._write_unexpected()
             return
+        drain.leave()  # answered, or _infer_later counts itself once it runs
         if response is not None:
-            drain.leave()
             self._write_answer(response, binary)
             return
         self._busy = asyncio.ensure_future(self._infer_later(request, binary))
 
     async def _infer_later(self, request, binary) -> None:
+        """Counted in the drain from its first step on: a task cancelled before it (the connection was lost at
+        once) must not leave the drain waiting for it."""
+        drain = self._dp.drain
         try:
-            response = await self._dp.infer(request, interface="REST")
+            drain.enter()
         except ServingError as exc:
             self._write_error(exc)
-        except asyncio.CancelledError:
-            return
-        except Exception:
-            self._write_unexpected()
         else:
-            self._write_answer(response, binary)
-        finally:
-            self._dp.drain.leave()
+            try:
+                response = await self._dp.infer(request, interface="REST")
+            except ServingError as exc:
+                self._write_error(exc)
+            except asyncio.CancelledError:
+                return
+            except Exception:
+                self._write_unexpected()
+            else:
+                self._write_answer(response, binary)
+            finally:
+                drain.leave()
         self._busy = None
         if not self.transport.is_closing():
             self._serve()

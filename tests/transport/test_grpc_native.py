@@ -478,3 +478,33 @@ def test_in_place_and_worker_paths_give_the_same_answers_and_counts(native, monk
             assert len(in_place) >= calls // 2, (in_place, workers)  # an [1,16] Relu takes microseconds
         else:
             assert (len(in_place), len(workers)) == (0, calls)
+
+
+# --- the drain count of calls the client gives up on at once
+
+def test_a_call_reset_in_the_same_read_leaves_the_drain_count_alone(native, monkeypatch):
+    """A ModelInfer for the workers whose RST_STREAM arrives in the same read as its request: the task serving
+    it is cancelled before its first step. The soak found such calls counted in the drain for good (so SIGTERM
+    waited out the whole drain timeout and exited 1) and 'coroutine was never awaited' warnings."""
+    monkeypatch.setattr(openvino_model, "INLINE_SECONDS", 0)  # the worker path: a task per call
+    drain = native.server.dataplane.drain
+    client = RawClient(native.grpc_url)
+    try:
+        body = grpc_frame(identity16_request(1.0).SerializeToString())
+        for _ in range(20):
+            stream = client.h2.get_next_available_stream_id()
+            client.h2.send_headers(stream, [(":method", "POST"), (":scheme", "http"),
+                                            (":path", "/inference.GRPCInferenceService/ModelInfer"),
+                                            (":authority", "localhost"), ("content-type", "application/grpc"),
+                                            ("te", "trailers")])
+            client.h2.send_data(stream, body, end_stream=True)
+            client.h2.reset_stream(stream)
+        client.sock.sendall(client.h2.data_to_send())
+        answer = client.call("/inference.GRPCInferenceService/ModelInfer", body)  # the connection still serves
+        assert answer["trailers"]["grpc-status"] == "0", answer
+        deadline = time.monotonic() + 5
+        while drain.active and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert drain.active == 0
+    finally:
+        client.close()
