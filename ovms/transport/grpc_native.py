@@ -239,6 +239,12 @@ class _Connection(asyncio.Protocol):
         call.body += data
         if call.messages is not None:
             self._take_messages(call)
+        elif len(call.body) > self.server.max_receive + 5:
+            # Refused as soon as the body outgrows the limit, not at its end: what a client sends is never held
+            # beyond the limit (the rest of its upload is dropped as it arrives).
+            self._finish(call, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"Received message larger than max ({len(call.body) - 5} vs. {self.server.max_receive})")
+            call.body = bytearray()
 
     def _on_end(self, stream_id: int) -> None:
         call = self.calls.get(stream_id)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -323,6 +324,34 @@ def test_receive_limit(limited):
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     wait_idle(limited)
     assert np.array_equal(output(stub.ModelInfer(identity16_request(4))), np.arange(16) + 4)
+
+
+def test_an_oversized_upload_is_refused_before_it_ends(limited):
+    """A unary request whose body passes the 2,000-byte limit gets RESOURCE_EXHAUSTED while the client is still
+    sending (END_STREAM never sent): the server does not hold an upload to its end before refusing it."""
+    client = RawClient(limited.grpc_url)
+    try:
+        stream = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(stream, [(":method", "POST"), (":scheme", "http"),
+                                        (":path", "/inference.GRPCInferenceService/ModelInfer"),
+                                        (":authority", "localhost"), ("content-type", "application/grpc"),
+                                        ("te", "trailers")])
+        client.h2.send_data(stream, b"\x00" + (100_000).to_bytes(4, "big") + b"\x01" * 5000)  # no END_STREAM
+        client.sock.sendall(client.h2.data_to_send())
+        trailers = None
+        deadline = time.monotonic() + 5
+        while trailers is None and time.monotonic() < deadline:
+            for event in client.h2.receive_data(client.sock.recv(65536)):
+                if isinstance(event, (h2.events.TrailersReceived, h2.events.ResponseReceived)) and \
+                        any(k == "grpc-status" for k, _ in event.headers):
+                    trailers = dict(event.headers)
+            client.sock.sendall(client.h2.data_to_send())
+        assert trailers is not None, "no answer while the upload was still open"
+        assert trailers["grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+        assert "vs. 2000" in urllib.parse.unquote(trailers["grpc-message"])
+    finally:
+        client.close()
+    wait_idle(limited)
 
 
 def test_send_limit_in_place_and_through_workers(limited, monkeypatch):
