@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError
 from ovms._native import load
 from ovms._native.codec_errors import CodecError
 from ovms._proto.messages import kserve, tfs_predict
-from ovms.errors import ServingError
+from ovms.errors import Kind, ServingError
 from ovms.genai import protocol as openai
 from ovms.protocol import kserve_grpc, kserve_rest, tfs
 from ovms.pull.errors import PullError
@@ -338,10 +338,132 @@ def target_pull(rng: random.Random) -> None:
         raise Broken(f"classify returned {verdict!r}")
 
 
+class _Transport:
+    """What FastRestProtocol writes to and closes (its socket), recorded."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = False
+
+    def write(self, data) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def set_protocol(self, protocol) -> None:
+        self.handed_to = protocol
+
+
+class _HandedOff:
+    """Stands in for aiohttp's protocol: records that the connection was handed over, and the bytes."""
+
+    def connection_made(self, transport) -> None:
+        pass
+
+    def data_received(self, data) -> None:
+        pass
+
+
+@functools.lru_cache(maxsize=1)
+def _rest_dataplane():
+    from ovms.dataplane import DataPlane
+    from ovms.registry import Registry
+
+    return DataPlane(Registry(lambda config, version: None))  # no models: every infer is a 404 or earlier refusal
+
+
+def _valid_rest_head(rng: random.Random, body: bytes) -> bytes:
+    path = rng.choice([b"/v2/models/m/infer", b"/v2/models/m/versions/1/infer", b"/v2/models/m", b"/v2/models//infer",
+                       b"/v2/models/m/versions/x/infer", b"/v2/models/m/infer?x=1", b"/v2/models/%41/infer"])
+    lines = [rng.choice([b"POST", b"GET", b"post"]) + b" " + path + b" " + rng.choice([b"HTTP/1.1", b"HTTP/1.0"]),
+             b"Host: localhost", b"Content-Length: %d" % len(body)]
+    for header in rng.sample([b"Connection: close", b"Inference-Header-Content-Length: 7",
+                              b"Inference-Header-Content-Length: x", b"Expect: 100-continue",
+                              b"Transfer-Encoding: chunked", b"Content-Length: 3", b"X: " + b"y" * 9000], k=2):
+        if rng.random() < 0.3:
+            lines.append(header)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def target_rest_fast_path(rng: random.Random) -> None:
+    """The REST port's fast path (ovms/transport/rest_native.py) fed requests, pipelined, mutated and cut at
+    random points: it must answer complete HTTP responses, hand the connection to aiohttp, or wait for more bytes;
+    nothing may escape. An answer with a 4xx status counts as a refusal."""
+    from ovms.transport.rest_native import FastRestProtocol
+
+    document, binary = valid_rest_request(rng)
+    body = to_body(document, rng) + (binary or b"")
+    data = b"".join(_valid_rest_head(rng, body) + body for _ in range(rng.randint(1, 3)))
+    if rng.random() < 0.5:
+        data = mutate_bytes(rng, data)
+    transport = _Transport()
+    protocol = FastRestProtocol(_HandedOff, _rest_dataplane(), 1 << 20, set())
+    protocol.connection_made(transport)
+    cut = 0
+    while cut < len(data):  # arrives in random pieces
+        step = rng.randint(1, max(1, len(data) // 2))
+        protocol.data_received(data[cut:cut + step])
+        cut += step
+        if hasattr(transport, "handed_to"):
+            break
+    written = bytes(transport.written)
+    statuses = []
+    while written:
+        head, sep, rest = written.partition(b"\r\n\r\n")
+        if not sep or not head.startswith(b"HTTP/1.1 "):
+            raise Broken(f"not an HTTP response: {written[:80]!r}")
+        length = [int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+        if len(length) != 1 or len(rest) < length[0]:
+            raise Broken(f"a response without its whole body: {head!r}")
+        statuses.append(int(head.split(b" ")[1]))
+        written = rest[length[0]:]
+    if hasattr(transport, "handed_to"):
+        raise ServingError(Kind.REST_INVALID_URL, "handed to aiohttp")  # the fast path declined: counted refused
+    if any(400 <= status < 500 for status in statuses):
+        raise ServingError(Kind.INVALID_INPUT_FORMAT, "answered 4xx")  # refused, as the generated input deserved
+
+
+def target_h2_frames(rng: random.Random) -> None:
+    """Both HTTP/2 server twins (libnghttp2 and h2) fed a real client's bytes, mutated: events or ProtocolError."""
+    import h2.config
+    import h2.connection
+
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    for _ in range(rng.randint(1, 4)):
+        stream = client.get_next_available_stream_id()
+        client.send_headers(stream, [(":method", "POST"), (":scheme", "http"), (":authority", "a"),
+                                     (":path", "/inference.GRPCInferenceService/ModelInfer"),
+                                     ("content-type", "application/grpc")])
+        client.send_data(stream, valid_grpc_request()[:rng.randint(0, 300)], end_stream=rng.random() < 0.8)
+    data = client.data_to_send()
+    if rng.random() < 0.8:
+        data = mutate_bytes(rng, data)
+    twins = [load("h2conn", pure=True)]
+    try:
+        twins.append(load("h2conn", pure=False))
+    except ImportError:
+        pass
+    refused = False
+    for twin in twins:
+        server = twin.ServerConnection()
+        try:
+            server.receive(data)
+        except twin.ProtocolError:
+            refused = True
+        server.data_to_send()
+    if refused:
+        raise ServingError(Kind.INVALID_INPUT_FORMAT, "HTTP/2 protocol error")
+
+
 TARGETS: dict[str, Callable[[random.Random], None]] = {
     "codec twins": target_codec, "kserve rest": target_kserve_rest, "kserve grpc": target_kserve_grpc,
     "tfs": target_tfs, "openai": target_openai, "responses": target_responses, "pull responses": target_pull,
-    "audio": target_audio,
+    "audio": target_audio, "rest fast path": target_rest_fast_path, "http/2 frames": target_h2_frames,
 }
 
 
