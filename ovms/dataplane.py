@@ -145,7 +145,7 @@ class DataPlane:
             raise
         finally:
             entry.leave()
-        self._succeeded(entry, request, response, started, interface, api, method)
+        self._succeeded(entry, request, response, started, api, interface, method)
         return response
 
     def infer_now(self, request: InferRequest, *, api: str = "KServe", interface: str = "gRPC",
@@ -154,8 +154,7 @@ class DataPlane:
         (``infer_now`` of the OpenVINO backend); None when the servable wants ``infer`` (nothing counted then)."""
         started = time.perf_counter_ns()
         entry = self._entry(request, api, interface, method)
-        now = getattr(entry.servable, "infer_now", None)
-        if now is None:
+        if not hasattr(entry.servable, "infer_now"):
             return None
         servable = entry.enter()
         try:
@@ -166,7 +165,7 @@ class DataPlane:
         finally:
             entry.leave()
         if response is not None:
-            self._succeeded(entry, request, response, started, interface, api, method)
+            self._succeeded(entry, request, response, started, api, interface, method)
         return response
 
     def _entry(self, request: InferRequest, api: str, interface: str, method: str):
@@ -183,8 +182,8 @@ class DataPlane:
         if self.metrics is not None:
             self.metrics.request(api, interface, method, request.model_name, str(entry.version), False)
 
-    def _succeeded(self, entry, request: InferRequest, response: InferResponse, started: int, interface: str,
-                   api: str, method: str) -> None:
+    def _succeeded(self, entry, request: InferRequest, response: InferResponse, started: int, api: str,
+                   interface: str, method: str) -> None:
         elapsed_ns = time.perf_counter_ns() - started
         stats = entry.stats
         stats.success_count += 1

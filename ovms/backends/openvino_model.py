@@ -280,8 +280,7 @@ class OpenVINOServable(InferServable):
         except ServingError:  # the request's own fault, found in the worker (an image that does not decode)
             raise
         except Exception as exc:
-            log.error("model %s version %d: inference failed: %s", self.name, self.version, exc)
-            raise ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, _first_line(exc)) from None
+            raise self._failed(exc) from None
         return self._response(request, produced, waited, inferred)
 
     def infer_now(self, request: InferRequest) -> InferResponse | None:
@@ -316,9 +315,13 @@ class OpenVINOServable(InferServable):
         except ServingError:
             raise
         except Exception as exc:
-            log.error("model %s version %d: inference failed: %s", self.name, self.version, exc)
-            raise ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, _first_line(exc)) from None
+            raise self._failed(exc) from None
         return self._response(request, produced, 0.0, inferred)
+
+    def _failed(self, exc: Exception) -> ServingError:
+        """An inference OpenVINO failed: logged, and OVMS's error for the client."""
+        log.error("model %s version %d: inference failed: %s", self.name, self.version, exc)
+        return ServingError(Kind.OV_INTERNAL_INFERENCE_ERROR, _first_line(exc))
 
     def close(self) -> None:
         """Stop the workers after the jobs already queued (the registry calls this once requests drained)."""
