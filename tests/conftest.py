@@ -4,9 +4,14 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import sys
+import os
 import threading
 
 import pytest
+
+# OpenVINO's tools (ovc, nncf, used by the fixture exports) fork a telemetry child that can sit in getaddrinfo for
+# minutes on a machine with no network, holding a finished process's pipes open. They skip telemetry under CI=true.
+os.environ.setdefault("CI", "true")
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
