@@ -96,3 +96,59 @@ def test_onnx_model_served(tmp_path):
         assert np.array_equal(run(servable, Tensor("x", "FP32", (1, 4), array=x)).outputs[0].as_array(), x + 1)
     finally:
         servable.close()
+
+
+def _threads(servable) -> int:
+    return int(servable._compiled.get_property("INFERENCE_NUM_THREADS"))
+
+
+def _default_threads(model_file) -> int:
+    import openvino as ov
+    threads = int(ov.Core().compile_model(str(model_file), "CPU").get_property("INFERENCE_NUM_THREADS"))
+    assert threads > 1, f"OpenVINO gives {threads} inference thread here: these tests need 2 cores or more"
+    return threads
+
+
+def test_a_tiny_model_is_compiled_with_one_thread(model_repo, caplog):
+    # The [1,3,224,224] fixture infers in well under 0.5 ms: OpenVINO's default stream of every core would leave
+    # a oneTBB thread spinning between requests, so the server compiles it with one thread and says so.
+    _default_threads(model_repo / "image" / "1" / "model.xml")
+    with caplog.at_level("INFO", logger="ovms.backends.openvino"):
+        servable = load_servable(ModelConfig("image", model_repo / "image"), 1)
+    try:
+        assert _threads(servable) == 1
+        assert "compiled with INFERENCE_NUM_THREADS 1" in caplog.text
+        x = np.random.default_rng(1).random((1, 3, 224, 224), dtype=np.float32)
+        out = run(servable, Tensor("INPUT0", "FP32", x.shape, array=x)).outputs[0].as_array()
+        assert np.array_equal(out, x)
+    finally:
+        servable.close()
+
+
+@pytest.mark.parametrize("plugin_config", [(("PERFORMANCE_HINT", "LATENCY"),), (("NUM_STREAMS", "1"),),
+                                           (("INFERENCE_NUM_THREADS", 2),)])
+def test_a_user_who_sets_threading_keeps_it(model_repo, plugin_config):
+    default = _default_threads(model_repo / "image" / "1" / "model.xml")
+    servable = load_servable(ModelConfig("image", model_repo / "image", plugin_config=plugin_config), 1)
+    try:
+        assert _threads(servable) == default
+    finally:
+        servable.close()
+
+
+def test_dynamic_and_slow_models_keep_openvino_threads(model_repo, tmp_path):
+    import openvino as ov
+    from openvino import opset13 as ops
+    # A matmul of 64x1024 by 1024x1024 takes milliseconds: parallel threads pay for themselves there.
+    x = ops.parameter([64, 1024], ov.Type.f32, name="x")
+    w = ops.constant(np.random.default_rng(2).random((1024, 1024), dtype=np.float32))
+    (tmp_path / "slow" / "1").mkdir(parents=True)
+    ov.save_model(ov.Model([ops.result(ops.matmul(x, w, False, False))], [x], "slow"),
+                  str(tmp_path / "slow" / "1" / "model.xml"))
+    default = _default_threads(tmp_path / "slow" / "1" / "model.xml")
+    for config in (ModelConfig("slow", tmp_path / "slow"), ModelConfig("simple", model_repo / "simple", shape="auto")):
+        servable = load_servable(config, 1)
+        try:
+            assert _threads(servable) == default, config.name
+        finally:
+            servable.close()
