@@ -24,9 +24,66 @@ def _parameter_value(param: pb.InferParameter):
     return getattr(param, which) if which else None
 
 
-def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
-    """ModelInferRequest -> InferRequest; raw contents stay as the message's bytes (no copy)."""
-    raw = message.raw_input_contents
+_RAW_INPUT_FIELD = 7  # ModelInferRequest.raw_input_contents (repeated bytes)
+
+
+def _read_varint(data, offset: int) -> tuple[int, int]:
+    """(value, offset after it); IndexError past the end, ValueError for a varint over 10 bytes."""
+    value = shift = 0
+    while True:
+        byte = data[offset]
+        offset += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, offset
+        shift += 7
+        if shift >= 70:
+            raise ValueError("varint too long")
+
+
+def split_raw_inputs(data) -> tuple[bytes, list] | None:
+    """A serialized ModelInferRequest cut in two: the message without its raw_input_contents (to parse, small),
+    and those contents as views of ``data`` in order, so a big tensor is neither copied into a protobuf bytes
+    object nor again into a writable buffer for OpenVINO. Only the top level is walked (its fields are a handful).
+    None where the bytes are not a well-formed message at that level: the full parse then gives its error."""
+    view = memoryview(data)
+    end = len(view)
+    offset = 0
+    kept, raw = [], []
+    try:
+        while offset < end:
+            start = offset
+            tag, offset = _read_varint(view, offset)
+            wire = tag & 7
+            if wire == 2:
+                size, offset = _read_varint(view, offset)
+                if offset + size > end:
+                    return None
+                if tag >> 3 == _RAW_INPUT_FIELD:
+                    raw.append(view[offset:offset + size])
+                    offset += size
+                    continue
+                offset += size
+            elif wire == 0:
+                _, offset = _read_varint(view, offset)
+            elif wire == 1:
+                offset += 8
+            elif wire == 5:
+                offset += 4
+            else:  # groups (3, 4) and the unused 6, 7: not in this message; the parser says what is wrong
+                return None
+            if offset > end or tag >> 3 == 0:
+                return None
+            kept.append(view[start:offset])
+    except (IndexError, ValueError):
+        return None
+    return b"".join(kept), raw
+
+
+def decode_infer_request(message: pb.ModelInferRequest, raw_inputs: list | None = None) -> InferRequest:
+    """ModelInferRequest -> InferRequest; raw contents stay as the message's bytes (no copy), or are
+    ``raw_inputs`` when the caller split them off before parsing (``split_raw_inputs``)."""
+    raw = message.raw_input_contents if raw_inputs is None else raw_inputs
     inputs = []
     if raw:
         if len(raw) != len(message.inputs):

@@ -38,6 +38,15 @@ def _unexpected(exc: BaseException, method: str) -> ServingError:
     return ServingError(Kind.INTERNAL_ERROR, f"request id {request_id}; see the server log")
 
 
+# A ModelInferRequest this big that arrives in a writable buffer (the native server's) has its raw inputs taken as
+# views of that buffer: OpenVINO then reads the tensors where they arrived (shared, not copied twice).
+SPLIT_BYTES = 64 << 10
+
+
+def _writable(data) -> bool:
+    return isinstance(data, memoryview) and not data.readonly
+
+
 def _parse(message_type, data: bytes):
     try:
         return message_type.FromString(data)
@@ -129,7 +138,11 @@ class InferenceServicer:
         drain = self.dp.drain
         drain.enter()
         try:
-            request = codec.decode_infer_request(_parse(pb.ModelInferRequest, data))
+            split = codec.split_raw_inputs(data) if len(data) >= SPLIT_BYTES and _writable(data) else None
+            if split is not None:
+                request = codec.decode_infer_request(_parse(pb.ModelInferRequest, split[0]), split[1] or None)
+            else:
+                request = codec.decode_infer_request(_parse(pb.ModelInferRequest, data))
             response = self.dp.infer_now(request)
         except ServingError:
             drain.leave()

@@ -46,6 +46,9 @@ class _Date:
         return cls.value
 
 
+OWN_BODY_BYTES = 64 << 10  # a body this big that ends the buffer is served from the buffer itself
+
+
 def _response(status: int, body: bytes, content_type: bytes, extra: bytes = b"", close: bool = False) -> bytes:
     return b"".join((b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nDate: %s\r\n" % (
         status, _REASONS.get(status, b"Unknown"), content_type, len(body), _Date.now()), extra,
@@ -106,8 +109,15 @@ class FastRestProtocol(asyncio.Protocol):
             model, version, length, header_length, keep_alive, self._path = request
             if len(buffer) - end - 4 < length:
                 return  # the body is still arriving
-            body = bytes(buffer[end + 4:end + 4 + length])
-            del buffer[:end + 4 + length]
+            total = end + 4 + length
+            if total == len(buffer) and length >= OWN_BODY_BYTES:
+                # The request ends the bytes read (no pipelining behind it): the buffer becomes the body, and a
+                # binary tensor in it reaches OpenVINO where it arrived, writable, uncopied.
+                body = memoryview(buffer)[end + 4:]
+                self._buffer = buffer = bytearray()
+            else:
+                body = bytes(memoryview(buffer)[end + 4:total])
+                del buffer[:total]
             if not keep_alive:
                 self._close_after = True
             self._infer(model, version, body, header_length)

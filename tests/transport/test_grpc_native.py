@@ -537,3 +537,45 @@ def test_a_call_reset_in_the_same_read_leaves_the_drain_count_alone(native, monk
         assert drain.active == 0
     finally:
         client.close()
+
+
+# --- big requests: raw inputs read where they arrived
+
+def test_big_raw_inputs_are_split_off_and_answered_right_in_place_and_through_workers(native, monkeypatch):
+    from ovms.protocol import kserve_grpc
+    splits = []
+    split = kserve_grpc.split_raw_inputs
+
+    def counted(data):
+        result = split(data)
+        splits.append(result is not None and len(result[1]))
+        return result
+
+    monkeypatch.setattr(kserve_grpc, "split_raw_inputs", counted)
+    client = grpcclient.InferenceServerClient(native.grpc_url)
+    rng = np.random.default_rng(5)
+    for mode in ("in place", "workers"):
+        if mode == "workers":
+            monkeypatch.setattr(openvino_model, "INLINE_SECONDS", 0)
+        splits.clear()
+        for _ in range(4):
+            x = rng.random((1, 3, 224, 224), dtype=np.float32)
+            tensor = grpcclient.InferInput("INPUT0", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            assert np.array_equal(client.infer("image", [tensor]).as_numpy("OUTPUT0"), x), mode
+        assert splits == [1] * 4, mode
+    # The split changes nothing a client sees of a wrong request: OVMS's message, INVALID_ARGUMENT.
+    request = pb.ModelInferRequest(model_name="image")
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 3, 224, 224])
+    request.raw_input_contents.extend([bytes(602112), bytes(4)])
+    with pytest.raises(grpc.RpcError) as caught:
+        kserve(native.grpc_url).ModelInfer(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "raw_input_contents has 2 buffers for 1 inputs" in caught.value.details()
+    wrong_size = pb.ModelInferRequest(model_name="image")
+    wrong_size.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 3, 224, 224])
+    wrong_size.raw_input_contents.append(bytes(602112 - 4))
+    with pytest.raises(grpc.RpcError) as caught:
+        kserve(native.grpc_url).ModelInfer(wrong_size)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Expected: 602112 bytes; Actual: 602108 bytes" in caught.value.details()
