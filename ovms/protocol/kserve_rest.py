@@ -46,6 +46,19 @@ def _shape(value: Any, where: str) -> tuple[int, ...]:
     return tuple(value)
 
 
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def header_length(value: str | None) -> int | None:
+    """The binary extension's Inference-Header-Content-Length, as an int (None when the header is absent)."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ServingError(Kind.INVALID_INPUT_FORMAT, f"{HEADER_LENGTH} must be an integer, got {value!r}") from None
+
+
 def decode_infer_request(body: bytes, header_length: int | None, model_name: str,
                          version: int | None) -> tuple[InferRequest, set[str] | bool]:
     """Parse a REST infer body (JSON, or JSON header + binary tensors); also say which outputs go binary."""

@@ -184,11 +184,7 @@ class FastRestProtocol(asyncio.Protocol):
             return
         try:
             if header_length is not None:
-                try:
-                    header_length = int(header_length)
-                except ValueError:
-                    raise ServingError(Kind.INVALID_INPUT_FORMAT, "Inference-Header-Content-Length must be an "
-                                                                  f"integer, got {header_length.decode()!r}")
+                header_length = codec.header_length(header_length.decode("latin-1"))
             version = parse_version(version_text)
             dp.servable(model, version)  # an unknown model is 404 whatever the body (as OVMS)
             request, binary = codec.decode_infer_request(body, header_length, model, version)

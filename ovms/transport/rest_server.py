@@ -23,7 +23,7 @@ DATAPLANE = web.AppKey("dataplane", DataPlane)
 # Route sets the composition root adds to the REST application (ovms/cli.py: the model download API with
 # --model_download_api); each is called with the app once it has the serving routes.
 EXTRA_ROUTES: list = []
-HEADER_LENGTH = "Inference-Header-Content-Length"
+HEADER_LENGTH = codec.HEADER_LENGTH
 MAX_BODY_BYTES = 1 << 30
 
 
@@ -110,11 +110,7 @@ async def model_statistics(request: web.Request) -> web.Response:
 
 
 async def infer(request: web.Request) -> web.Response:
-    header = request.headers.get(HEADER_LENGTH)
-    try:
-        header_length = int(header) if header is not None else None
-    except ValueError:
-        raise ServingError(Kind.INVALID_INPUT_FORMAT, f"{HEADER_LENGTH} must be an integer, got {header!r}")
+    header_length = codec.header_length(request.headers.get(HEADER_LENGTH))
     model, version = request.match_info["model"], _version(request)
     request.app[DATAPLANE].servable(model, version)  # an unknown model is 404 whatever the body (as OVMS)
     body = await request.read()
