@@ -117,6 +117,7 @@ def test_a_tiny_model_is_compiled_with_one_thread(model_repo, caplog):
         servable = load_servable(ModelConfig("image", model_repo / "image"), 1)
     try:
         assert _threads(servable) == 1
+        assert servable._compiled.get_property("ENABLE_CPU_PINNING") is False  # the event loop is not pinned
         assert "compiled with INFERENCE_NUM_THREADS 1" in caplog.text
         x = np.random.default_rng(1).random((1, 3, 224, 224), dtype=np.float32)
         out = run(servable, Tensor("INPUT0", "FP32", x.shape, array=x)).outputs[0].as_array()
@@ -152,3 +153,12 @@ def test_dynamic_and_slow_models_keep_openvino_threads(model_repo, tmp_path):
             assert _threads(servable) == default, config.name
         finally:
             servable.close()
+
+
+def test_pinning_set_by_the_user_is_kept(model_repo):
+    servable = load_servable(ModelConfig("image", model_repo / "image",
+                                         plugin_config=(("ENABLE_CPU_PINNING", True),)), 1)
+    try:
+        assert _threads(servable) == 1 and servable._compiled.get_property("ENABLE_CPU_PINNING") is True
+    finally:
+        servable.close()
