@@ -5,7 +5,6 @@ Usage errors print OVMS's message and exit 64 (EX_USAGE), as ``ovms`` does.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import pathlib
@@ -332,6 +331,8 @@ def serve(args: argparse.Namespace) -> int:
         import uvloop
         runner = uvloop.run
     except ImportError:
+        import asyncio  # here, not at the top: `--pull` never needs it (45 ms of its start-up, -X importtime)
+
         runner = asyncio.run
     index, children = workers.fork(settings.grpc_workers if settings.grpc_port else 1)
     if settings.grpc_workers > 1:
