@@ -1,7 +1,7 @@
 """ovms pull vs huggingface_hub.snapshot_download on the same Hub imitation and files, on loopback.
 
     .venv/bin/python bench/pull_bench.py [--large 4] [--large-mib 256] [--small 50] [--rounds 3]
-        [--per-connection-mib 0 25] [--clients ovms,huggingface_hub] [--skip-resume]
+        [--per-connection-mib 0 25] [--clients ovms,huggingface_hub] [--skip-resume] [--baseline DIR]
 
 The imitation runs in its own process (tests/pull/hub_imitation.py, aiohttp with sendfile); each client runs in a
 fresh process into a fresh target directory, in an order reversed every round. ovms verifies every file (sha256 /
@@ -9,7 +9,9 @@ git blob sha1) before renaming it and, by default, fdatasyncs the files before w
 "ovms-nosync" (OVMS_PULL_SYNC=0) skips only that flush, to compare with huggingface_hub, which checks sizes and
 never syncs. ``--per-connection-mib`` caps every response (so every connection) of the imitation at that many
 MiB/s, as a CDN edge does (0 = no cap, sendfile); several values run as separate imitations in the same rounds,
-alternating with the clients. Then a resume measurement: an ovms pull is SIGKILLed halfway and re-run; the overhead is
+alternating with the clients. ``--baseline DIR`` adds the client "ovms-base": the same pull run from another
+checkout of ovms (e.g. ``git archive main`` with its compiled extensions), so a change and the code before it are
+measured in the same rounds. Then a resume measurement: an ovms pull is SIGKILLed halfway and re-run; the overhead is
 (killed run + resumed run) - median clean run.
 """
 from __future__ import annotations
@@ -68,11 +70,13 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_ovms(endpoint: str, target: pathlib.Path, env: dict, *, kill_after: float | None = None) -> float:
+def run_ovms(endpoint: str, target: pathlib.Path, env: dict, *, kill_after: float | None = None,
+             root: pathlib.Path = ROOT) -> float:
     cmd = [sys.executable, "-m", "ovms", "--pull", "--source_model", REPO, "--model_repository_path", str(target),
            "--task", "text_generation", "--log_level", "WARNING"]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**env, "HF_ENDPOINT": endpoint}, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=root, env={**env, "HF_ENDPOINT": endpoint, "PYTHONPATH": str(root)},
+                            stdout=subprocess.DEVNULL)
     if kill_after is not None:
         try:
             proc.wait(kill_after)
@@ -109,6 +113,7 @@ def main() -> None:
     parser.add_argument("--clients", default="ovms,ovms-nosync,huggingface_hub",
                         help="comma-separated, from ovms, ovms-nosync, huggingface_hub")
     parser.add_argument("--skip-resume", action="store_true", help="no SIGKILL-and-resume measurement")
+    parser.add_argument("--baseline", default=None, help="another ovms checkout, measured as client ovms-base")
     parser.add_argument("--workdir", default=None, help="where blobs and targets go (default: a temp dir)")
     args = parser.parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="pull_bench_", dir=args.workdir))
@@ -118,6 +123,8 @@ def main() -> None:
     spec = make_files(work, args.large, args.large_mib, args.small)
     caps = args.per_connection_mib
     clients = tuple(c.strip() for c in args.clients.split(",") if c.strip())
+    if args.baseline:
+        clients += ("ovms-base",)
     hubs: dict[float, tuple[subprocess.Popen, str]] = {}
     times: dict[tuple[float, str], list[float]] = {(cap, c): [] for cap in caps for c in clients}
     cpu: dict[tuple[float, str], list[float]] = {(cap, c): [] for cap in caps for c in clients}
@@ -135,6 +142,9 @@ def main() -> None:
                     cpu0 = children_cpu()
                     if name == "huggingface_hub":
                         elapsed = run_hf(endpoint, target / "snapshot", env)
+                    elif name == "ovms-base":
+                        elapsed = run_ovms(endpoint, target / "models", env,
+                                           root=pathlib.Path(args.baseline).resolve())
                     else:
                         elapsed = run_ovms(endpoint, target / "models",
                                            {**env, "OVMS_PULL_SYNC": "0"} if name == "ovms-nosync" else env)
@@ -168,7 +178,8 @@ def main() -> None:
           f"{args.rounds} alternating rounds, fresh target each run")
     labels = {"ovms": "ovms --pull (sha256/sha1 verified, fdatasync before the record)",
               "ovms-nosync": "ovms --pull, OVMS_PULL_SYNC=0 (verified, no fdatasync)",
-              "huggingface_hub": "huggingface_hub.snapshot_download (size checked, no fsync)"}
+              "huggingface_hub": "huggingface_hub.snapshot_download (size checked, no fsync)",
+              "ovms-base": f"ovms --pull from {args.baseline} (baseline, same checks)"}
     for cap in caps:
         print()
         print(f"{cond_name(cap)}:")
@@ -181,7 +192,7 @@ def main() -> None:
                   f"{', '.join(f'{t:.2f}' for t in times[cap, key])} |")
         if "huggingface_hub" in clients:
             hf_med = statistics.median(times[cap, "huggingface_hub"])
-            for key in ("ovms", "ovms-nosync"):
+            for key in ("ovms", "ovms-nosync", "ovms-base"):
                 if key in clients:
                     print(f"speed-up of {key} over huggingface_hub ({cond_name(cap)}): "
                           f"{hf_med / statistics.median(times[cap, key]):.2f}x")
