@@ -51,8 +51,6 @@ GROWTH_MARGIN = 0.15  # more connections are kept only if the total rate grew by
 RANGE_SECONDS = 1.0  # a range about to start is cut to what one connection brings in this long
 MIN_RANGE_BYTES = 1 << 20  # never cut a range smaller than this
 HASH_STEP_BYTES = 8 << 20  # a file's digest is extended when its prefix on disk grew by this much
-HASH_BATCH_BYTES = 64 << 20  # at most this much per advance (~60 ms of sha256): a resumed file's prefix, read
-# back from disk, goes in batches, so a stop or a failure never waits for gigabytes to be hashed
 
 
 def disk_full(path: pathlib.Path, needed: int | None = None) -> DiskFullError:
@@ -288,7 +286,7 @@ class Downloader:
         for job in self.jobs:
             if job.phase != "downloading" or job.digest is None or (job.hashing and not job.hashing.done()):
                 continue
-            end = min(self._prefix_on_disk(job), job.digest.hashed + HASH_BATCH_BYTES)
+            end = self._prefix_on_disk(job)
             if end - job.digest.hashed >= HASH_STEP_BYTES:
                 job.hashing = self.verifier.submit(job.digest.advance, end)
 
@@ -697,7 +695,7 @@ class Downloader:
             future.cancel()
         # On a shared engine a check still hashing must not hold up the other Downloaders' transfers: it ends on
         # its own (its result is no longer wanted).
-        self.verifier.shutdown(wait=self.engine is None, cancel_futures=True)  # digests' advances not started
+        self.verifier.shutdown(wait=self.engine is None)
         for job in self.jobs:
             if job.fd >= 0:
                 os.close(job.fd)
