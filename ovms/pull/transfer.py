@@ -206,7 +206,6 @@ class Downloader:
                 log.debug("Removed %s, left by a run killed while it recorded progress", stale)
             for job in jobs:
                 self._begin(job)
-            self._interleave()
             if self.engine is not None:
                 handed = True
                 self.engine.serve(self)  # its thread runs the turns and the shutdown; returns or raises at the end
@@ -217,17 +216,6 @@ class Downloader:
                 self._shutdown()
 
     # ---- job life cycle --------------------------------------------------------------------------------
-    def _interleave(self) -> None:
-        """Queue the ranges of the files fetched in several round robin (every file's first range, then every
-        file's second, ...), the single-range files after them. A file's ranges then arrive about in order and
-        its digest follows the download; queued file after file, all ranges of the last file were in flight
-        together, ended together, and left nearly all of it to hash after the download (116 of 128 MiB in
-        bench/pull_bench.py)."""
-        ranged = [item for item in self.queue if len(item[0].segments) > 1]
-        single = [item for item in self.queue if len(item[0].segments) <= 1]
-        ranged.sort(key=lambda item: item[0].segments.index(item[1]))  # stable: file order within a rank
-        self.queue = collections.deque(ranged + single)
-
     def _begin(self, job: FileJob) -> None:
         if job.final.exists():
             # Left by an earlier run of this unfinished pull: trust it only after the same check as a new one.

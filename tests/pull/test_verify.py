@@ -104,21 +104,3 @@ def test_a_corrupt_range_is_caught_and_fetched_again(hub, pull, big_files):
     assert run.code == 0, run.output
     assert "openvino_model.bin failed verification (sha256 " in run.output, run.output
     assert_pulled(pull.models / REPO, files)
-
-
-def test_the_ranges_of_several_files_are_fetched_round_robin(hub, pull, big_files):
-    """Every file's first range, then every file's second...: each file's ranges arrive about in order, so its
-    digest follows the download instead of waiting for ranges that were all in flight together."""
-    files = {"config.json": b'{"architectures": ["LlamaForCausalLM"]}', "a.bin": content("a", 8 << 20),
-             "b.bin": content("b", 8 << 20)}
-    hub.add_repo(REPO, files)
-    run = pull(REPO, "--task", "text_generation", OVMS_PULL_SEGMENT_BYTES=str(2 << 20),
-               OVMS_PULL_INITIAL_CONNECTIONS="2", OVMS_PULL_CONNECTIONS="2")
-    assert run.code == 0, run.output
-    names = {f"/cdn/{hub.repos[REPO].files[n].sha256}": n for n in ("a.bin", "b.bin")}
-    cdn = sorted((r for r in hub.requests if r["origin"] == "cdn"), key=lambda r: r["started"])
-    order = [(names[r["path"]], r["range"]) for r in cdn]
-    # Two ranges of 4 MiB per file (at most one per connection), two connections: both files' first ranges go
-    # first (in either order: the two redirects race); queued file after file, a.bin's two would.
-    assert len(order) == 4 and set(order[:2]) == {("a.bin", "bytes=0-4194303"), ("b.bin", "bytes=0-4194303")}, order
-    assert_pulled(pull.models / REPO, files)
