@@ -3,9 +3,8 @@
 Every file goes to ``<file>.lfs_part``, each chunk written at its own offset by the native range writer, while
 ``state`` records which ranges are on disk. A failed transfer (dropped connection, 5xx, stall, short body) is
 retried from the last byte on disk after ``GIT_LFS_RESUME_INTERVAL_SECONDS``, at most
-``GIT_LFS_RESUME_ATTEMPTS`` times per file. While a file downloads, the verifier threads hash its contiguous
-prefix on disk as it grows (``verify.PrefixDigest``); when all ranges are in, a verifier thread checks its size
-and hashes what is left; only then does it take its final name. Redirects are followed by hand so the bearer token goes to the
+``GIT_LFS_RESUME_ATTEMPTS`` times per file. When all ranges of a file are in, a worker thread checks its size
+and hash; only then does it take its final name. Redirects are followed by hand so the bearer token goes to the
 hub's own origin only (the CDN URL is pre-signed).
 
 How many transfers run at once is not a constant: ``ConnectionControl`` starts with a few, measures the total
@@ -37,7 +36,7 @@ from ovms.pull.errors import (DiskFullError, InterruptedPull, NetworkError, Pull
                               VerificationError)
 from ovms.pull.hub import HubClient, RemoteFile, Response, curl_error_text, origin, raise_for_hub_error
 from ovms.pull.settings import PullSettings
-from ovms.pull.verify import PrefixDigest, check_file
+from ovms.pull.verify import check_file
 
 log = logging.getLogger("ovms.pull")
 
@@ -50,7 +49,6 @@ WARMUP_SECONDS = 0.1  # after a change of the count, before the next window star
 GROWTH_MARGIN = 0.15  # more connections are kept only if the total rate grew by more than this fraction
 RANGE_SECONDS = 1.0  # a range about to start is cut to what one connection brings in this long
 MIN_RANGE_BYTES = 1 << 20  # never cut a range smaller than this
-HASH_STEP_BYTES = 8 << 20  # a file's digest is extended when its prefix on disk grew by this much
 
 
 def disk_full(path: pathlib.Path, needed: int | None = None) -> DiskFullError:
@@ -79,8 +77,6 @@ class FileJob:
     active: set = dataclasses.field(default_factory=set)
     dirty: bool = False
     splittable: bool = True  # False once the server ignored a Range request (one stream from byte 0 then)
-    digest: PrefixDigest | None = None  # of the part's contiguous prefix on disk, hashed while it downloads
-    hashing: concurrent.futures.Future | None = None  # the digest's advance under way on a verifier thread
 
     @property
     def part(self) -> pathlib.Path:
@@ -244,39 +240,11 @@ class Downloader:
                 self.progress.update(done)
         job.segments = segments
         job.phase = "downloading"
-        self._new_digest(job)
         for seg in segments:
             if not seg.complete:
                 self.queue.append((job, seg))
         if all(s.complete for s in segments):
             self._segments_complete(job)
-
-    def _new_digest(self, job: FileJob) -> None:
-        """Start the file's digest over at byte 0: its bytes on disk are new to this process, or some already
-        hashed are about to be written again. An advance of the old digest still running ends on its own."""
-        algorithm, _ = job.remote.expected_digest
-        job.digest = PrefixDigest(job.part, algorithm, job.remote.size) if algorithm != "size" else None
-        job.hashing = None
-
-    def _prefix_on_disk(self, job: FileJob) -> int:
-        """How many bytes from 0 of the part file are written (their ``pwrite`` returned), with no gap."""
-        live = {id(t.segment): t.base_done + t.sink.flushed for t in job.active}
-        end = 0
-        for s in job.segments:
-            end = s.start + live.get(id(s), s.done)
-            if end < s.end:
-                break
-        return end
-
-    def _advance_digests(self) -> None:
-        """Hand each downloading file's newly written prefix to a verifier thread to hash, one advance at a time
-        per file: the bytes are still in the page cache, and the hashing overlaps the download."""
-        for job in self.jobs:
-            if job.phase != "downloading" or job.digest is None or (job.hashing and not job.hashing.done()):
-                continue
-            end = self._prefix_on_disk(job)
-            if end - job.digest.hashed >= HASH_STEP_BYTES:
-                job.hashing = self.verifier.submit(job.digest.advance, end)
 
     def _ensure_open(self, job: FileJob) -> None:
         if job.fd >= 0:
@@ -305,11 +273,11 @@ class Downloader:
         os.close(job.fd)
         job.fd = -1
         job.phase = "verifying"
-        self._submit_check(job, job.part, job.digest)
+        self._submit_check(job, job.part)
 
-    def _submit_check(self, job: FileJob, path: pathlib.Path, prefix: PrefixDigest | None = None) -> None:
+    def _submit_check(self, job: FileJob, path: pathlib.Path) -> None:
         algorithm, digest = job.remote.expected_digest
-        future = self.verifier.submit(check_file, path, job.remote.size, algorithm, digest, prefix=prefix)
+        future = self.verifier.submit(check_file, path, job.remote.size, algorithm, digest)
         self.verifying[future] = job
 
     def _checked(self, job: FileJob, problem: str | None) -> None:
@@ -329,12 +297,7 @@ class Downloader:
             os.replace(job.part, job.final)
             state.sidecar_path(job.final).unlink(missing_ok=True)
             job.phase = "done"
-            if job.digest is not None:
-                log.debug("%s verified (%s; %.1f of %.1f MiB hashed during the download)", job.remote.path,
-                          job.remote.expected_digest[0], job.digest.before_final / 2**20, job.remote.size / 2**20)
-            else:
-                log.debug("%s verified (%s)", job.remote.path, job.remote.expected_digest[0])
-            job.digest = job.hashing = None
+            log.debug("%s verified (%s)", job.remote.path, job.remote.expected_digest[0])
             return
         job.verify_failures += 1
         limit = max(1, self.settings.resume_attempts)
@@ -414,7 +377,6 @@ class Downloader:
             self.progress.update(-seg.done)
             seg.done = t.base_done = 0
             t.sink.reset(0, job.remote.size)
-            self._new_digest(job)
             t.sink.mode = w.MODE_BODY
         else:  # ABORT or COLLAPSE
             t.abort = verdict.reason if verdict.action == responses.ABORT else responses.COLLAPSE
@@ -511,7 +473,6 @@ class Downloader:
         self.progress.update(-job.done_bytes)
         job.splittable = False
         job.segments = [state.Segment(0, job.remote.size)]
-        self._new_digest(job)
         state.save_sidecar(job.final, job.remote, self.commit, job.segments)
         self.queue.append((job, job.segments[0]))
 
@@ -533,7 +494,6 @@ class Downloader:
             self.progress.update(-job.done_bytes)
             for s in job.segments:
                 s.done = 0
-            self._new_digest(job)
             state.save_sidecar(job.final, job.remote, self.commit, job.segments)
             self.queue.extend((job, s) for s in job.segments)
         else:
@@ -630,7 +590,6 @@ class Downloader:
             return True
         now = time.monotonic()
         self._watch(now)
-        self._advance_digests()
         if now - self.last_checkpoint >= self.settings.checkpoint_seconds:
             self._checkpoint()
             self.last_checkpoint = now
