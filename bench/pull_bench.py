@@ -97,6 +97,15 @@ def run_hf(endpoint: str, target: pathlib.Path, env: dict) -> float:
     return time.perf_counter() - t0
 
 
+def settle(seconds: float) -> None:
+    """Start each run on a settled machine: the previous run's dirty pages written back (huggingface_hub never
+    syncs, so its 512 MiB would otherwise be flushed by the kernel during whichever run comes next) and its
+    removal done, then ``seconds`` of quiet."""
+    if seconds > 0:
+        os.sync()
+        time.sleep(seconds)
+
+
 def cond_name(cap: float) -> str:
     return f"{cap:g} MiB/s per connection" if cap else "unthrottled"
 
@@ -114,6 +123,8 @@ def main() -> None:
                         help="comma-separated, from ovms, ovms-nosync, huggingface_hub")
     parser.add_argument("--skip-resume", action="store_true", help="no SIGKILL-and-resume measurement")
     parser.add_argument("--baseline", default=None, help="another ovms checkout, measured as client ovms-base")
+    parser.add_argument("--settle", type=float, default=1.0,
+                        help="seconds of quiet after a sync before each run (0: start at once, as before)")
     parser.add_argument("--workdir", default=None, help="where blobs and targets go (default: a temp dir)")
     args = parser.parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="pull_bench_", dir=args.workdir))
@@ -139,6 +150,7 @@ def main() -> None:
                 for name in order:
                     target = work / f"{name}-{cap:g}-{r}"
                     target.mkdir()
+                    settle(args.settle)
                     cpu0 = children_cpu()
                     if name == "huggingface_hub":
                         elapsed = run_hf(endpoint, target / "snapshot", env)
@@ -160,6 +172,7 @@ def main() -> None:
             for r in range(args.rounds):
                 target = work / f"resume-{r}"
                 target.mkdir()
+                settle(args.settle)
                 killed = run_ovms(hubs[cap][1], target / "models", env, kill_after=ovms_med / 2)
                 resumed = run_ovms(hubs[cap][1], target / "models", env)
                 resume_runs.append((killed, resumed))
