@@ -76,8 +76,10 @@ class Server:
                  config_path: pathlib.Path | str | None = None) -> None:
         self.settings = settings
         from ovms.backends import cache
+        from ovms.backends.openvino_model import prepare_bindings
 
         cache.configure(settings.cache_dir)
+        prepare_bindings()  # here, in one thread, before models load in several
         self.registry = Registry(lambda config, version: _load_servable(config, version, self.registry))
         self.manager = ConfigManager(self.registry, config_path=config_path, models=models,
                                      on_change=self._models_changed, repository_cache=settings.repository_cache)

@@ -73,6 +73,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports() -> tuple[int, int]:
+    """Two different free ports: both sockets stay bound while the second is chosen (two free_port() calls in a row
+    once got the same port, and the server refused to start: "port and rest_port cannot have the same values")."""
+    with socket.socket() as a, socket.socket() as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        return a.getsockname()[1], b.getsockname()[1]
+
+
 def wait_ready(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -90,7 +99,7 @@ def wait_ready(port: int, process: subprocess.Popen, timeout: float = 60) -> Non
 
 
 def serve(*args: str, log_path: pathlib.Path, cwd: pathlib.Path = ROOT) -> tuple[subprocess.Popen, int, int]:
-    grpc_port, rest_port = free_port(), free_port()
+    grpc_port, rest_port = free_ports()
     process = subprocess.Popen([sys.executable, "-m", "ovms", "--port", str(grpc_port), "--rest_port",
                                 str(rest_port), "--grpc_bind_address", "127.0.0.1", "--rest_bind_address",
                                 "127.0.0.1", "--log_path", str(log_path), *args], cwd=cwd,
@@ -103,7 +112,7 @@ class OvmsProcess:
     given environment added (credentials, endpoints)."""
 
     def __init__(self, tmp_path: pathlib.Path, env: dict | None, *args: str) -> None:
-        self.grpc_port, self.rest_port = free_port(), free_port()
+        self.grpc_port, self.rest_port = free_ports()
         self.log = tmp_path / "ovms.log"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ovms", "--port", str(self.grpc_port), "--rest_port", str(self.rest_port),

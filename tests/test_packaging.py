@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.test_cli import free_port, stop, wait_ready
+from tests.test_cli import free_ports, stop, wait_ready
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -112,7 +112,7 @@ def protobuf_version(venv: pathlib.Path) -> str:
 
 
 def serve_simple(venv: pathlib.Path, model_repo: pathlib.Path, tmp_path: pathlib.Path):
-    grpc_port, rest_port = free_port(), free_port()
+    grpc_port, rest_port = free_ports()
     process = subprocess.Popen([str(venv / "bin" / "ovms"), "--model_name", "simple", "--model_path",
                                 str(model_repo / "simple"), "--port", str(grpc_port), "--rest_port", str(rest_port),
                                 "--grpc_bind_address", "127.0.0.1", "--rest_bind_address", "127.0.0.1",

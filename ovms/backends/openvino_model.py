@@ -48,6 +48,16 @@ THREADING_KEYS = frozenset({"INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE
 SINGLE_THREAD_SECONDS = 0.0005
 
 
+def prepare_bindings() -> None:
+    """Make OpenVINO's first tensor from a numpy array, in the calling thread.
+
+    pybind11 sets up its numpy API on that first conversion, inside a std::call_once that takes the GIL: two
+    threads converting their first arrays at once deadlock there (one holds the GIL and waits for the once, the
+    other holds the once and waits for the GIL). It was seen with three models loading in parallel, each timing
+    itself on zeros; a model's first requests on several worker threads could meet it too."""
+    ov.Tensor(np.zeros(1, dtype=np.float32))
+
+
 def core() -> ov.Core:
     """One OpenVINO Core per process (it owns the device plugins)."""
     global _core
