@@ -98,9 +98,9 @@ def run_hf(endpoint: str, target: pathlib.Path, env: dict) -> float:
 
 
 def settle(seconds: float) -> None:
-    """Start each run on a settled machine: the previous run's dirty pages written back (huggingface_hub never
-    syncs, so its 512 MiB would otherwise be flushed by the kernel during whichever run comes next) and its
-    removal done, then ``seconds`` of quiet."""
+    """Optionally start each run on a settled machine: the previous run's dirty pages written back (huggingface_hub
+    never syncs, so its 512 MiB would otherwise be flushed during whichever run comes next), then ``seconds`` of
+    quiet (see --settle for why that is not the default here)."""
     if seconds > 0:
         os.sync()
         time.sleep(seconds)
@@ -123,8 +123,12 @@ def main() -> None:
                         help="comma-separated, from ovms, ovms-nosync, huggingface_hub")
     parser.add_argument("--skip-resume", action="store_true", help="no SIGKILL-and-resume measurement")
     parser.add_argument("--baseline", default=None, help="another ovms checkout, measured as client ovms-base")
-    parser.add_argument("--settle", type=float, default=1.0,
-                        help="seconds of quiet after a sync before each run (0: start at once, as before)")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds of quiet after a sync before each run (default 0: start at once). On this VM "
+                             "a wait lets the kernel report the memory freed by the last run's files to the host "
+                             "(virtio-balloon free page reporting), and the next run's page cache then faults it "
+                             "back in: with 6 s every ovms pull was slow (1.8-2.6 s, 1.4-2.0 s of it in the kernel), "
+                             "with none half of them were fast (0.8 s)")
     parser.add_argument("--workdir", default=None, help="where blobs and targets go (default: a temp dir)")
     args = parser.parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="pull_bench_", dir=args.workdir))
