@@ -92,12 +92,6 @@ def _timer(compiled: ov.CompiledModel):
     return one
 
 
-def _fastest_inference(compiled: ov.CompiledModel, runs: int = 5) -> float | None:
-    """The quickest of ``runs`` timed inferences of zeros (see _timer), or None."""
-    timer = _timer(compiled)
-    return None if timer is None else min(timer() for _ in range(runs))
-
-
 def _fewer_threads(name: str, version: int, model: ov.Model, compiled: ov.CompiledModel,
                    properties: dict, runs: int = 5) -> ov.CompiledModel:
     """A model that infers in under SINGLE_THREAD_SECONDS, compiled with one inference thread, when that is about
