@@ -33,6 +33,7 @@ class PullSettings:
     checkpoint_seconds: float = 0.5  # how often the bytes on disk are recorded in the sidecars
     progress_seconds: float = 5.0  # period of the progress log line when stderr is not a terminal
     sync: bool = True  # fdatasync the files before the completion record (power-cut safety); OVMS_PULL_SYNC=0 skips
+    direct_io: bool = True  # large files written with O_DIRECT (no page cache); OVMS_PULL_DIRECT_IO=0 turns it off
 
     @property
     def resume_enabled(self) -> bool:
@@ -51,6 +52,18 @@ def _number(env: dict, name: str, default: float, *, integer: bool = False, mini
     if value < minimum:
         raise UsageError(f"{name}={raw!r} is below {minimum}.", remedy=f"Set {name} >= {minimum} or unset it.")
     return value
+
+
+def _switch(env: dict, name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise UsageError(f"{name}={raw!r} is neither on nor off.",
+                     remedy=f"Set {name} to 1 or 0 (default {int(default)}) or unset it.")
 
 
 def from_environment(env: dict | None = None) -> PullSettings:
@@ -73,6 +86,7 @@ def from_environment(env: dict | None = None) -> PullSettings:
         stall_seconds=_number(env, "OVMS_PULL_STALL_SECONDS", 30.0, minimum=0.1),
         progress_seconds=_number(env, "OVMS_PULL_PROGRESS_SECONDS", 5.0, minimum=0.1),
         sync=env.get("OVMS_PULL_SYNC", "1") != "0",
+        direct_io=_switch(env, "OVMS_PULL_DIRECT_IO", True),
     )
     return settings
 
@@ -81,7 +95,8 @@ def log_settings(settings: PullSettings) -> None:
     """The resolved configuration, in OVMS's words first (users grep for it)."""
     log.info("LFS resume: attempts=%d interval=%g s", settings.resume_attempts, settings.resume_interval)
     log.info("Pull from %s: %d to %d connections (more while the total rate grows), files over %d MiB fetched as "
-             "parallel ranges, stall timeout %g s%s%s", settings.endpoint,
+             "parallel ranges%s, stall timeout %g s%s%s", settings.endpoint,
              min(settings.initial_connections, settings.connections), settings.connections,
-             settings.segment_bytes >> 20, settings.stall_seconds,
+             settings.segment_bytes >> 20, " written with O_DIRECT" if settings.direct_io else "",
+             settings.stall_seconds,
              ", HF_TOKEN set" if settings.token else "", f", proxy {settings.proxy}" if settings.proxy else "")

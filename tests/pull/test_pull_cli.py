@@ -95,7 +95,9 @@ def test_faults_end_in_verified_files(pull, hub, llm_repo, big_files, faults, ex
 
 @pytest.mark.parametrize("faults,expect_log", [
     (Faults(ignore_range=True, gather=4, times=4), "ignored the Range request"),
-    (Faults(truncate_to=4_000_000, gather=4, times=4), "HTTP 416"),
+    # the four ranges are the file's first four stripes: below the false size they get a range with the wrong
+    # total, beyond it a 416; whichever end is handled first restarts the file and drops the others
+    (Faults(truncate_to=2_500_000, gather=4, times=4), ("expected bytes", "HTTP 416")),
 ], ids=["ignore-range", "wrong-size"])
 def test_parallel_ranges_failing_at_once(pull, hub, llm_repo, big_files, faults, expect_log):
     """Four ranges answered wrongly while the pull is stopped (SIGSTOP): it then finds all four ends in one batch
@@ -106,7 +108,8 @@ def test_parallel_ranges_failing_at_once(pull, hub, llm_repo, big_files, faults,
     run = pull(REPO, "--task", "text_generation", OVMS_PULL_SEGMENT_BYTES=str(1 << 20), OVMS_PULL_CONNECTIONS="4")
     assert run.code == 0, run.output
     assert "Traceback" not in run.output
-    assert expect_log in run.output, run.output
+    expected = (expect_log,) if isinstance(expect_log, str) else expect_log
+    assert any(e in run.output for e in expected), run.output
     assert faults.used == 4
     assert_pulled(model_dir(pull), tiny_llm_files(big_files))
 
