@@ -134,7 +134,7 @@ cdef int _write_block(int fd, int *direct_fd, const char *p, Py_ssize_t total, l
 
 # Block buffers of ended sinks, kept for the next ones (a pull starts a sink per range: 8 MiB of fresh memory
 # each time costs a page fault per 4 KiB page, slow on a VM that hands free memory back to its host).
-DEF KEPT_BLOCKS = 32
+DEF KEPT_BLOCKS = 64
 cdef char *_kept[KEPT_BLOCKS]
 cdef Py_ssize_t _kept_size[KEPT_BLOCKS]
 cdef int _kept_count = 0
@@ -189,7 +189,7 @@ cdef class RangeSink:
     ``digest.offer(position, bytes)``, before its buffer is reused.
     """
     cdef char *_buf  # the block being filled
-    cdef char *_spare  # the block being written by the pool (or free)
+    cdef char *_spare  # the block being written by the pool (NULL once written: it went back to the kept ones)
     cdef Py_ssize_t _start, _used, _room, _qstart, _qused
     cdef object _pool, _pending
     cdef readonly Py_ssize_t capacity
@@ -213,8 +213,6 @@ cdef class RangeSink:
         # direct: room rounded up to the alignment, so that a full block ends on an aligned file position
         self._room = (capacity + ALIGN - 1) // ALIGN * ALIGN if direct_fd >= 0 else capacity
         self._buf = _aligned(self._room)
-        if pool is not None:
-            self._spare = _aligned(self._room)
         self._pool = pool
         self.digest = digest
         self._pending = None
@@ -281,7 +279,11 @@ cdef class RangeSink:
 
     def _write_queued(self):
         """Run by the pool: the block handed over, at the position after everything flushed."""
-        if self._write(self._spare + self._qstart, self._qused, self.offset + self.flushed) == 0:
+        cdef int err = self._write(self._spare + self._qstart, self._qused, self.offset + self.flushed)
+        # The block is free again: for whichever sink needs one next (fewer blocks ever touched).
+        _recycle(self._spare, self._room)
+        self._spare = NULL
+        if err == 0:
             self.flushed += self._qused
             self._qused = 0
 
@@ -298,7 +300,8 @@ cdef class RangeSink:
         if self._drain() != 0:
             return -1
         full = self._buf
-        self._buf, self._spare = self._spare, full
+        self._buf = _aligned(self._room)
+        self._spare = full
         self._qstart, self._qused = self._start, self._used
         self._used = 0
         self._place()

@@ -46,7 +46,7 @@ def write_at(fd: int, offset: int, data) -> int:
 
 
 _kept: list[mmap.mmap] = []  # block buffers of ended sinks, for the next ones (fresh memory costs page faults)
-KEPT_BLOCKS = 32
+KEPT_BLOCKS = 64
 
 
 def _block(size: int) -> memoryview:
@@ -130,7 +130,7 @@ class RangeSink:
         # direct: room rounded up to the alignment, so that a full block ends on an aligned file position
         self._room = -(-capacity // DIRECT_ALIGN) * DIRECT_ALIGN if self.direct_fd >= 0 else capacity
         self._buf = _block(self._room)
-        self._spare = _block(self._room) if pool is not None else None
+        self._spare = None  # the block being written by the pool (None once written: back to the kept ones)
         self._pool = pool
         self.digest = digest
         self._pending = None
@@ -176,7 +176,10 @@ class RangeSink:
 
     def _write_queued(self) -> None:
         """Run by the pool: the block handed over, at the position after everything flushed."""
-        if self._write(self._spare[self._qstart:self._qstart + self._qused], self.offset + self.flushed):
+        written = self._write(self._spare[self._qstart:self._qstart + self._qused], self.offset + self.flushed)
+        spare, self._spare = self._spare, None
+        _recycle(spare)  # free again, for whichever sink needs a block next (fewer blocks ever touched)
+        if written:
             self.flushed += self._qused
             self._qused = 0
 
@@ -190,7 +193,7 @@ class RangeSink:
     def _hand_over(self) -> bool:
         if not self._drain():
             return False
-        self._buf, self._spare = self._spare, self._buf
+        self._buf, self._spare = _block(self._room), self._buf
         self._qstart, self._qused = self._start, self._used
         self._used = 0
         self._place()

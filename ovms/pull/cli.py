@@ -226,6 +226,8 @@ def _remote_task(settings, repo_id: str, revision: str) -> str | None:
 
 def _check_parser_names(args: argparse.Namespace) -> None:
     """Refuse, before downloading, parser names OVMS does not have, as OVMS's graph_cli_parser.cpp does."""
+    if not (getattr(args, "reasoning_parser", None) or getattr(args, "tool_parser", None)):
+        return  # nothing to check, and the parsers' import costs a pull ~35 ms
     from ovms.genai.parsers import DISABLED, REASONING_PARSERS, TOOL_PARSERS
 
     for flag, names in (("reasoning_parser", REASONING_PARSERS), ("tool_parser", TOOL_PARSERS)):
