@@ -14,7 +14,7 @@ through ``fd``. On this VM a page-cache write of fresh memory ran at ~420 MB/s a
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from libc.errno cimport errno, EINTR, EINVAL
 from libc.stdlib cimport free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from posix.types cimport off_t
 
 cdef extern from "<unistd.h>" nogil:
@@ -152,6 +152,40 @@ cdef char *_aligned(Py_ssize_t size) except NULL:
             _kept[i] = _kept[_kept_count]
             _kept_size[i] = _kept_size[_kept_count]
             return <char *>mem
+    return _new_block(size)
+
+
+cdef int _kept_of(Py_ssize_t size) noexcept:
+    cdef int i, n = 0
+    for i in range(_kept_count):
+        if _kept_size[i] == size:
+            n += 1
+    return n
+
+
+cdef bint _reserving = False
+RESERVE_BLOCKS = 4  # a pooled sink taking a block leaves at least this many ready, touched in the pool
+
+
+def reserve(Py_ssize_t count, Py_ssize_t capacity):
+    """Make ``count`` blocks for sinks of ``capacity`` ready: allocated and touched here (every page faulted in),
+    so that the thread feeding libcurl, which takes them, does not fault them in itself. Meant to run in the
+    write pool; a block past the kept bound is not made."""
+    global _reserving
+    cdef Py_ssize_t room = (capacity + ALIGN - 1) // ALIGN * ALIGN
+    cdef char *block
+    try:
+        while _kept_of(room) < count and _kept_count < KEPT_BLOCKS:
+            block = _new_block(room)
+            with nogil:
+                memset(block, 0, <size_t>room)
+            _recycle(block, room)
+    finally:
+        _reserving = False
+
+
+cdef char *_new_block(Py_ssize_t size) except NULL:
+    cdef void *mem = NULL
     if posix_memalign(&mem, <size_t>ALIGN, <size_t>size) != 0:
         raise MemoryError()
     return <char *>mem
@@ -299,9 +333,13 @@ cdef class RangeSink:
         cdef char *full
         if self._drain() != 0:
             return -1
+        global _reserving
         full = self._buf
         self._buf = _aligned(self._room)
         self._spare = full
+        if not _reserving and _kept_of(self._room) < RESERVE_BLOCKS:
+            _reserving = True
+            self._pool.submit(reserve, RESERVE_BLOCKS * 2, self._room)
         self._qstart, self._qused = self._start, self._used
         self._used = 0
         self._place()

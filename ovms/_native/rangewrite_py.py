@@ -56,6 +56,26 @@ def _block(size: int) -> memoryview:
     return memoryview(mmap.mmap(-1, size))  # anonymous mappings are page-aligned
 
 
+RESERVE_BLOCKS = 4  # a pooled sink taking a block leaves at least this many ready, touched in the pool
+_reserving = False
+
+
+def reserve(count: int, capacity: int) -> None:
+    """Make ``count`` blocks for sinks of ``capacity`` ready: allocated and touched here (every page faulted in),
+    so that the thread feeding libcurl, which takes them, does not fault them in itself. Meant to run in the
+    write pool; a block past the kept bound is not made."""
+    global _reserving
+    room = -(-capacity // DIRECT_ALIGN) * DIRECT_ALIGN
+    try:
+        while sum(len(m) == room for m in _kept) < count and len(_kept) < KEPT_BLOCKS:
+            m = mmap.mmap(-1, room)
+            for at in range(0, room, mmap.PAGESIZE):
+                m[at] = 0
+            _kept.append(m)
+    finally:
+        _reserving = False
+
+
 def _recycle(view: memoryview | None) -> None:
     if view is None:
         return
@@ -193,7 +213,11 @@ class RangeSink:
     def _hand_over(self) -> bool:
         if not self._drain():
             return False
+        global _reserving
         self._buf, self._spare = _block(self._room), self._buf
+        if not _reserving and sum(len(m) == self._room for m in _kept) < RESERVE_BLOCKS:
+            _reserving = True
+            self._pool.submit(reserve, RESERVE_BLOCKS * 2, self._room)
         self._qstart, self._qused = self._start, self._used
         self._used = 0
         self._place()

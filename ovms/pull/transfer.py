@@ -54,6 +54,7 @@ WRITE_THREADS = 4  # O_DIRECT block writes run here (they wait for the disk), ea
 STRIPE_BYTES = 4 << 20  # a new large file's ranges are cut in order to this size (or OVMS_PULL_SEGMENT_BYTES if
 # smaller), so its blocks arrive nearly in order
 CHECKPOINT_WAIT_SECONDS = 0.05  # a checkpoint waits at most this long for the pool's writes it asked for
+UNTRACKED_BYTES = 1 << 20  # files up to this size get no sidecar: a stopped pull fetches them again whole
 HOLD_BYTES = 96 << 20  # blocks ahead of their file's digest kept in memory (all files together), beyond: read back
 
 
@@ -203,6 +204,10 @@ class Downloader:
         self.verifying: dict[concurrent.futures.Future, FileJob] = {}
         self.writes = concurrent.futures.ThreadPoolExecutor(max_workers=WRITE_THREADS, thread_name_prefix="ovms-write")
         self.holds = HoldBudget(HOLD_BYTES, SINK_BYTES + 4096)  # a sink's block, aligned, is at most this
+        if settings.direct_io and O_DIRECT:
+            # The first sinks' blocks, faulted in by the write pool while the hub is asked what to fetch.
+            self.writes.submit(self.writer.reserve, 2 * min(settings.initial_connections, settings.connections),
+                               SINK_BYTES)
         self.jobs: list[FileJob] = []
         self.control = engine.control if engine is not None else ConnectionControl(settings.initial_connections,
                                                                                     settings.connections)
@@ -270,6 +275,13 @@ class Downloader:
         if all(s.complete for s in segments):
             self._segments_complete(job)
 
+    def _record(self, job: FileJob) -> None:
+        """Save the file's sidecar (its ranges and what is on disk), if it has one: a file of at most
+        ``UNTRACKED_BYTES`` has none, and a part file without a sidecar is never trusted, so a run that stops
+        midway fetches it again whole (a few KB of JSON), and the pull creates two files fewer for each."""
+        if job.remote.size > UNTRACKED_BYTES:
+            state.save_sidecar(job.final, job.remote, self.commit, job.segments)
+
     def _restream(self, job: FileJob) -> None:
         """A new digest for a file whose bytes are all (re)written from now on."""
         if job.stream is not None:
@@ -331,11 +343,11 @@ class Downloader:
         job.fresh = False
         self._open_direct(job)
         # The sidecar exists before the first byte: a part without one is never trusted.
-        state.save_sidecar(job.final, job.remote, self.commit, job.segments)
+        self._record(job)
 
     def _segments_complete(self, job: FileJob) -> None:
         self._ensure_open(job)  # an empty file has no range to start it
-        state.save_sidecar(job.final, job.remote, self.commit, job.segments)
+        self._record(job)
         self._close(job)
         job.phase = "verifying"
         self._submit_check(job, job.part)
@@ -578,7 +590,7 @@ class Downloader:
         job.splittable = False
         self._restream(job)
         job.segments = [state.Segment(0, job.remote.size)]
-        state.save_sidecar(job.final, job.remote, self.commit, job.segments)
+        self._record(job)
         self.queue.append((job, job.segments[0]))
 
     def _failed(self, job: FileJob, seg: state.Segment, reason: str, *, restart: bool = False) -> None:
@@ -600,7 +612,7 @@ class Downloader:
             for s in job.segments:
                 s.done = 0
             self._restream(job)
-            state.save_sidecar(job.final, job.remote, self.commit, job.segments)
+            self._record(job)
             self.queue.extend((job, s) for s in job.segments)
         else:
             self.queue.append((job, seg))
@@ -701,7 +713,7 @@ class Downloader:
             t.segment.done = t.base_done + t.sink.flushed
         for job in self.jobs:
             if job.phase == "downloading" and job.dirty:
-                state.save_sidecar(job.final, job.remote, self.commit, job.segments)
+                self._record(job)
                 job.dirty = False
 
     def _check_stop(self) -> None:

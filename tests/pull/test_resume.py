@@ -78,9 +78,12 @@ def wait_for_bytes_on_disk(model_dir, name, proc, at_least=1 << 20, timeout=30) 
 
 
 def check_state_is_consistent(model_dir):
-    """After a kill: every part has its sidecar, whose claims fit the file; no final file is corrupt."""
+    """After a kill: every part of a file over 1 MiB has its sidecar, whose claims fit the file (a smaller part has
+    none: it is never trusted, the next run fetches it again whole)."""
     for part in model_dir.rglob("*.lfs_part"):
         sidecar = part.with_name(part.name + ".ranges")
+        if part.stat().st_size <= 1 << 20 and not sidecar.exists():
+            continue
         assert sidecar.exists(), f"{part} has no sidecar"
         data = json.loads(sidecar.read_text())
         for start, end, done in data["segments"]:
