@@ -180,7 +180,7 @@ class RangeSink:
         """Where the next byte goes in the buffer: its file position modulo the alignment (direct), else 0."""
         self._start = (self.offset + self.flushed + self._qused) % DIRECT_ALIGN if self.direct_fd >= 0 else 0
 
-    def _write(self, block: memoryview, pos: int) -> bool:
+    def _write(self, block: memoryview, pos: int, keep: bool = False) -> bool:
         try:
             direct, direct_fd = _write_block(self.fd, self.direct_fd, block, pos)
         except OSError as exc:
@@ -191,14 +191,15 @@ class RangeSink:
             self.direct_fd = -1
             self.direct_refused = True
         if self.digest is not None:
-            self.digest.offer(pos, block)
+            self.digest.offer(pos, block, keep=keep)
         return True
 
     def _write_queued(self) -> None:
         """Run by the pool: the block handed over, at the position after everything flushed."""
-        written = self._write(self._spare[self._qstart:self._qstart + self._qused], self.offset + self.flushed)
-        spare, self._spare = self._spare, None
-        _recycle(spare)  # free again, for whichever sink needs a block next (fewer blocks ever touched)
+        # The digest may keep a view of the block (no copy): it is not reused here, only dropped.
+        written = self._write(self._spare[self._qstart:self._qstart + self._qused], self.offset + self.flushed,
+                              keep=True)
+        self._spare = None
         if written:
             self.flushed += self._qused
             self._qused = 0

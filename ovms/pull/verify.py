@@ -45,6 +45,15 @@ class HoldBudget:
         self._free: list[bytearray] = []
         self._lock = threading.Lock()
 
+    def take(self, n: int) -> bool:
+        """Room for a block of ``n`` bytes kept by reference (its owner's memory, no copy)."""
+        with self._lock:
+            if self.held + n > self.limit:
+                return False
+            self.held += n
+            self.peak = max(self.peak, self.held)
+            return True
+
     def keep(self, data) -> memoryview | None:
         """A copy of ``data`` in a buffer of the pool, or None when the pool is full (or ``data`` too large)."""
         n = len(data)
@@ -58,12 +67,15 @@ class HoldBudget:
         view[:] = data
         return view
 
-    def give(self, view: memoryview) -> None:
+    def give(self, view: memoryview, copied: bool = True) -> None:
+        """Return a kept block: a copy's buffer to the pool, a reference to its owner (``view`` is released)."""
         buffer = view.obj
+        size = self.block if copied else view.nbytes
         view.release()
         with self._lock:
-            self.held -= self.block
-            self._free.append(buffer)
+            self.held -= size
+            if copied:
+                self._free.append(buffer)
 
 
 class StreamDigest:
@@ -85,11 +97,13 @@ class StreamDigest:
         self.broken = False  # bytes behind the prefix were written again: finish hashes the file from byte 0
         self._gap: int | None = None  # the first block not kept (over the budget): the prefix stops there
         self._hash = _new_hash(algorithm, size)
-        self._held: dict[int, memoryview] = {}  # position -> a copy of a block ahead of the prefix
+        self._held: dict[int, tuple[memoryview, bool]] = {}  # position -> (block ahead of the prefix, copied?)
         self._budget = budget
         self._lock = threading.Lock()
 
-    def offer(self, pos: int, block) -> None:
+    def offer(self, pos: int, block, *, keep: bool = False) -> None:
+        """``block`` was written at ``pos``. With ``keep`` it is a memoryview that holds its memory (the sink
+        gave the block away) and is kept as it is, else it is copied if it must wait for the prefix."""
         n = len(block)
         with self._lock:
             if n == 0 or self.broken or (self._gap is not None and pos >= self._gap):
@@ -98,24 +112,27 @@ class StreamDigest:
                 self._hash.update(block)
                 self.hashed += n
                 while self.hashed in self._held:
-                    data = self._held.pop(self.hashed)
+                    data, copied = self._held.pop(self.hashed)
                     self._hash.update(data)
                     self.hashed += len(data)
-                    self._budget.give(data)
+                    self._budget.give(data, copied)
             elif pos < self.hashed or pos in self._held:
                 self.broken = True  # only the file can say what those bytes are now
                 self._drop(0)
             else:
-                kept = self._budget.keep(block)
+                if keep:
+                    kept = block if self._budget.take(n) else None
+                else:
+                    kept = self._budget.keep(block)
                 if kept is not None:
-                    self._held[pos] = kept
+                    self._held[pos] = (kept, not keep)
                 else:
                     self._gap = pos  # blocks after it can never join the prefix: none is kept
                     self._drop(pos)
 
     def _drop(self, start: int) -> None:
         for pos in [p for p in self._held if p >= start]:
-            self._budget.give(self._held.pop(pos))
+            self._budget.give(*self._held.pop(pos))
 
     def discard(self) -> None:
         """The file's bytes are no longer trusted (a restart): nothing kept, nothing hashed counts."""
