@@ -671,9 +671,13 @@ class Downloader:
         # created): until then the sidecar's older tiling claims no byte of the cut range it did not claim before.
         job.dirty = True
         self.queue.appendleft((job, rest))
-        log.debug("%s: range at %d cut to %.1f MiB (%.1f MiB/s per connection); %.1f MiB queued",
-                  job.remote.path, seg.next_offset, size / 2**20, per_connection / 2**20,
-                  rest.remaining / 2**20)
+        if job.stream is not None:
+            log.debug("%s: stripe at %d of %.1f MiB; %.1f MiB queued", job.remote.path, seg.next_offset,
+                      size / 2**20, rest.remaining / 2**20)
+        else:
+            log.debug("%s: range at %d cut to %.1f MiB (%.1f MiB/s per connection); %.1f MiB queued",
+                      job.remote.path, seg.next_offset, size / 2**20, per_connection / 2**20,
+                      rest.remaining / 2**20)
 
     def _watch(self, now: float) -> None:
         """Progress of the transfers in flight, and our own stall timer (libcurl's LOW_SPEED_TIME averages
