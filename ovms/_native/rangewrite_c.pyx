@@ -184,6 +184,14 @@ def reserve(Py_ssize_t count, Py_ssize_t capacity):
         _reserving = False
 
 
+def trim(int keep=0):
+    """Free the kept blocks beyond ``keep`` (a pull that ended gives its memory back; a server lives on)."""
+    global _kept_count
+    while _kept_count > keep:
+        _kept_count -= 1
+        free(_kept[_kept_count])
+
+
 cdef char *_new_block(Py_ssize_t size) except NULL:
     cdef void *mem = NULL
     if posix_memalign(&mem, <size_t>ALIGN, <size_t>size) != 0:

@@ -76,6 +76,11 @@ def reserve(count: int, capacity: int) -> None:
         _reserving = False
 
 
+def trim(keep: int = 0) -> None:
+    """Free the kept blocks beyond ``keep`` (a pull that ended gives its memory back; a server lives on)."""
+    del _kept[keep:]
+
+
 def _recycle(view: memoryview | None) -> None:
     if view is None:
         return

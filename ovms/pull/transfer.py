@@ -103,8 +103,8 @@ class ConnectionControl:
     ``observe`` is called every turn of the loop with the bytes received so far and the transfers in flight. A
     window counts only while every slot is busy (else the rate says nothing about the count); after
     ``PROBE_SECONDS`` its rate is compared with the previous level's: more than ``GROWTH_MARGIN`` better, the
-    count doubles (up to ``most``); worse by more than the margin, it goes back to the previous count; either way
-    short of growth, it stays there.
+    count doubles (up to ``most``); short of that growth, it goes back to the best count measured and stays there
+    (connections that bring nothing cost memory, a block each, and the server's work).
     """
 
     def __init__(self, start: int, most: int) -> None:
@@ -143,13 +143,9 @@ class ConnectionControl:
             self.settled = grown == self.limit
             self.limit = grown
             return
-        if rate < self.best[1] * (1 - GROWTH_MARGIN):
-            log.debug("%d connections: %.1f MiB/s, less than %.1f MiB/s with %d; back to %d", self.limit,
-                      rate / 2**20, self.best[1] / 2**20, self.best[0], self.best[0])
-            self.limit = self.best[0]
-        else:
-            log.debug("%d connections: %.1f MiB/s, not more than %.1f MiB/s with %d; staying", self.limit,
-                      rate / 2**20, self.best[1] / 2**20, self.best[0])
+        log.debug("%d connections: %.1f MiB/s, not %d%% more than %.1f MiB/s with %d; back to %d", self.limit,
+                  rate / 2**20, GROWTH_MARGIN * 100, self.best[1] / 2**20, self.best[0], self.best[0])
+        self.limit = self.best[0]
         self.settled = True
 
 
@@ -784,6 +780,10 @@ class Downloader:
         for t in list(self.transfers.values()) + list(self.closing):
             self._release(t)
         self.writes.shutdown(wait=True)  # every sink was flushed by its release: nothing is left to write
+        for job in self.jobs:
+            if job.stream is not None:
+                job.stream.discard()  # its kept blocks go back now, not whenever the job is collected
+        self.writer.trim(0)  # and the blocks kept for the next sinks are freed: a server process lives on
         for handle in self.idle_handles:
             handle.close()
         self.idle_handles.clear()

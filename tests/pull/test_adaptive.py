@@ -28,10 +28,13 @@ def test_grows_while_each_connection_is_capped():
 
 
 def test_stops_where_the_total_stops_growing():
-    # The link gives 200 MiB/s whatever the count: 8 -> 16 shows no gain, and it stays at 16.
+    # The link gives 200 MiB/s whatever the count: 8 -> 16 shows no gain, and it goes back to 8 (each connection
+    # costs a block of memory and the server's work).
     control = ConnectionControl(8, 64)
-    assert drive(control, lambda n: 200 * MIB) == [8, 16]
+    assert drive(control, lambda n: 200 * MIB) == [8, 16, 8]
     assert control.settled
+    # 10% more is not enough either: back to 16 after trying 32.
+    assert drive(ConnectionControl(8, 64), lambda n: {8: 200, 16: 300}.get(n, 330) * MIB) == [8, 16, 32, 16]
 
 
 def test_goes_back_when_more_connections_are_slower():
