@@ -164,7 +164,7 @@ cdef int _kept_of(Py_ssize_t size) noexcept:
 
 
 cdef bint _reserving = False
-RESERVE_BLOCKS = 4  # a pooled sink taking a block leaves at least this many ready, touched in the pool
+RESERVE_BLOCKS = 8  # a pooled sink taking a block leaves at least this many ready, touched in the pool
 
 
 def reserve(Py_ssize_t count, Py_ssize_t capacity):
@@ -277,6 +277,8 @@ cdef class RangeSink:
         self._room = (capacity + ALIGN - 1) // ALIGN * ALIGN if direct_fd >= 0 else capacity
         self._buf = _aligned(self._room)
         self._pool = pool
+        if pool is not None:
+            self._top_up()
         self.digest = digest
         self._pending = None
         self._qused = 0
@@ -364,18 +366,23 @@ cdef class RangeSink:
             pending.result()
         return -1 if self.error else 0
 
+    cdef int _top_up(self) except -1:
+        """After taking a block: more made ready in the pool when few are left."""
+        global _reserving
+        if not _reserving and _kept_of(self._room) < RESERVE_BLOCKS:
+            _reserving = True
+            self._pool.submit(reserve, RESERVE_BLOCKS * 2, self._room)
+        return 0
+
     cdef int _hand_over(self) except -2:
         """The full block goes to the pool; filling continues in the other buffer. -1 on a write error."""
         cdef char *full
         if self._drain() != 0:
             return -1
-        global _reserving
         full = self._buf
         self._buf = _aligned(self._room)
         self._spare = full
-        if not _reserving and _kept_of(self._room) < RESERVE_BLOCKS:
-            _reserving = True
-            self._pool.submit(reserve, RESERVE_BLOCKS * 2, self._room)
+        self._top_up()
         self._qstart, self._qused = self._start, self._used
         self._used = 0
         self._place()

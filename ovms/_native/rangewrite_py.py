@@ -56,7 +56,7 @@ def _block(size: int) -> memoryview:
     return memoryview(mmap.mmap(-1, size))  # anonymous mappings are page-aligned
 
 
-RESERVE_BLOCKS = 4  # a pooled sink taking a block leaves at least this many ready, touched in the pool
+RESERVE_BLOCKS = 8  # a pooled sink taking a block leaves at least this many ready, touched in the pool
 _reserving = False
 
 
@@ -157,6 +157,8 @@ class RangeSink:
         self._buf = _block(self._room)
         self._spare = None  # the block being written by the pool (None once written: back to the kept ones)
         self._pool = pool
+        if pool is not None:
+            self._top_up()
         self.digest = digest
         self._pending = None
         self._used = 0
@@ -216,14 +218,18 @@ class RangeSink:
             pending.result()
         return not self.error
 
-    def _hand_over(self) -> bool:
-        if not self._drain():
-            return False
+    def _top_up(self) -> None:
+        """After taking a block: more made ready in the pool when few are left."""
         global _reserving
-        self._buf, self._spare = _block(self._room), self._buf
         if not _reserving and sum(len(m) == self._room for m in _kept) < RESERVE_BLOCKS:
             _reserving = True
             self._pool.submit(reserve, RESERVE_BLOCKS * 2, self._room)
+
+    def _hand_over(self) -> bool:
+        if not self._drain():
+            return False
+        self._buf, self._spare = _block(self._room), self._buf
+        self._top_up()
         self._qstart, self._qused = self._start, self._used
         self._used = 0
         self._place()
