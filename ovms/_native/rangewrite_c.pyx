@@ -248,8 +248,9 @@ cdef class RangeSink:
     (two buffers): an O_DIRECT write waits for the disk, and the thread feeding libcurl should not. A block
     waits for the previous one's write before it is handed over; ``flush()`` waits for it too.
 
-    With ``digest`` (``verify.StreamDigest``), each block whose write returned is offered to it,
-    ``digest.offer(position, bytes)``, before its buffer is reused.
+    With ``digest`` (``verify.StreamDigest``), each block whose write returned is offered to it: a block the pool
+    wrote is given away (``offer(position, view, keep=True)``: the digest may keep the view, and the block returns
+    to the kept ones when it is released), any other is lent for the call (``offer(position, view)``).
     """
     cdef char *_buf  # the block being filled
     cdef char *_spare  # the block being written by the pool (NULL once written: it went back to the kept ones)

@@ -136,8 +136,9 @@ class RangeSink:
     With ``pool`` (a ``concurrent.futures`` executor) a full block is written there while the next one fills
     (two buffers); a block waits for the previous one's write before it is handed over, and so does ``flush()``.
 
-    With ``digest`` (``verify.StreamDigest``), each block whose write returned is offered to it,
-    ``digest.offer(position, bytes)``, before its buffer is reused.
+    With ``digest`` (``verify.StreamDigest``), each block whose write returned is offered to it: a block the pool
+    wrote is given away (``offer(position, view, keep=True)``: the digest may keep the view, and the block returns
+    to the kept ones when it is released), any other is lent for the call (``offer(position, view)``).
     """
 
     def __init__(self, fd: int, offset: int, limit: int, capacity: int = 1 << 20, *,

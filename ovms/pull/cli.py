@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "connections, default 32; it starts with OVMS_PULL_INITIAL_CONNECTIONS, default 8, and adds "
                      "more while the total rate grows), "
                      "OVMS_PULL_STALL_SECONDS (abort a silent transfer, default 30), OVMS_PULL_SYNC=0 (skip "
-                     "fdatasync; faster, not power-cut safe)."))
+                     "fdatasync; faster, not power-cut safe), OVMS_PULL_DIRECT_IO=0 (write large files through "
+                     "the page cache instead of O_DIRECT)."))
     _add(g, "--pull", action="store_true", help="Pull the model and exit (no serving).")
     _add(g, "--source_model", metavar="ORG/NAME", help="Hugging Face repository to pull, e.g. "
                                                        "OpenVINO/Qwen3-8B-int4-ov.")
