@@ -164,9 +164,11 @@ def test_gauges_and_wait_time_while_requests_queue(metrics_server, monkeypatch):
     (inf0, m0), (inf1, m1) = (family_sum(f, "ovms_inference_time_us") for f in (before, after))
     held_us = (released_at - queued_at) * 1e6
     assert n1 - n0 == 6 and m1 - m0 == 6
-    # the 2 queued requests waited from before queued_at until after released_at; the 4 held ones "inferred" as long
+    # the 2 queued requests waited from before queued_at until after released_at; the inference time is the infer
+    # call alone (the gate holds the inputs before it), so it only has to be there (a bound on it held by luck when
+    # the scrapes took under 0.3 ms, and failed on a loaded CI run)
     assert wait1 - wait0 >= 2 * held_us
-    assert inf1 - inf0 >= 4 * held_us
+    assert inf1 - inf0 > 0
 
 
 def test_tfs_and_unknown_models(metrics_server):

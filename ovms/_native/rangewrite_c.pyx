@@ -383,11 +383,11 @@ cdef class RangeSink:
         full = self._buf
         self._buf = _aligned(self._room)
         self._spare = full
-        self._top_up()
         self._qstart, self._qused = self._start, self._used
         self._used = 0
         self._place()
         self._pending = self._pool.submit(self._write_queued)
+        self._top_up()
         return 0
 
     cdef int _flush_here(self) except -2:

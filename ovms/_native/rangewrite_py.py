@@ -230,11 +230,11 @@ class RangeSink:
         if not self._drain():
             return False
         self._buf, self._spare = _block(self._room), self._buf
-        self._top_up()
         self._qstart, self._qused = self._start, self._used
         self._used = 0
         self._place()
         self._pending = self._pool.submit(self._write_queued)
+        self._top_up()
         return True
 
     def _flush_here(self) -> bool:

@@ -67,7 +67,7 @@ class SharedEngine:
 
     # ---- the engine's thread ---------------------------------------------------------------------------------
     def in_flight(self) -> int:
-        return sum(len(d.transfers) for d, _ in self._sessions)
+        return sum(len(d.transfers) + len(d.closing) for d, _ in self._sessions)  # closing: last block being written
 
     def _received(self) -> int:
         return self._retired_received + sum(d.received for d, _ in self._sessions)

@@ -618,7 +618,9 @@ class Downloader:
 
     # ---- the loop ----------------------------------------------------------------------------------------
     def _schedule(self, now: float) -> None:
-        while len(self.transfers) < self.control.limit and self._start_next(now):
+        # A transfer whose last block is still being written counts too: a network faster than the disk must not
+        # pile up blocks in memory (the write pool is the disk's pace).
+        while len(self.transfers) + len(self.closing) < self.control.limit and self._start_next(now):
             pass
 
     def _start_next(self, now: float) -> bool:
@@ -779,6 +781,12 @@ class Downloader:
             log.warning("Could not record download progress: %s", exc)
         for t in list(self.transfers.values()) + list(self.closing):
             self._release(t)
+        try:  # what the releases wrote (each sink's last block) is recorded too: a resume need not fetch it again
+            for job in self.jobs:
+                if job.phase == "downloading" and job.fd >= 0:
+                    self._record(job)
+        except OSError as exc:
+            log.warning("Could not record download progress: %s", exc)
         self.writes.shutdown(wait=True)  # every sink was flushed by its release: nothing is left to write
         for job in self.jobs:
             if job.stream is not None:

@@ -45,12 +45,12 @@ class HoldBudget:
         self._free: list[bytearray] = []
         self._lock = threading.Lock()
 
-    def take(self, n: int) -> bool:
-        """Room for a block of ``n`` bytes kept by reference (its owner's memory, no copy)."""
+    def take(self) -> bool:
+        """Room for a block kept by reference: it pins its owner's whole block, however few bytes it holds."""
         with self._lock:
-            if self.held + n > self.limit:
+            if self.held + self.block > self.limit:
                 return False
-            self.held += n
+            self.held += self.block
             self.peak = max(self.peak, self.held)
             return True
 
@@ -70,10 +70,9 @@ class HoldBudget:
     def give(self, view: memoryview, copied: bool = True) -> None:
         """Return a kept block: a copy's buffer to the pool, a reference to its owner (``view`` is released)."""
         buffer = view.obj
-        size = self.block if copied else view.nbytes
         view.release()
         with self._lock:
-            self.held -= size
+            self.held -= self.block
             if copied:
                 self._free.append(buffer)
 
@@ -121,7 +120,7 @@ class StreamDigest:
                 self._drop(0)
             else:
                 if keep:
-                    kept = block if self._budget.take(n) else None
+                    kept = block if self._budget.take() else None
                 else:
                     kept = self._budget.keep(block)
                 if kept is not None:
@@ -135,10 +134,15 @@ class StreamDigest:
             self._budget.give(*self._held.pop(pos))
 
     def discard(self) -> None:
-        """The file's bytes are no longer trusted (a restart): nothing kept, nothing hashed counts."""
-        with self._lock:
+        """The file's bytes are no longer trusted (a restart): nothing kept, nothing hashed counts. Never waits:
+        a ``finish`` under way (reading the file back) has dropped what was kept already."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
             self.broken = True
             self._drop(0)
+        finally:
+            self._lock.release()
 
     def finish(self, path: pathlib.Path, *, direct: bool = False) -> tuple[str, int]:
         """(hex digest, bytes read back from ``path``) once every block was offered."""
