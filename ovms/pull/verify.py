@@ -41,7 +41,6 @@ class HoldBudget:
         self.limit = limit
         self.block = block
         self.held = 0
-        self.peak = 0
         self._free: list[bytearray] = []
         self._lock = threading.Lock()
 
@@ -51,17 +50,14 @@ class HoldBudget:
             if self.held + self.block > self.limit:
                 return False
             self.held += self.block
-            self.peak = max(self.peak, self.held)
             return True
 
     def keep(self, data) -> memoryview | None:
         """A copy of ``data`` in a buffer of the pool, or None when the pool is full (or ``data`` too large)."""
         n = len(data)
+        if n > self.block or not self.take():
+            return None
         with self._lock:
-            if n > self.block or self.held + self.block > self.limit:
-                return None
-            self.held += self.block
-            self.peak = max(self.peak, self.held)
             buffer = self._free.pop() if self._free else bytearray(self.block)
         view = memoryview(buffer)[:n]
         view[:] = data
